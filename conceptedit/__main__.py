@@ -1,0 +1,3 @@
+from conceptedit.cli import main
+
+main()

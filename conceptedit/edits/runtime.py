@@ -1,0 +1,122 @@
+"""Runtime interventions: edits that change how a pipeline runs, not its weights.
+
+Three shapes cover the plugins: activation hooks on named modules (ItD), a transform of the prompt
+embeddings, and a negative-prompt policy. All of them work through the ordinary ``pipe(...)``
+call. Prompt-level interventions wrap ``pipe.encode_prompt`` on the instance; removal restores the
+previous attribute, so the class method is used again exactly as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from conceptedit.edits.base import Edit, Undo
+from conceptedit.errors import ArtifactError, ConceptEditError
+from conceptedit.hooks import add_output_transform
+
+_MISSING = object()
+
+
+def wrap_encode_prompt(pipe: Any, make_wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Undo:
+    """Replace ``pipe.encode_prompt`` by ``make_wrapper(current)``; return the exact undo."""
+    if not hasattr(pipe, "encode_prompt"):
+        raise ConceptEditError(f"{type(pipe).__name__} has no encode_prompt; prompt edits cannot attach to it")
+    previous = pipe.__dict__.get("encode_prompt", _MISSING)
+    object.__setattr__(pipe, "encode_prompt", make_wrapper(pipe.encode_prompt))
+
+    def undo() -> None:
+        if previous is _MISSING:
+            pipe.__dict__.pop("encode_prompt", None)
+        else:
+            object.__setattr__(pipe, "encode_prompt", previous)
+
+    return undo
+
+
+def _as_list(prompt: str | list[str] | None, n: int) -> list[str]:
+    if prompt is None:
+        return [""] * n
+    if isinstance(prompt, str):
+        return [prompt] * n
+    return list(prompt)
+
+
+class NegativePromptEdit(Edit):
+    """Adds the erased concept(s) to every negative prompt (SLD / Geom-Erasing's baseline).
+
+    With ``guidance_scale <= 1`` there is no unconditional branch, so a negative prompt has no
+    effect; that is a property of the method, not of this implementation.
+    """
+
+    edit_type = "negative_prompt"
+    artifact_kind = "runtime"
+
+    def validate(self) -> None:
+        text = self.manifest.extra.get("negative_text")
+        if not isinstance(text, str) or not text.strip():
+            raise ArtifactError("negative_prompt edit needs a non-empty extra.negative_text")
+        if self.manifest.extra.get("mode", "append") not in ("append", "replace"):
+            raise ArtifactError("negative_prompt extra.mode must be 'append' or 'replace'")
+
+    def negative_for(self, user_negative: str) -> str:
+        text = self.manifest.extra["negative_text"]
+        if self.manifest.extra.get("mode", "append") == "replace" or not user_negative.strip():
+            return text
+        return f"{user_negative}, {text}"
+
+    def _attach(self, pipe: Any) -> Undo:
+        def make_wrapper(encode: Callable[..., Any]) -> Callable[..., Any]:
+            def encode_prompt(
+                prompt: Any,
+                device: Any,
+                num_images_per_prompt: int,
+                do_classifier_free_guidance: bool,
+                negative_prompt: Any = None,
+                *args: Any,
+                **kwargs: Any,
+            ) -> Any:
+                if do_classifier_free_guidance and kwargs.get("negative_prompt_embeds") is None:
+                    n = len(prompt) if isinstance(prompt, list) else 1
+                    negative_prompt = [self.negative_for(p) for p in _as_list(negative_prompt, n)]
+                return encode(
+                    prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt, *args, **kwargs
+                )
+
+            return encode_prompt
+
+        return wrap_encode_prompt(pipe, make_wrapper)
+
+
+class ActivationHookEdit(Edit):
+    """Base for edits that transform the output of named modules (``<component>.<module path>``).
+
+    Subclasses implement ``transform(module_key, hidden) -> hidden`` and list their hook points in
+    ``hook_points``.
+    """
+
+    artifact_kind = "runtime"
+
+    @property
+    def hook_points(self) -> list[str]:
+        return list(self.manifest.extra.get("hook_points", []))
+
+    def transform(self, module_key: str, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _attach(self, pipe: Any) -> Undo:
+        handles = []
+        for key in self.hook_points:
+            component, _, path = key.partition(".")
+            root = getattr(pipe, component, None)
+            if root is None:
+                raise ConceptEditError(f"the pipeline has no component {component!r} for hook {key!r}")
+            handles.append(add_output_transform(root, path, lambda h, k=key: self.transform(k, h)))
+
+        def undo() -> None:
+            for handle in handles:
+                handle.remove()
+
+        return undo

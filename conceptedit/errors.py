@@ -1,0 +1,40 @@
+"""One exception family, so the CLI and the demo can show a single clear line for any user error."""
+
+from __future__ import annotations
+
+
+class ConceptEditError(Exception):
+    """Base class: the message says what was wrong and what to do."""
+
+
+class UnknownPluginError(ConceptEditError, KeyError):
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class BrokenPluginError(ConceptEditError):
+    pass
+
+
+class ConfigError(ConceptEditError, ValueError):
+    pass
+
+
+class RequestError(ConceptEditError, ValueError):
+    pass
+
+
+class UnsupportedModelError(ConceptEditError):
+    pass
+
+
+class ModelLoadError(ConceptEditError):
+    pass
+
+
+class ArtifactError(ConceptEditError):
+    """An Edit folder is missing, corrupted, tampered with or made for another base model."""
+
+
+class ModelMismatchError(ArtifactError):
+    pass

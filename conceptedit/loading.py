@@ -1,0 +1,199 @@
+"""``load_pipeline``: one entry point for hub ids, diffusers folders, single checkpoint files and
+built-in models, with errors that say what was tried and what to do."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from conceptedit.devices import pick_device, pick_dtype
+from conceptedit.errors import ModelLoadError, UnsupportedModelError
+from conceptedit.families import SD_FAMILIES, detect_family
+
+# Built-in models: alias -> "module:function" returning the model folder. Resolved lazily so that
+# importing conceptedit stays cheap and a missing built-in model only fails when asked for.
+BUILTIN_MODELS: dict[str, str] = {"shapes": "conceptedit.pipelines.shapes:model_dir"}
+DEFAULT_MODEL = "shapes"
+DEFAULTS_FILE = "conceptedit.json"  # optional generation defaults stored next to model_index.json
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def builtin_model_dir(name: str) -> Path:
+    module_name, _, func = BUILTIN_MODELS[name].partition(":")
+    try:
+        folder = Path(getattr(importlib.import_module(module_name), func)())
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(f"built-in model {name!r} is not available in this install: {exc}") from exc
+    if not (folder / "model_index.json").is_file():
+        raise ModelLoadError(
+            f"built-in model {name!r} has no weights at {folder}; train it with `conceptedit {name} train`"
+        )
+    return folder
+
+
+def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
+    """``torch_dtype`` works on every diffusers release we support (newer ones warn; see _quiet)."""
+    return {"torch_dtype": dtype}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence diffusers' deprecation notice for ``torch_dtype`` (renamed ``dtype`` in newer releases)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+        yield
+
+
+def _offline(offline: bool | None) -> bool:
+    if offline is not None:
+        return offline
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _sd_kwargs(class_name: str, safety_checker: bool) -> dict[str, Any]:
+    if class_name.startswith("StableDiffusion") and not safety_checker:
+        return {"safety_checker": None, "requires_safety_checker": False}
+    return {}
+
+
+def _load_folder(folder: Path, dtype: torch.dtype, safety_checker: bool) -> Any:
+    from diffusers import DiffusionPipeline
+
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ModelLoadError(
+            f"{folder} is a folder but not a diffusers pipeline (no model_index.json); "
+            "pass a diffusers folder, a .safetensors checkpoint or a hub id"
+        )
+    class_name = json.loads(index.read_text()).get("_class_name", "")
+    try:
+        return DiffusionPipeline.from_pretrained(
+            folder, local_files_only=True, **_dtype_kwargs(dtype), **_sd_kwargs(class_name, safety_checker)
+        )
+    except Exception as exc:  # diffusers raises many types; the user needs one clear message
+        raise ModelLoadError(f"could not load the diffusers folder {folder}: {exc}") from exc
+
+
+def _load_single_file(path: Path, dtype: torch.dtype, config: str | None, offline: bool) -> Any:
+    from diffusers import StableDiffusionPipeline
+
+    kwargs: dict[str, Any] = {**_dtype_kwargs(dtype), "local_files_only": offline}
+    if config:
+        kwargs["config"] = config
+    try:
+        # diffusers reads .ckpt with torch.load(weights_only=True): tensors only, nothing executed.
+        return StableDiffusionPipeline.from_single_file(
+            str(path), safety_checker=None, requires_safety_checker=False, **kwargs
+        )
+    except Exception as exc:
+        hint = (
+            " Offline, diffusers cannot fetch the matching architecture config: pass config=<a local "
+            "diffusers folder or cached hub id of the same architecture> (CLI: --config)."
+            if offline or not config
+            else ""
+        )
+        raise ModelLoadError(f"could not load the checkpoint file {path}: {exc}.{hint}") from exc
+
+
+def _load_hub(repo_id: str, dtype: torch.dtype, offline: bool, safety_checker: bool) -> Any:
+    from diffusers import DiffusionPipeline
+
+    try:
+        config = DiffusionPipeline.load_config(repo_id, local_files_only=offline)
+        class_name = config.get("_class_name", "")
+        return DiffusionPipeline.from_pretrained(
+            repo_id, local_files_only=offline, **_dtype_kwargs(dtype), **_sd_kwargs(class_name, safety_checker)
+        )
+    except Exception as exc:
+        mode = "offline (HF_HUB_OFFLINE=1), from the local cache only" if offline else "from the hub"
+        raise ModelLoadError(
+            f"could not load {repo_id!r}: it is not a built-in model ({', '.join(BUILTIN_MODELS)}), "
+            f"not an existing folder or file, and loading it as a hub id {mode} failed: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+            "Check the path or id, or download the model once with network access."
+        ) from exc
+
+
+def load_pipeline(
+    source: str | os.PathLike = DEFAULT_MODEL,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    *,
+    offline: bool | None = None,
+    config: str | None = None,
+    safety_checker: bool = False,
+) -> Any:
+    """Load a text-to-image pipeline from a built-in name, a diffusers folder, a single
+    ``.safetensors``/``.ckpt`` file or a hub id, and move it to ``device`` (cuda > mps > cpu).
+
+    ``offline`` defaults to ``HF_HUB_OFFLINE``. ``config`` is the architecture folder/id that
+    ``from_single_file`` needs for single files when the hub is unreachable. The safety checker is
+    off by default: erasure evaluation needs to see what the model really generates.
+    """
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, torch_device)
+    offline_mode = _offline(offline)
+    text = str(source).strip()
+    if not text:
+        raise ModelLoadError("empty model source; pass a built-in name (e.g. 'shapes'), a folder, a file or a hub id")
+    path = Path(text).expanduser()
+    with _quiet():
+        if text in BUILTIN_MODELS:
+            folder = builtin_model_dir(text)
+            pipe = _load_folder(folder, torch_dtype, safety_checker)
+            model_id, defaults_dir = text, folder
+        elif path.is_dir():
+            pipe = _load_folder(path, torch_dtype, safety_checker)
+            model_id, defaults_dir = str(path.resolve()), path
+        elif path.is_file():
+            if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+                raise ModelLoadError(f"{path} is a file but not a checkpoint; expected one of {SINGLE_FILE_SUFFIXES}")
+            pipe = _load_single_file(path, torch_dtype, config, offline_mode)
+            model_id, defaults_dir = str(path.resolve()), None
+        elif path.suffix.lower() in SINGLE_FILE_SUFFIXES or text.startswith((".", "/", "~")):
+            raise ModelLoadError(f"model path {text!r} does not exist")
+        else:
+            pipe = _load_hub(text, torch_dtype, offline_mode, safety_checker)
+            model_id, defaults_dir = text, None
+    pipe = pipe.to(torch_device)
+    pipe._conceptedit_model_id = model_id
+    pipe._conceptedit_defaults = _read_defaults(defaults_dir)
+    return pipe
+
+
+def _read_defaults(folder: Path | None) -> dict[str, Any]:
+    if folder is None or not (folder / DEFAULTS_FILE).is_file():
+        return {}
+    return dict(json.loads((folder / DEFAULTS_FILE).read_text()).get("generation", {}))
+
+
+def model_id(pipe: Any) -> str:
+    """The id an Edit records as its base model: the load source, else diffusers' name_or_path."""
+    return getattr(pipe, "_conceptedit_model_id", None) or str(getattr(pipe, "name_or_path", "") or "unknown")
+
+
+def generation_defaults(pipe: Any) -> dict[str, Any]:
+    """Generation settings the model ships with (steps, guidance, size); empty for plain checkpoints."""
+    return dict(getattr(pipe, "_conceptedit_defaults", {}) or {})
+
+
+def require_family(pipe: Any, supported: tuple[str, ...], what: str) -> str:
+    """Raise before any work when ``what`` (a plugin) does not support the pipeline's family."""
+    family = detect_family(pipe)
+    if family not in supported:
+        raise UnsupportedModelError(
+            f"{what} supports model families {', '.join(supported)}, but this pipeline "
+            f"({type(pipe).__name__}) is {family!r}"
+        )
+    return family
+
+
+__all__ = ["load_pipeline", "model_id", "generation_defaults", "require_family", "SD_FAMILIES"]

@@ -1,0 +1,115 @@
+"""The plugin contract: a registered method with a typed config whose defaults are its paper's.
+
+A plugin reads top to bottom like the paper's method section: ``Config`` (dataclass), ``fit``
+(pipeline + request → Edit, report or edited image), and the Edit class that applies it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from conceptedit.config import config_from_dict, config_to_dict
+from conceptedit.edits.base import Edit, Manifest
+from conceptedit.errors import RequestError
+from conceptedit.families import SD_FAMILIES
+from conceptedit.loading import require_family
+
+PluginKind = Literal["erase", "edit", "analyze", "attack"]
+PLUGIN_KINDS: tuple[str, ...] = ("erase", "edit", "analyze", "attack")
+
+Progress = Callable[[float, str], None]
+
+
+def _no_progress(_fraction: float, _message: str) -> None:
+    return None
+
+
+def _clean_concepts(values: Sequence[str] | str | None, what: str) -> list[str]:
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    out = []
+    for value in values:
+        if not isinstance(value, str):
+            raise RequestError(f"{what} must be text, got {value!r}")
+        text = " ".join(value.split())
+        if not text:
+            raise RequestError(f"{what} contains an empty concept; give the concept as words, e.g. 'van gogh'")
+        out.append(text)
+    return out
+
+
+@dataclass
+class Request:
+    """What the user asks for. Validated on construction, before any work starts."""
+
+    targets: list[str]
+    preserve: list[str] = field(default_factory=list)
+    images: list[Path] = field(default_factory=list)  # a few images of the concept (few-shot methods)
+    prompts: list[str] = field(default_factory=list)  # extra prompts (e.g. ones that contain the concept)
+    retain_prompts: list[str] = field(default_factory=list)  # prompts whose outputs must not change
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.targets = _clean_concepts(self.targets, "targets")
+        if not self.targets:
+            raise RequestError("no target concept given; name at least one concept to erase or edit")
+        self.preserve = _clean_concepts(self.preserve, "preserve")
+        overlap = set(self.targets) & set(self.preserve)
+        if overlap:
+            raise RequestError(f"concepts {sorted(overlap)} are both targets and preserved")
+        self.images = [Path(p) for p in self.images]
+        missing = [str(p) for p in self.images if not p.exists()]
+        if missing:
+            raise RequestError(f"image path(s) not found: {', '.join(missing)}")
+        self.prompts = _clean_concepts(self.prompts, "prompts")
+        self.retain_prompts = _clean_concepts(self.retain_prompts, "retain_prompts")
+
+
+class Plugin:
+    """Base class. Subclasses set the class attributes and implement :meth:`fit`."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[PluginKind] = "erase"
+    Config: ClassVar[type] = type(None)
+    families: ClassVar[tuple[str, ...]] = SD_FAMILIES
+    artifact_kind: ClassVar[str] = "runtime"  # weight_delta | lora | component | runtime | report | image
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+
+    def __init__(self, config: Any = None, **overrides: Any) -> None:
+        if config is None or isinstance(config, dict):
+            self.config = config_from_dict(self.Config, {**(config or {}), **overrides})
+        elif isinstance(config, self.Config):
+            self.config = dataclasses.replace(config, **overrides) if overrides else config
+        else:
+            raise TypeError(f"{self.name}: config must be a {self.Config.__name__} or a dict")
+
+    def check_pipeline(self, pipe: Any) -> str:
+        """Raise before any work if the pipeline's family is not supported; return the family."""
+        return require_family(pipe, self.families, f"plugin {self.name!r}")
+
+    def fit(self, pipe: Any, request: Request, progress: Progress = _no_progress) -> Any:
+        raise NotImplementedError
+
+    def manifest(self, edit_type: str, artifact_kind: str, request: Request, **extra: Any) -> Manifest:
+        """A manifest pre-filled with this plugin's name, config and the request's concepts."""
+        return Manifest(
+            edit_type=edit_type,
+            artifact_kind=artifact_kind,
+            plugin=self.name,
+            config=config_to_dict(self.config),
+            targets=list(request.targets),
+            preserve=list(request.preserve),
+            extra=dict(extra),
+        )
+
+    def finish(self, edit: Edit, pipe: Any, components: list[str]) -> Edit:
+        """Record the base model's id and fingerprints of ``components`` in the edit's manifest."""
+        edit.record_base(pipe, components)
+        return edit

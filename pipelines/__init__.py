@@ -1,0 +1,1 @@
+"""Pipelines: loading diffusers pipelines, the built-in shapes model, and pipelines plugins need."""

@@ -1,0 +1,99 @@
+"""CLI commands on a tiny pipeline; wrong arguments exit non-zero with one clear line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from conceptedit.cli import _attach_subcommands, app
+
+_attach_subcommands()
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def run_main(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "conceptedit", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_plugins_json_lists_negative_prompt():
+    result = run("plugins", "--json")
+    assert result.exit_code == 0
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert rows["negative-prompt"]["status"] == "ok" and rows["negative-prompt"]["kind"] == "erase"
+
+
+def test_every_command_has_help():
+    for cmd in (["--help"], ["plugins", "--help"], ["generate", "--help"], ["erase", "--help"]):
+        assert run(*cmd).exit_code == 0, cmd
+
+
+def test_erase_then_generate_with_the_edit(tiny_model_dir, tmp_path):
+    edit_dir = tmp_path / "edit"
+    result = run(
+        "erase",
+        "--model",
+        str(tiny_model_dir),
+        "--method",
+        "negative-prompt",
+        "--concept",
+        "cat",
+        "--out",
+        str(edit_dir),
+        "--device",
+        "cpu",
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((edit_dir / "manifest.json").read_text())["plugin"] == "negative-prompt"
+    csv_file = tmp_path / "prompts.csv"
+    csv_file.write_text("prompt,evaluation_seed,case_number\na red cat,3,7\n")
+    out = tmp_path / "images"
+    result = run(
+        "generate",
+        "--model",
+        str(tiny_model_dir),
+        "--prompt",
+        "a blue dog",
+        "--prompts-csv",
+        str(csv_file),
+        "--edit",
+        str(edit_dir),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    )
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "0007_seed3.json").read_text())
+    assert meta["prompt"] == "a red cat" and meta["seed"] == 3 and meta["edits"][0]["plugin"] == "negative-prompt"
+    assert (out / "0007_seed3.png").is_file() and (out / "0000_seed0.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["erase", "--method", "nope", "--concept", "x", "--out", "o"], "unknown plugin 'nope'"),
+        (["erase", "--method", "negative-prompt", "--concept", " ", "--out", "o"], "empty concept"),
+        (
+            ["erase", "--method", "negative-prompt", "--concept", "x", "--set", "colour=red", "--out", "o"],
+            "unknown config key",
+        ),
+        (["generate", "--out", "o", "--prompts-csv", "missing.csv"], "not found"),
+        (["generate", "--out", "o", "--edit", "no_such_edit_dir", "--prompt", "x"], "not an edit artifact"),
+    ],
+)
+def test_bad_arguments_exit_nonzero_with_one_line(args, message, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "conceptedit", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
