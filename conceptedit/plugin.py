@@ -113,3 +113,67 @@ class Plugin:
         """Record the base model's id and fingerprints of ``components`` in the edit's manifest."""
         edit.record_base(pipe, components)
         return edit
+
+
+@dataclass
+class Report:
+    """What an ``analyze`` plugin returns: tables (rows of dicts), figures (PNG paths) and a summary."""
+
+    title: str
+    summary: str = ""
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    figures: dict[str, Path] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "summary": self.summary,
+            "tables": self.tables,
+            "figures": {k: str(v) for k, v in self.figures.items()},
+            "data": self.data,
+        }
+
+
+class ImageEditPlugin(Plugin):
+    """Base of ``edit`` plugins (e.g. Concept Lancet): transform one image under an instruction.
+
+    ``request.targets`` holds the concept(s) to edit; the source image, its prompt and the
+    instruction come as arguments.
+    """
+
+    kind = "edit"
+    artifact_kind = "image"
+
+    def edit_image(
+        self,
+        pipe: Any,
+        image: Any,
+        source_prompt: str,
+        target_prompt: str,
+        *,
+        seed: int = 0,
+        progress: Progress = _no_progress,
+    ) -> Any:
+        raise NotImplementedError
+
+    def fit(self, pipe: Any, request: Request, progress: Progress = _no_progress) -> Any:
+        extra = request.extra
+        missing = [k for k in ("image", "source_prompt", "target_prompt") if k not in extra]
+        if missing:
+            raise RequestError(f"plugin {self.name!r} edits an image; the request lacks {missing}")
+        return self.edit_image(
+            pipe,
+            extra["image"],
+            extra["source_prompt"],
+            extra["target_prompt"],
+            seed=int(extra.get("seed", 0)),
+            progress=progress,
+        )
+
+
+class AnalysisPlugin(Plugin):
+    """Base of ``analyze`` plugins (e.g. blindspots): ``fit`` returns a :class:`Report`, not an Edit."""
+
+    kind = "analyze"
+    artifact_kind = "report"

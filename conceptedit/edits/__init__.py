@@ -10,7 +10,14 @@ from conceptedit.edits.base import (
     edit_stack,
 )
 from conceptedit.edits.lora import LoRAEdit, lora_tensors_from_peft
-from conceptedit.edits.runtime import ActivationHookEdit, NegativePromptEdit, wrap_encode_prompt
+from conceptedit.edits.runtime import (
+    ActivationHookEdit,
+    FeatureExplainer,
+    NegativePromptEdit,
+    PromptClassifier,
+    PromptDecision,
+    wrap_encode_prompt,
+)
 from conceptedit.edits.weights import ComponentEdit, WeightDeltaEdit, component_state
 
 __all__ = [
@@ -26,6 +33,9 @@ __all__ = [
     "ActivationHookEdit",
     "NegativePromptEdit",
     "wrap_encode_prompt",
+    "PromptDecision",
+    "PromptClassifier",
+    "FeatureExplainer",
     "ComponentEdit",
     "WeightDeltaEdit",
     "component_state",

@@ -9,7 +9,8 @@ previous attribute, so the class method is used again exactly as before.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -18,6 +19,30 @@ from conceptedit.errors import ArtifactError, ConceptEditError
 from conceptedit.hooks import add_output_transform
 
 _MISSING = object()
+
+
+@dataclass(frozen=True)
+class PromptDecision:
+    """Why a prompt-classifying edit (ItD) did or did not intervene on a prompt."""
+
+    prompt: str
+    score: float
+    threshold: float
+    fired: bool
+
+
+@runtime_checkable
+class PromptClassifier(Protocol):
+    """Runtime edits that decide per prompt (the demo and the evaluation show these decisions)."""
+
+    def classify(self, prompts: list[str]) -> list[PromptDecision]: ...
+
+
+@runtime_checkable
+class FeatureExplainer(Protocol):
+    """SAE-backed edits: the strongest features of a prompt, as dicts with ``feature`` and ``activation``."""
+
+    def explain(self, prompt: str, top_n: int = 10) -> list[dict[str, Any]]: ...
 
 
 def wrap_encode_prompt(pipe: Any, make_wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Undo:
