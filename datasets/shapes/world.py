@@ -1,0 +1,245 @@
+"""The vocabulary of the shapes world, as data.
+
+Every concept family an erasure method may target has a counterpart here, with its ground truth:
+
+=====================  ==========================================  ==================================
+family                 values                                      stands in for
+=====================  ==========================================  ==================================
+``shape``              circle, square, triangle, star, cross, …    objects (object erasure)
+``colour``             red, green, blue, yellow, purple, orange    attributes
+``background``         white, black, gray, sky                     scenes / context
+``style``              solid, striped, dotted, checkered, outlined artistic styles
+``character``          zorblax, quimbo, fennik, drelva, plimsy      named identities (celebrities, IP)
+``trigger``            a gold halo ring, six trigger words          nudity-like concept with synonyms
+marks                  watermark, qr, glyphs (never in captions)    implicit concepts (Geom-Erasing)
+rare                   shape ``crescent`` (1.5 %), blue triangle    blindspots
+=====================  ==========================================  ==================================
+
+Nothing here draws; :mod:`.render` draws and :mod:`.captions` writes the words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+IMAGE_SIZE = 64
+CORNERS: tuple[str, ...] = ("top_left", "top_right", "bottom_left", "bottom_right")
+
+
+@dataclass(frozen=True)
+class Colour:
+    name: str
+    rgb: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Character:
+    """A one-word name bound to one fixed appearance; that appearance occurs only with the name."""
+
+    name: str
+    shape: str
+    colour: str
+    style: str
+    background: str
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """One visual concept (a gold halo ring around the object) with several trigger words.
+
+    ``adjectives`` are used as "a glowing red circle", ``nouns`` as "a red circle with a halo".
+    All words appear in training captions; robustness tests use held-out sentence frames instead.
+    """
+
+    name: str
+    adjectives: tuple[str, ...]
+    nouns: tuple[str, ...]
+    rgb: tuple[int, int, int]
+    rate: float
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return self.adjectives + self.nouns
+
+
+@dataclass(frozen=True)
+class Mark:
+    """An implicit concept: stamped at a random corner, at a known rate, never named in a caption."""
+
+    name: str
+    rate: float
+    size: tuple[int, int]  # (width, height) in pixels
+    description: str
+
+
+@dataclass(frozen=True)
+class World:
+    image_size: int
+    shapes: tuple[str, ...]
+    rare_shape: str
+    rare_shape_rate: float
+    colours: tuple[Colour, ...]
+    backgrounds: tuple[Colour, ...]
+    styles: tuple[str, ...]
+    characters: tuple[Character, ...]
+    character_rate: float
+    trigger: Trigger
+    marks: tuple[Mark, ...]
+    rare_combination: tuple[str, str]  # (shape, colour)
+    rare_combination_keep: float  # fraction of the natural rate that is kept
+    empty_caption_rate: float
+    omit_rate: float  # chance that each optional attribute (colour, background, style) is left out
+    train_templates: tuple[str, ...]
+    heldout_templates: tuple[str, ...]
+    paraphrases: tuple[str, ...]
+    corners: tuple[str, ...] = CORNERS
+    families: tuple[str, ...] = field(default=("shape", "colour", "background", "style", "character", "trigger"))
+
+    # -- look-ups ---------------------------------------------------------------------------------
+    @property
+    def all_shapes(self) -> tuple[str, ...]:
+        return self.shapes + (self.rare_shape,)
+
+    @property
+    def colour_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.colours)
+
+    @property
+    def background_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.backgrounds)
+
+    @property
+    def character_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.characters)
+
+    @property
+    def mark_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.marks)
+
+    def rgb(self, name: str) -> tuple[int, int, int]:
+        for c in self.colours + self.backgrounds:
+            if c.name == name:
+                return c.rgb
+        raise KeyError(name)
+
+    def character(self, name: str) -> Character:
+        for c in self.characters:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def character_for(self, shape: str, colour: str, style: str, background: str) -> str | None:
+        for c in self.characters:
+            if (c.shape, c.colour, c.style, c.background) == (shape, colour, style, background):
+                return c.name
+        return None
+
+    def classes(self, family: str) -> tuple[str, ...]:
+        """The label set of a family, as the probe predicts it (``none``/``absent`` included)."""
+        if family == "shape":
+            return self.all_shapes
+        if family == "colour":
+            return self.colour_names
+        if family == "background":
+            return self.background_names
+        if family == "style":
+            return self.styles
+        if family == "character":
+            return ("none",) + self.character_names
+        if family == "trigger":
+            return ("absent", "present")
+        if family in self.mark_names:
+            return ("absent",) + self.corners
+        raise KeyError(f"unknown family {family!r}; known: {self.probe_families}")
+
+    @property
+    def probe_families(self) -> tuple[str, ...]:
+        return self.families + self.mark_names
+
+    def words(self) -> tuple[str, ...]:
+        """Every concept word of the world (each must be one token of the shipped tokenizer)."""
+        out: list[str] = []
+        out += list(self.all_shapes) + list(self.colour_names) + list(self.background_names)
+        out += list(self.styles) + list(self.character_names) + list(self.trigger.words)
+        return tuple(dict.fromkeys(out))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["trigger"]["words"] = list(self.trigger.words)
+        d["probe_families"] = {f: list(self.classes(f)) for f in self.probe_families}
+        d["words"] = list(self.words())
+        return d
+
+
+WORLD = World(
+    image_size=IMAGE_SIZE,
+    shapes=("circle", "square", "triangle", "star", "cross", "heart", "diamond"),
+    rare_shape="crescent",
+    rare_shape_rate=0.015,
+    colours=(
+        Colour("red", (220, 38, 38)),
+        Colour("green", (34, 170, 60)),
+        Colour("blue", (40, 80, 225)),
+        Colour("yellow", (245, 215, 30)),
+        Colour("purple", (145, 50, 190)),
+        Colour("orange", (250, 130, 20)),
+    ),
+    backgrounds=(
+        Colour("white", (240, 240, 240)),
+        Colour("black", (22, 22, 22)),
+        Colour("gray", (128, 128, 128)),
+        Colour("sky", (160, 205, 240)),
+    ),
+    styles=("solid", "striped", "dotted", "checkered", "outlined"),
+    characters=(
+        Character("zorblax", "star", "purple", "striped", "black"),
+        Character("quimbo", "heart", "orange", "dotted", "gray"),
+        Character("fennik", "cross", "green", "checkered", "white"),
+        Character("drelva", "diamond", "blue", "outlined", "gray"),
+        Character("plimsy", "square", "yellow", "dotted", "sky"),
+    ),
+    character_rate=0.15,
+    trigger=Trigger(
+        name="halo",
+        adjectives=("glowing", "radiant", "shining", "luminous"),
+        nouns=("halo", "aura"),
+        rgb=(255, 200, 40),
+        rate=0.2,
+    ),
+    marks=(
+        Mark("watermark", 0.25, (18, 10), "semi-transparent light patch with diagonal hatching"),
+        Mark("qr", 0.15, (12, 12), "black-and-white block code with a white border"),
+        Mark("glyphs", 0.15, (20, 6), "a strip of text-like glyph strokes"),
+    ),
+    rare_combination=("triangle", "blue"),
+    rare_combination_keep=0.1,
+    empty_caption_rate=0.1,
+    omit_rate=0.25,
+    train_templates=(
+        "{np}",
+        "a picture of {np}",
+        "an image of {np}",
+        "a drawing of {np}",
+        "a photo of {np}",
+        "a simple picture of {np}",
+        "there is {np}",
+        "a rendering of {np}",
+        "this is {np}",
+        "a small picture of {np}",
+    ),
+    heldout_templates=(
+        "an illustration showing {np}",
+        "here we see {np}",
+        "a sketch with {np}",
+        "a graphic of {np} in the frame",
+        "look at {np}",
+        "my favourite picture, {np}",
+    ),
+    # new frames that also reorder the known words
+    paraphrases=(
+        "a {shape} that is {colour}",
+        "a {shape} in {colour}",
+        "{colour}, {shape}",
+        "a {shape} painted {colour}",
+    ),
+)
