@@ -53,6 +53,7 @@ def _quiet() -> Iterator[None]:
 
 
 def _offline(offline: bool | None) -> bool:
+    """Explicit choice, else ``HF_HUB_OFFLINE``."""
     if offline is not None:
         return offline
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")

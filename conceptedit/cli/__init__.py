@@ -1,8 +1,8 @@
 """The ``conceptedit`` command line: a thin layer over the public API.
 
-Sub-command groups live in their own modules (``shapes``, ``sae`` …) and are attached here, so
-each feature owns its commands. User errors (:class:`ConceptEditError`) exit with one line, no
-traceback.
+Sub-command groups live in their own modules (``shapes``, ``sae``, ``eval`` …) with a
+``register(app)`` function and are found here, so each feature owns its commands. User errors
+(:class:`ConceptEditError`) exit with one line, no traceback.
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ app = typer.Typer(
 
 
 def _attach_subcommands() -> None:
+    """Import every module of this package; those with ``register(app)`` add their commands."""
+    import importlib
+    import pkgutil
+
     from conceptedit.cli import core  # noqa: F401  (registers plugins/generate/erase)
 
-    for module_name in ("shapes", "sae"):
-        try:
-            module = __import__(f"conceptedit.cli.{module_name}", fromlist=["app"])
-        except ModuleNotFoundError as exc:
-            if exc.name == f"conceptedit.cli.{module_name}":
-                continue
-            raise
+    for info in pkgutil.iter_modules(__path__):
+        if info.name == "core":
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
         if hasattr(module, "register"):
             module.register(app)
 
