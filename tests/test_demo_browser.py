@@ -1,0 +1,167 @@
+"""End to end: start ``python app.py`` on the tiny model on a free local port, drive it in headless
+Chromium, fit the ``negative-prompt`` plugin and check that the original and the edited images both
+appear and differ. The screenshot is kept as a test artifact (its path is printed).
+
+Needs the Debian packages ``chromium`` and ``chromium-driver`` and the pip package ``selenium``
+(``.ci/run`` installs them). Skipped, with the reason, only where they are absent and ``CI`` is unset.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+CHROMEDRIVER = shutil.which("chromedriver")
+CHROME_ARGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1200",
+)
+
+
+def _browser_or_skip():
+    missing = [name for name, path in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if not path]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (pip)")
+    if missing:
+        how = "apt-get install chromium chromium-driver; pip install selenium"
+        reason = f"demo browser test needs {', '.join(missing)} ({how})"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {reason}")
+        pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the demo exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"the demo did not answer at {url} within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def demo_url(tiny_model_dir, tmp_path):
+    port = _free_port()
+    log = tmp_path / "demo.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("GRADIO_SERVER_NAME", None)
+    command = [sys.executable, str(ROOT / "app.py"), "--model", str(tiny_model_dir), "--port", str(port)]
+    with log.open("w") as out:
+        proc = subprocess.Popen(command + ["--device", "cpu"], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_for_server(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def browser():
+    _browser_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="conceptedit-chromium-")
+    for arg in (*CHROME_ARGS, f"--user-data-dir={profile}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _image(src: str) -> np.ndarray:
+    with urllib.request.urlopen(src, timeout=30) as response:
+        return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
+
+
+def test_fit_negative_prompt_in_the_browser(demo_url, browser, tmp_path, capsys):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 150, poll_frequency=0.3)
+    browser.get(demo_url)
+    targets = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#erase-targets textarea, #erase-targets input"))
+
+    def text(selector: str) -> str:
+        return browser.find_element(By.CSS_SELECTOR, selector).text
+
+    # Choose the plugin in the dropdown: its summary and paper appear.
+    browser.find_element(By.CSS_SELECTOR, "#erase-plugin input").click()
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "li[role=option][aria-label='negative-prompt']")).click()
+    wait.until(lambda d: "Safe Latent Diffusion" in text("#erase-plugin-info"))
+
+    # A user error is shown as a message and the app keeps running.
+    browser.find_element(By.CSS_SELECTOR, "#erase-fit").click()
+    wait.until(lambda d: "no target concept" in text("#erase-fit-message"))
+
+    targets.send_keys("cat")
+    browser.find_element(By.CSS_SELECTOR, "#erase-fit").click()
+    wait.until(lambda d: "fitted" in text("#erase-fit-message"))
+    wait.until(
+        lambda d: (
+            len(d.find_elements(By.CSS_SELECTOR, "#gallery-original img")) >= 4
+            and len(d.find_elements(By.CSS_SELECTOR, "#gallery-edited img")) >= 4
+        )
+    )
+    assert "negative-prompt" in text("#stack-table") and "cat" in text("#stack-table")
+    prompts = browser.find_element(By.CSS_SELECTOR, "#compare-prompts textarea").get_attribute("value")
+    assert "a picture of cat" in prompts
+
+    time.sleep(1.0)  # let the images finish loading for the screenshot
+    screenshot = tmp_path / "demo-screenshot.png"
+    browser.save_screenshot(str(screenshot))
+    with capsys.disabled():
+        print(f"\ndemo screenshot: {screenshot}")
+
+    original = [e.get_attribute("src") for e in browser.find_elements(By.CSS_SELECTOR, "#gallery-original img")]
+    edited = [e.get_attribute("src") for e in browser.find_elements(By.CSS_SELECTOR, "#gallery-edited img")]
+    first_original, first_edited = _image(original[0]), _image(edited[0])
+    assert first_original.shape == first_edited.shape and first_original.shape[0] >= 64
+    assert not np.array_equal(first_original, first_edited), "the original and the edited image are identical"
+    assert "negative-prompt: cat" in text("#compare-message")
