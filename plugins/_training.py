@@ -1,0 +1,105 @@
+"""Shared pieces of the fine-tuning erase plugins (``esd``, ``fewshot-unlearning``).
+
+The leading underscore keeps the registry from importing this as a plugin. Everything here works on a
+*copy* of the component being trained, so ``fit`` never changes the pipeline it was given: the
+artifact is the difference between the trained copy and the pipeline's own weights (a weight delta),
+or the LoRA factors trained on the copy.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from conceptedit.edits import LoRAEdit, Manifest, WeightDeltaEdit, lora_tensors_from_peft
+from conceptedit.errors import ConfigError
+
+
+def text_embeddings(text_encoder: torch.nn.Module, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
+    """Last hidden states for ``prompts`` padded to the tokenizer's max length (as SD pipelines encode)."""
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
+    device = next(text_encoder.parameters()).device
+    mask = ids.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
+    return text_encoder(ids.input_ids.to(device), attention_mask=mask)[0]
+
+
+def trainable_copy(module: torch.nn.Module, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A frozen float32 deep copy of ``module`` (fp16 weights do not train well); nothing shared."""
+    twin = copy.deepcopy(module).to(dtype)
+    twin.requires_grad_(False)
+    return twin
+
+
+def linear_module_names(module: torch.nn.Module, keep: Callable[[str], bool]) -> list[str]:
+    """Names of the Linear / Conv2d submodules (the layers a delta or LoRA can target) kept by ``keep``."""
+    return [
+        name
+        for name, sub in module.named_modules()
+        if isinstance(sub, (torch.nn.Linear, torch.nn.Conv2d)) and keep(name)
+    ]
+
+
+def parameter_names_of(module: torch.nn.Module, module_names: Iterable[str]) -> list[str]:
+    """Every parameter (weight and bias) of the named submodules."""
+    out = []
+    for name in module_names:
+        prefix = f"{name}." if name else ""  # "" = the whole module
+        out += [prefix + p for p, _ in module.get_submodule(name).named_parameters()]
+    return out
+
+
+class Trainable:
+    """The parameters an optimiser updates: the named parameters of a copy, or LoRA factors on them.
+
+    ``artifact(manifest, original)`` turns the result into the edit the plugin returns.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        component: str,
+        module_names: list[str],
+        artifact: str,
+        lora_rank: int = 4,
+        lora_alpha: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not module_names:
+            raise ConfigError(f"the chosen parameter group selects no layer of the {component}")
+        self.model, self.component, self.kind = model, component, artifact
+        if artifact == "weight_delta":
+            self.names = parameter_names_of(model, module_names)
+            params = dict(model.named_parameters())
+            self.parameters = [params[n] for n in self.names]
+            for p in self.parameters:
+                p.requires_grad_(True)
+        elif artifact == "lora":
+            from peft import LoraConfig, inject_adapter_in_model
+
+            torch.manual_seed(seed)  # peft initialises lora_A with the global generator
+            config = LoraConfig(
+                r=lora_rank, lora_alpha=lora_alpha or lora_rank, target_modules=module_names, lora_dropout=0.0
+            )
+            inject_adapter_in_model(config, model)
+            self.names = [n for n, _ in model.named_parameters() if "lora_" in n]
+            params = dict(model.named_parameters())
+            self.parameters = [params[n] for n in self.names]
+            for p in self.parameters:
+                p.requires_grad_(True)
+        else:
+            raise ConfigError(f"artifact must be 'weight_delta' or 'lora', got {artifact!r}")
+
+    def artifact(self, manifest: Manifest, original: torch.nn.Module) -> WeightDeltaEdit:
+        if self.kind == "lora":
+            return LoRAEdit(manifest, lora_tensors_from_peft(self.model, self.component))
+        before = dict(original.named_parameters())
+        after = dict(self.model.named_parameters())
+        key = f"{self.component}.{{}}".format
+        return WeightDeltaEdit.from_models(
+            manifest, {key(n): before[n] for n in self.names}, {key(n): after[n] for n in self.names}
+        )
