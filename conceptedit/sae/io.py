@@ -1,0 +1,166 @@
+"""Save and load SAEs (``sae.safetensors`` + ``cfg.json``), strictly; export to SAELens' layout.
+
+Why strict: an SAE silently loaded with a dropped option or a transposed matrix gives wrong
+concepts without any error. Unknown config keys are an error naming the valid ones; tensor names
+and shapes must match what the config builds, and the error says exactly what differs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from conceptedit.errors import ArtifactError, ConfigError
+from conceptedit.sae.base import SAE, SAE_ARCHITECTURES
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae.safetensors"
+FORMAT = "conceptedit.sae"
+TOP_KEYS = {"format", "format_version", "architecture", "d_in", "width", "hparams", "normalize", "source"}
+
+
+class SAEConfigError(ConfigError):
+    """``cfg.json`` is malformed: missing or unknown keys, unknown architecture, bad values."""
+
+
+class SAEShapeError(ArtifactError):
+    """The weights file does not match the architecture and sizes ``cfg.json`` declares."""
+
+
+def sae_config(sae: SAE) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "format_version": 1,
+        "architecture": sae.architecture,
+        "d_in": sae.d_in,
+        "width": sae.width,
+        "hparams": sae.hparams(),
+        "normalize": {"scale": float(sae.input_scale)},
+        "source": dict(sae.source),
+    }
+
+
+def save_sae(sae: SAE, path: str | Path) -> Path:
+    """Write ``cfg.json`` and ``sae.safetensors`` into folder ``path`` (created if needed)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
+    save_file(state, str(path / WEIGHTS_FILE), metadata={"format": FORMAT})
+    (path / CFG_FILE).write_text(json.dumps(sae_config(sae), indent=1))
+    return path
+
+
+def _check_config(cfg: Any, where: Path) -> type[SAE]:
+    if not isinstance(cfg, dict):
+        raise SAEConfigError(f"{where}: expected a JSON object")
+    unknown = sorted(set(cfg) - TOP_KEYS)
+    missing = sorted({"architecture", "d_in", "width"} - set(cfg))
+    if unknown:
+        raise SAEConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(TOP_KEYS)}")
+    if missing:
+        raise SAEConfigError(f"{where}: missing key(s) {missing}")
+    if cfg.get("format", FORMAT) != FORMAT:
+        raise SAEConfigError(f"{where}: format is {cfg['format']!r}, expected {FORMAT!r}")
+    arch = cfg["architecture"]
+    if arch not in SAE_ARCHITECTURES:
+        raise SAEConfigError(f"{where}: unknown architecture {arch!r}; known: {sorted(SAE_ARCHITECTURES)}")
+    cls = SAE_ARCHITECTURES[arch]
+    hp = cfg.get("hparams", {})
+    bad = sorted(set(hp) - set(cls.hparam_names()))
+    if bad:
+        raise SAEConfigError(f"{where}: unknown hparam(s) {bad} for {arch!r}; valid: {cls.hparam_names()}")
+    for key in ("d_in", "width"):
+        if not isinstance(cfg[key], int) or cfg[key] <= 0:
+            raise SAEConfigError(f"{where}: {key} must be a positive integer, got {cfg[key]!r}")
+    norm = cfg.get("normalize", {})
+    if not isinstance(norm, dict) or set(norm) - {"scale"}:
+        raise SAEConfigError(f"{where}: normalize must be {{'scale': float}}, got {norm!r}")
+    return cls
+
+
+def load_sae(path: str | Path, device: str | torch.device | None = "cpu") -> SAE:
+    """Load a folder written by :func:`save_sae`; validates the config and every tensor shape."""
+    path = Path(path)
+    cfg_file, weights_file = path / CFG_FILE, path / WEIGHTS_FILE
+    if not cfg_file.is_file() or not weights_file.is_file():
+        raise ArtifactError(f"{path} is not a saved SAE (needs {CFG_FILE} and {WEIGHTS_FILE})")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise SAEConfigError(f"{cfg_file}: not valid JSON ({exc})") from None
+    cls = _check_config(cfg, cfg_file)
+    sae = cls(cfg["d_in"], cfg["width"], **cfg.get("hparams", {}))
+    state = load_file(str(weights_file))
+    expected = sae.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs expected {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    if missing or extra or wrong:
+        parts = (
+            ([f"missing tensors {missing}"] if missing else [])
+            + ([f"unexpected tensors {extra}"] if extra else [])
+            + wrong
+        )
+        raise SAEShapeError(
+            f"{weights_file} does not match {cfg['architecture']} "
+            f"(d_in={cfg['d_in']}, width={cfg['width']}): " + "; ".join(parts)
+        )
+    sae.load_state_dict(state)
+    if "scale" in cfg.get("normalize", {}):
+        sae.input_scale.fill_(float(cfg["normalize"]["scale"]))
+    sae.source = dict(cfg.get("source", {}))
+    return sae.to(device).eval() if device is not None else sae.eval()
+
+
+SAELENS_ARCH = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}
+
+
+def export_saelens(sae: SAE, path: str | Path) -> Path:
+    """Write SAELens' on-disk layout: ``cfg.json`` + ``sae_weights.safetensors``.
+
+    ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``, ``b_enc``, ``b_dec`` (+ ``threshold`` for
+    JumpReLU), with our input scale folded into the weights so SAELens needs no normalisation:
+    W_enc' = s·W_encᵀ, W_dec' = W_dec / s, b_dec = b_pre / s. Only architectures SAELens has
+    (standard = ReLU, topk, jumprelu) can be exported.
+    """
+    if sae.architecture not in SAELENS_ARCH:
+        raise ConfigError(
+            f"SAELens has no {sae.architecture!r} architecture; exportable: {sorted(SAELENS_ARCH)}"
+        )
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    s = float(sae.input_scale)
+    with torch.no_grad():
+        tensors = {
+            "W_enc": (sae.W_enc.T * s).contiguous().cpu(),
+            "W_dec": (sae.dictionary() / s).contiguous().cpu(),
+            "b_enc": sae.b_enc.detach().clone().cpu(),
+            "b_dec": (sae.b_pre / s).detach().cpu(),
+        }
+        if sae.architecture == "jumprelu":
+            tensors["threshold"] = sae.log_threshold.exp().detach().cpu()
+    save_file(tensors, str(path / "sae_weights.safetensors"))
+    cfg: dict[str, Any] = {
+        "architecture": SAELENS_ARCH[sae.architecture],
+        "d_in": sae.d_in,
+        "d_sae": sae.width,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "model_name": sae.source.get("model"),
+        "hook_name": sae.source.get("module"),
+        "metadata": {"model_name": sae.source.get("model"), "hook_name": sae.source.get("module")},
+    }
+    if sae.architecture == "topk":
+        cfg["k"] = sae.k
+    (path / "cfg.json").write_text(json.dumps(cfg, indent=1))
+    return path

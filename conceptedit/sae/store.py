@@ -1,0 +1,483 @@
+"""Activation stores: capture a named module's output, keep it on disk in shards, read it back shuffled.
+
+Why on disk: a few thousand prompts x 77 tokens x 768 floats already exceeds what a laptop wants in
+memory, and UNet blocks give one row per spatial position. Shards are safetensors files
+(``activations`` ``[n, d]`` plus int32 ``prompt_id``/``position``/``token_id`` records so plugins
+can map rows back to prompts) with an ``index.json`` holding the shard list, the mean and the scalar
+norm scale (``sqrt(d / E‖x‖²)``, SAELens' convention). Reading shuffles across shards through a
+bounded buffer, so memory stays at ``buffer_rows + read_rows`` rows whatever the store size.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from conceptedit.errors import ConfigError, RequestError
+from conceptedit.hooks import run_until
+
+INDEX = "index.json"
+RECORD_KEYS = ("prompt_id", "position", "token_id")
+
+
+class _Stats:
+    """Streaming float64 sums for the mean and the mean squared norm."""
+
+    def __init__(self, d: int) -> None:
+        self.n, self.sum, self.sq = 0, torch.zeros(d, dtype=torch.float64), 0.0
+
+    def add(self, x: torch.Tensor) -> None:
+        x64 = x.to(torch.float64)
+        self.n += x.shape[0]
+        self.sum += x64.sum(0)
+        self.sq += float(x64.pow(2).sum())
+
+    def mean(self) -> torch.Tensor:
+        return (self.sum / max(1, self.n)).to(torch.float32)
+
+    def norm_scale(self, d: int) -> float:
+        msq = self.sq / max(1, self.n)
+        return math.sqrt(d / msq) if msq > 0 else 1.0
+
+
+class _BaseStore:
+    """What the trainer and metrics need from a store (in memory or on disk)."""
+
+    d_in: int
+    n_rows: int
+    mean: torch.Tensor
+    norm_scale: float
+    meta: dict[str, Any]
+
+    def _chunks(self, order: list[int] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+    def iter_rows(self, batch_size: int = 4096, max_rows: int | None = None) -> Iterator[torch.Tensor]:
+        """Rows in storage order (no shuffle), for evaluation."""
+        seen = 0
+        for x, _ in self._chunks(None):
+            for s in range(0, x.shape[0], batch_size):
+                if max_rows is not None and seen >= max_rows:
+                    return
+                part = x[s : s + batch_size]
+                if max_rows is not None:
+                    part = part[: max_rows - seen]
+                seen += part.shape[0]
+                yield part
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epochs: int | None = None,
+        buffer_rows: int | None = None,
+        with_rows: bool = False,
+    ) -> Iterator[torch.Tensor] | Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled batches, deterministic under ``seed``; ``epochs=None`` repeats forever.
+
+        A buffer of at most ``buffer_rows`` rows (default: 64 batches, at least 8192 rows) is filled
+        from shards in a random order, shuffled, and its first half emitted; rows left over at the
+        end of an epoch carry into the next, so no row is ever dropped. ``with_rows`` also yields
+        each row's global index (to look up its prompt/position record).
+        """
+        if batch_size <= 0:
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        cap = max(buffer_rows or max(64 * batch_size, 8192), 2 * batch_size)
+        buf_x: list[torch.Tensor] = []
+        buf_i: list[torch.Tensor] = []
+        held = 0
+        epoch = 0
+        while epochs is None or epoch < epochs:
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            order = torch.randperm(self._n_parts(), generator=gen).tolist()
+            for x, rows in self._chunks(order):
+                buf_x.append(x)
+                buf_i.append(rows)
+                held += x.shape[0]
+                if held >= cap:
+                    bx, bi = torch.cat(buf_x), torch.cat(buf_i)
+                    perm = torch.randperm(held, generator=gen)
+                    bx, bi = bx[perm], bi[perm]
+                    emit = (held // 2) // batch_size * batch_size
+                    for s in range(0, emit, batch_size):
+                        yield (
+                            (bx[s : s + batch_size], bi[s : s + batch_size])
+                            if with_rows
+                            else bx[s : s + batch_size]
+                        )
+                    buf_x, buf_i, held = [bx[emit:]], [bi[emit:]], held - emit
+            epoch += 1
+            if held >= batch_size:
+                bx, bi = torch.cat(buf_x), torch.cat(buf_i)
+                perm = torch.randperm(held, generator=gen)
+                bx, bi = bx[perm], bi[perm]
+                emit = held // batch_size * batch_size
+                for s in range(0, emit, batch_size):
+                    yield (
+                        (bx[s : s + batch_size], bi[s : s + batch_size])
+                        if with_rows
+                        else bx[s : s + batch_size]
+                    )
+                buf_x, buf_i, held = [bx[emit:]], [bi[emit:]], held - emit
+        if held and epochs is not None:
+            bx, bi = torch.cat(buf_x), torch.cat(buf_i)
+            yield (bx, bi) if with_rows else bx
+
+    def _n_parts(self) -> int:
+        raise NotImplementedError
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """Up to ``n`` rows drawn from the shuffled stream (for initialisation)."""
+        out, got = [], 0
+        for x in self.batches(min(n, 4096), seed=seed, epochs=1):
+            out.append(x)
+            got += x.shape[0]
+            if got >= n:
+                break
+        return torch.cat(out)[:n]
+
+    def records(self) -> dict[str, torch.Tensor]:
+        """Per-row ``prompt_id``/``position``/``token_id`` (those that were recorded), in row order."""
+        raise NotImplementedError
+
+
+class InMemoryStore(_BaseStore):
+    """The small-data path: a tensor (plus optional records) behind the store interface."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        records: dict[str, torch.Tensor] | None = None,
+        meta: dict[str, Any] | None = None,
+        part_rows: int = 65536,
+    ) -> None:
+        if x.ndim != 2:
+            raise ConfigError(f"activations must be [rows, d], got shape {tuple(x.shape)}")
+        self.x = x.detach().to(torch.float32).contiguous()
+        self.n_rows, self.d_in = self.x.shape
+        self._records = records or {}
+        self.meta = dict(meta or {})
+        stats = _Stats(self.d_in)
+        stats.add(self.x)
+        self.mean, self.norm_scale = stats.mean(), stats.norm_scale(self.d_in)
+        self.part_rows = part_rows
+
+    def _n_parts(self) -> int:
+        return max(1, math.ceil(self.n_rows / self.part_rows))
+
+    def _chunks(self, order: list[int] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for p in order if order is not None else range(self._n_parts()):
+            s = p * self.part_rows
+            e = min(self.n_rows, s + self.part_rows)
+            yield self.x[s:e], torch.arange(s, e)
+
+    def records(self) -> dict[str, torch.Tensor]:
+        return dict(self._records)
+
+    def save(self, out: str | Path, shard_rows: int = 65536) -> ActivationStore:
+        """Write this data as an on-disk store."""
+        writer = ShardWriter(out, self.d_in, shard_rows=shard_rows, meta=self.meta)
+        writer.add(self.x, **{k: v for k, v in self._records.items() if k in RECORD_KEYS})
+        return writer.close()
+
+
+class ActivationStore(_BaseStore):
+    """An on-disk store (folder with ``index.json`` and ``shard-XXXXX.safetensors``)."""
+
+    def __init__(self, path: str | Path, read_rows: int = 8192) -> None:
+        self.path = Path(path)
+        index_file = self.path / INDEX
+        if not index_file.is_file():
+            raise RequestError(
+                f"{self.path} is not an activation store (no {INDEX}); create one with collect"
+            )
+        index = json.loads(index_file.read_text())
+        self.shards: list[dict[str, Any]] = index["shards"]
+        self.d_in = int(index["d_in"])
+        self.n_rows = int(sum(s["rows"] for s in self.shards))
+        self.mean = torch.tensor(index["mean"], dtype=torch.float32)
+        self.norm_scale = float(index["norm_scale"])
+        self.meta = dict(index.get("meta", {}))
+        self.record_keys = list(index.get("records", []))
+        self.read_rows = read_rows
+        self._starts = [0]
+        for s in self.shards:
+            self._starts.append(self._starts[-1] + int(s["rows"]))
+
+    @classmethod
+    def open(cls, path: str | Path) -> ActivationStore:
+        return cls(path)
+
+    def _n_parts(self) -> int:
+        return len(self.shards)
+
+    def _chunks(self, order: list[int] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Read shards piecewise (``read_rows`` at a time) so a big shard never loads whole."""
+        for p in order if order is not None else range(len(self.shards)):
+            info = self.shards[p]
+            with safe_open(str(self.path / info["file"]), framework="pt") as f:
+                sl = f.get_slice("activations")
+                for s in range(0, int(info["rows"]), self.read_rows):
+                    e = min(int(info["rows"]), s + self.read_rows)
+                    yield sl[s:e].to(torch.float32), torch.arange(self._starts[p] + s, self._starts[p] + e)
+
+    def records(self) -> dict[str, torch.Tensor]:
+        out: dict[str, list[torch.Tensor]] = {k: [] for k in self.record_keys}
+        for info in self.shards:
+            with safe_open(str(self.path / info["file"]), framework="pt") as f:
+                for k in self.record_keys:
+                    out[k].append(f.get_tensor(k))
+        return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+class ShardWriter:
+    """Append activation rows (and their records); writes a shard every ``shard_rows`` rows."""
+
+    def __init__(
+        self,
+        out: str | Path,
+        d_in: int,
+        *,
+        shard_rows: int = 65536,
+        dtype: torch.dtype = torch.float32,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.out = Path(out)
+        if (self.out / INDEX).exists():
+            raise RequestError(f"{self.out} already holds an activation store; choose an empty folder")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.d_in, self.shard_rows, self.dtype = d_in, shard_rows, dtype
+        self.meta = dict(meta or {})
+        self.stats = _Stats(d_in)
+        self.shards: list[dict[str, Any]] = []
+        self._buf: list[torch.Tensor] = []
+        self._rec: dict[str, list[torch.Tensor]] = {}
+        self._held = 0
+
+    def add(self, x: torch.Tensor, **records: torch.Tensor | None) -> None:
+        if x.ndim != 2 or x.shape[1] != self.d_in:
+            raise ConfigError(f"expected rows of width {self.d_in}, got shape {tuple(x.shape)}")
+        x = x.detach().to("cpu", torch.float32)
+        self.stats.add(x)
+        self._buf.append(x)
+        for k, v in records.items():
+            if v is not None:
+                self._rec.setdefault(k, []).append(v.detach().to("cpu", torch.int32).reshape(-1))
+        self._held += x.shape[0]
+        while self._held >= self.shard_rows:
+            self._flush(self.shard_rows)
+
+    def _flush(self, n: int) -> None:
+        x = torch.cat(self._buf)
+        recs = {k: torch.cat(v) for k, v in self._rec.items()}
+        tensors = {"activations": x[:n].to(self.dtype).contiguous()}
+        tensors.update({k: v[:n].contiguous() for k, v in recs.items()})
+        name = f"shard-{len(self.shards):05d}.safetensors"
+        save_file(tensors, str(self.out / name))
+        self.shards.append({"file": name, "rows": n})
+        self._buf = [x[n:]] if x.shape[0] > n else []
+        self._rec = {k: [v[n:]] for k, v in recs.items()}
+        self._held -= n
+
+    def close(self) -> ActivationStore:
+        if self._held:
+            self._flush(self._held)
+        index = {
+            "format": "conceptedit.activations",
+            "version": 1,
+            "d_in": self.d_in,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "rows": self.stats.n,
+            "mean": self.stats.mean().tolist(),
+            "norm_scale": self.stats.norm_scale(self.d_in),
+            "records": sorted(self._rec),
+            "shards": self.shards,
+            "meta": self.meta,
+        }
+        (self.out / INDEX).write_text(json.dumps(index, indent=1))
+        return ActivationStore(self.out)
+
+
+class _MemoryWriter:
+    """Same interface as :class:`ShardWriter`, kept in memory (``out=None``)."""
+
+    def __init__(self, meta: dict[str, Any]) -> None:
+        self.meta, self._x, self._rec = meta, [], {}
+
+    def add(self, x: torch.Tensor, **records: torch.Tensor | None) -> None:
+        self._x.append(x.detach().to("cpu", torch.float32))
+        for k, v in records.items():
+            if v is not None:
+                self._rec.setdefault(k, []).append(v.detach().to("cpu", torch.int32).reshape(-1))
+
+    def close(self) -> InMemoryStore:
+        if not self._x:
+            raise RequestError("no activations were collected (every position was filtered out?)")
+        return InMemoryStore(torch.cat(self._x), {k: torch.cat(v) for k, v in self._rec.items()}, self.meta)
+
+
+def read_prompts(path: str | Path, column: str = "prompt") -> list[str]:
+    """Prompts from a .txt file (one per line) or a CSV with a ``prompt`` column."""
+    path = Path(path)
+    if not path.is_file():
+        raise RequestError(f"prompt file {path} does not exist")
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or column not in reader.fieldnames:
+                raise RequestError(f"{path} has no {column!r} column (columns: {reader.fieldnames})")
+            return [row[column] for row in reader if row[column]]
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _text_parts(source: Any, module: str) -> tuple[torch.nn.Module, Any, str]:
+    """(text encoder, tokenizer, module name inside the encoder) from a pipeline or a pair."""
+    if isinstance(source, tuple) and len(source) == 2:
+        encoder, tokenizer = source
+    elif hasattr(source, "text_encoder") and hasattr(source, "tokenizer"):
+        encoder, tokenizer = source.text_encoder, source.tokenizer
+    else:
+        raise RequestError(
+            "source must be a pipeline with text_encoder/tokenizer or a (text_encoder, tokenizer)"
+        )
+    return encoder, tokenizer, module.removeprefix("text_encoder.")
+
+
+def _writer(
+    out: str | Path | None, d: int, shard_rows: int, meta: dict[str, Any]
+) -> ShardWriter | _MemoryWriter:
+    return _MemoryWriter(meta) if out is None else ShardWriter(out, d, shard_rows=shard_rows, meta=meta)
+
+
+@torch.no_grad()
+def collect_activations(
+    source: Any,
+    module: str,
+    prompts: Iterable[str],
+    out: str | Path | None = None,
+    *,
+    batch_size: int = 32,
+    padding: str = "longest",
+    max_length: int | None = None,
+    skip_bos: bool = True,
+    skip_padding: bool = True,
+    shard_rows: int = 65536,
+    model_id: str | None = None,
+    progress: bool = True,
+) -> ActivationStore | InMemoryStore:
+    """Run prompts through a text encoder and store the named module's token activations.
+
+    ``source`` is a diffusers pipeline (its ``text_encoder``/``tokenizer``) or a pair; ``module``
+    is a name inside the text encoder (a ``text_encoder.`` prefix is accepted). ``padding`` is
+    ``"longest"`` (pad to the batch's longest prompt) or ``"max_length"`` (the tokenizer's
+    ``model_max_length`` or ``max_length``). The forward pass stops at the module. Filtering:
+    ``skip_bos`` drops position 0, ``skip_padding`` drops positions whose attention mask is 0.
+    Each row keeps its prompt index, token position and token id. ``out=None`` keeps it in memory.
+    """
+    if padding not in ("longest", "max_length"):
+        raise ConfigError(f"padding must be 'longest' or 'max_length', got {padding!r}")
+    encoder, tokenizer, name = _text_parts(source, module)
+    prompts = list(prompts)
+    if not prompts:
+        raise RequestError("no prompts given")
+    device = next(encoder.parameters()).device
+    limit = max_length or getattr(tokenizer, "model_max_length", 77)
+    meta = {
+        "kind": "text",
+        "model": model_id,
+        "module": name,
+        "padding": padding,
+        "skip_bos": skip_bos,
+        "skip_padding": skip_padding,
+        "n_prompts": len(prompts),
+    }
+    writer = None
+    bar = tqdm(total=len(prompts), desc="collect", unit="prompt", disable=not progress)
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        tok = tokenizer(batch, padding=padding, max_length=limit, truncation=True, return_tensors="pt")
+        ids = tok["input_ids"].to(device)
+        acts = run_until(encoder, name, lambda ids=ids: encoder(ids))
+        if acts.ndim != 3:
+            raise RequestError(f"module {name!r} gave shape {tuple(acts.shape)}; expected [batch, tokens, d]")
+        b, t, d = acts.shape
+        keep = torch.ones(b, t, dtype=torch.bool)
+        if skip_padding and "attention_mask" in tok:
+            keep &= tok["attention_mask"][:, :t].bool()
+        if skip_bos:
+            keep[:, 0] = False
+        pid = torch.arange(start, start + b)[:, None].expand(b, t)
+        pos = torch.arange(t)[None, :].expand(b, t)
+        if writer is None:
+            writer = _writer(out, d, shard_rows, meta)
+        writer.add(
+            acts.float().cpu()[keep], prompt_id=pid[keep], position=pos[keep], token_id=ids.cpu()[keep]
+        )
+        bar.update(len(batch))
+    bar.close()
+    return writer.close()
+
+
+def _rows_of(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows ``[n, C]``, position within sample): per spatial position, per token, or per sample."""
+    if acts.ndim == 4:  # [B, C, H, W] -> one row per spatial position
+        b, c, h, w = acts.shape
+        return acts.permute(0, 2, 3, 1).reshape(b * h * w, c), torch.arange(h * w).repeat(b)
+    if acts.ndim == 3:  # [B, T, C] -> one row per token
+        b, t, c = acts.shape
+        return acts.reshape(b * t, c), torch.arange(t).repeat(b)
+    if acts.ndim == 2:
+        return acts, torch.zeros(acts.shape[0], dtype=torch.long)
+    raise RequestError(f"cannot turn module output of shape {tuple(acts.shape)} into rows")
+
+
+@torch.no_grad()
+def collect_component_activations(
+    component: torch.nn.Module,
+    module: str,
+    inputs: Iterable[Any],
+    out: str | Path | None = None,
+    *,
+    call: Callable[[torch.nn.Module, Any], object] | None = None,
+    shard_rows: int = 65536,
+    model_id: str | None = None,
+    progress: bool = True,
+) -> ActivationStore | InMemoryStore:
+    """Store a module's activations while running batches of latents/images through a component.
+
+    ``inputs`` yields batches: a tensor (``component(x)``), a dict (``component(**d)``), or anything
+    ``call(component, batch)`` understands (a UNet needs timesteps and text embeddings). Conv
+    outputs give one row per spatial position, sequence outputs one row per token; ``prompt_id`` is
+    the sample index and ``position`` the flattened spatial/token index.
+    """
+    writer = None
+    seen = 0
+    meta = {"kind": "component", "model": model_id, "module": module, "component": type(component).__name__}
+    for batch in tqdm(inputs, desc="collect", unit="batch", disable=not progress):
+        if call is not None:
+            run = lambda b=batch: call(component, b)  # noqa: E731
+        elif isinstance(batch, dict):
+            run = lambda b=batch: component(**b)  # noqa: E731
+        else:
+            run = lambda b=batch: component(b)  # noqa: E731
+        acts = run_until(component, module, run)
+        rows, pos = _rows_of(acts.float().cpu())
+        per = rows.shape[0] // acts.shape[0]
+        pid = torch.arange(seen, seen + acts.shape[0]).repeat_interleave(per)
+        seen += acts.shape[0]
+        if writer is None:
+            writer = _writer(out, rows.shape[1], shard_rows, meta)
+        writer.add(rows, prompt_id=pid, position=pos)
+    if writer is None:
+        raise RequestError("inputs yielded no batches")
+    return writer.close()
