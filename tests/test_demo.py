@@ -284,6 +284,8 @@ def test_user_errors_are_concept_edit_errors(model):
         engine.compare(model, [], "\n \n")
     with pytest.raises(RequestError, match="seeds"):
         engine.compare(model, [], "a cat", "one, two")
+    with pytest.raises(RequestError, match="not found"):
+        engine.fit_erase(model, "negative-prompt", {}, "cat", images=["/nonexistent/cat.png"])
     sdxl = type("StableDiffusionXLPipeline", (), {"unet": None})()
     with pytest.raises(UnsupportedModelError, match="sdxl"):
         engine.fit_erase(engine.DemoModel(sdxl), "negative-prompt", {}, "cat")

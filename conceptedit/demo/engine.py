@@ -250,10 +250,14 @@ def fit_erase(
     targets: str | Sequence[str],
     preserve: str | Sequence[str] | None = None,
     progress: Progress = _no_progress,
+    images: Sequence[str | Path] | None = None,
 ) -> Edit:
-    """Fit plugin ``name`` on the original model (the stack is not applied while fitting)."""
+    """Fit plugin ``name`` on the original model (the stack is not applied while fitting).
+    ``images``: image files of the concept, for few-shot methods."""
     plugin = make_plugin(name, values)
-    request = Request(targets=parse_concepts(targets), preserve=parse_concepts(preserve))
+    request = Request(
+        targets=parse_concepts(targets), preserve=parse_concepts(preserve), images=[Path(p) for p in images or []]
+    )
     progress(0.0, f"fitting {name}")
     with model.lock:
         result = plugin.fit(model.pipe, request, progress=progress)

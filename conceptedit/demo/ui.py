@@ -180,6 +180,10 @@ def _erase_tab(model: DemoModel, stack: gr.State, settings: dict[str, Any]) -> g
                 placeholder="comma-separated, e.g. quimbo, star",
                 elem_id="erase-preserve",
             )
+            with gr.Accordion("Images of the concept (few-shot methods; optional)", open=False):
+                images = gr.File(
+                    file_count="multiple", file_types=["image"], label="Images", elem_id="erase-images", height=120
+                )
             fit_button = gr.Button(
                 "Fit", variant="primary", interactive=engine.usable(dropdown.value), elem_id="erase-fit"
             )
@@ -248,12 +252,22 @@ def _erase_tab(model: DemoModel, stack: gr.State, settings: dict[str, Any]) -> g
         preserve_text: str,
         prompt_text: str,
         last_auto: str,
+        image_files: list[Any] | None,
         *widget_values: Any,
         progress: gr.Progress = gr.Progress(),
     ) -> list[Any]:
         values = forms.values(name, widget_values)
+        paths = [getattr(f, "name", f) for f in image_files or []]
         edit, error = _run(
-            "fit", engine.fit_erase, model, name, values, target_text, preserve_text, progress=_progress(progress)
+            "fit",
+            engine.fit_erase,
+            model,
+            name,
+            values,
+            target_text,
+            preserve_text,
+            progress=_progress(progress),
+            images=paths,
         )
         if error:
             return [*_stack_outputs(stack_value), _error(error), gr.skip(), gr.skip(), False]
@@ -303,7 +317,7 @@ def _erase_tab(model: DemoModel, stack: gr.State, settings: dict[str, Any]) -> g
     compare_outputs = [original, edited, compare_message]
     fit_event = fit_button.click(
         fit,
-        [stack, dropdown, targets, preserve, prompts, auto_prompts, *forms.components],
+        [stack, dropdown, targets, preserve, prompts, auto_prompts, images, *forms.components],
         [stack, stack_view, stack_pick, fit_message, prompts, auto_prompts, fitted],
         concurrency_id=HEAVY,
         api_name="fit",
