@@ -109,3 +109,15 @@ def test_esd_config_is_strict():
         plugin(iterations=0)
     assert plugin().config.iterations == 200 and plugin().config.lr == 5e-5
     assert plugin().config.negative_guidance == 2.0
+
+
+def test_esd_on_sd2_and_refusal_of_other_families():
+    from tiny import tiny_pipeline
+
+    from conceptedit.errors import UnsupportedModelError
+
+    edit = get_plugin("esd")(dict(FAST, iterations=2)).fit(tiny_pipeline(sd2=True), Request(targets=["cat"]))
+    assert edit.manifest.base_model["family"] == "sd2" and edit.tensors
+    sdxl = type("StableDiffusionXLPipeline", (), {})()
+    with pytest.raises(UnsupportedModelError, match="sd1, sd2"):
+        get_plugin("esd")().fit(sdxl, Request(targets=["cat"]))

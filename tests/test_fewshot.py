@@ -123,3 +123,18 @@ def test_fewshot_validation(tiny_pipe):
         plugin(n_images=2, image_seeds=[1, 2, 3])
     cfg = plugin().config
     assert (cfg.lr, tuple(cfg.betas), cfg.eps, cfg.weight_decay, cfg.batch_size) == (1e-5, (0.9, 0.98), 1e-6, 1e-8, 2)
+
+
+def test_fewshot_on_sd2_with_v_prediction_and_refusal_of_other_families():
+    from diffusers import DDIMScheduler
+    from tiny import tiny_pipeline
+
+    from conceptedit.errors import UnsupportedModelError
+
+    pipe = tiny_pipeline(sd2=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    edit = get_plugin("fewshot-unlearning")(dict(FAST, epochs=1)).fit(pipe, Request(targets=["cat"]))
+    assert edit.manifest.base_model["family"] == "sd2" and edit.tensors
+    sdxl = type("StableDiffusionXLPipeline", (), {})()
+    with pytest.raises(UnsupportedModelError, match="sd1, sd2"):
+        get_plugin("fewshot-unlearning")().fit(sdxl, Request(targets=["cat"]))

@@ -143,3 +143,15 @@ def test_uce_options_and_validation(tiny_pipe):
         plugin(lamb=-1.0)
     with pytest.raises(RequestError, match="guide"):
         plugin(guide="cat").fit(tiny_pipe, Request(targets=["cat"]))
+
+
+def test_uce_on_sd2_and_refusal_of_other_families():
+    from tiny import tiny_pipeline
+
+    from conceptedit.errors import UnsupportedModelError
+
+    edit = get_plugin("uce")().fit(tiny_pipeline(sd2=True), Request(targets=["cat"]))
+    assert edit.manifest.base_model["family"] == "sd2" and edit.tensors
+    sdxl = type("StableDiffusionXLPipeline", (), {})()
+    with pytest.raises(UnsupportedModelError, match="sd1, sd2"):
+        get_plugin("uce")().fit(sdxl, Request(targets=["cat"]))
