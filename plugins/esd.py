@@ -146,7 +146,6 @@ class ESDPlugin(Plugin):
                 source = pipe.encode_prompt(cfg.erase_from, device, 1, False)[0] if cfg.erase_from else cond
                 encoded.append((cond.float(), uncond.float(), source.float()))
         scheduler = copy.deepcopy(pipe.scheduler)  # the pipeline's own scheduler stays untouched
-        scheduler.set_timesteps(cfg.num_inference_steps, device=device)
         size = cfg.resolution or int(
             generation_defaults(pipe).get("height") or pipe.unet.config.sample_size * pipe.vae_scale_factor
         )
@@ -158,6 +157,7 @@ class ESDPlugin(Plugin):
         bar = tqdm(range(cfg.iterations), desc="esd", disable=None, leave=False)
         for it in bar:
             cond, uncond, source = encoded[it % len(encoded)]
+            scheduler.set_timesteps(cfg.num_inference_steps, device=device)  # resets multistep state (PNDM ...)
             stop = int(torch.randint(0, cfg.num_inference_steps, (1,), generator=gen))
             noise = torch.randn(latent_shape, generator=gen).to(device) * scheduler.init_noise_sigma
             # sampling the erase_from prompt when given, as the reference does

@@ -111,12 +111,15 @@ def test_esd_config_is_strict():
     assert plugin().config.negative_guidance == 2.0
 
 
-def test_esd_on_sd2_and_refusal_of_other_families():
+def test_esd_on_sd2_with_pndm_and_refusal_of_other_families():
+    from diffusers import PNDMScheduler
     from tiny import tiny_pipeline
 
     from conceptedit.errors import UnsupportedModelError
 
-    edit = get_plugin("esd")(dict(FAST, iterations=2)).fit(tiny_pipeline(sd2=True), Request(targets=["cat"]))
+    pipe = tiny_pipeline(sd2=True)
+    pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)  # a multistep sampler
+    edit = get_plugin("esd")(dict(FAST, iterations=3)).fit(pipe, Request(targets=["cat"]))
     assert edit.manifest.base_model["family"] == "sd2" and edit.tensors
     sdxl = type("StableDiffusionXLPipeline", (), {})()
     with pytest.raises(UnsupportedModelError, match="sd1, sd2"):
