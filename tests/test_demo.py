@@ -205,7 +205,7 @@ def test_fit_and_compare_on_the_same_pipeline(model):
     ticks = []
     result = engine.compare(model, stack, "a red cat\na blue dog", "0, 1", progress=lambda f, m: ticks.append(f))
     assert [c for _, c in result.original] == [c for _, c in result.edited]
-    assert [c for _, c in result.original][0] == "a red cat · seed 0" and len(result.original) == 4
+    assert [c for _, c in result.original][0] == "seed 0 · a red cat" and len(result.original) == 4
     assert ticks and ticks[-1] == pytest.approx(1.0)
     first_original = np.asarray(result.original[0][0])
     assert not np.array_equal(first_original, np.asarray(result.edited[0][0])), "the edit changed nothing"

@@ -352,7 +352,7 @@ def compare(
     settings = _settings(model, steps, guidance)
     pairs = [(p, s) for p in prompt_list for s in seed_list]
     all_prompts, all_seeds = [p for p, _ in pairs], [s for _, s in pairs]
-    captions = [f"{p} · seed {s}" for p, s in pairs]
+    captions = [f"seed {s} · {p}" for p, s in pairs]
     runs = 2 if stack else 1
     batches = -(-len(pairs) // 8)
     total = max(1, runs * batches * int(settings.get("num_inference_steps", 50)))

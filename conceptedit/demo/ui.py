@@ -311,7 +311,8 @@ def _erase_tab(model: DemoModel, stack: gr.State, settings: dict[str, Any]) -> g
             f"{len(result.original)} image(s) per side; edits: {', '.join(e.label for e in stack_value)}; "
             f"{used.get('num_inference_steps', '?')} steps, guidance {used.get('guidance_scale', '?')}"
         )
-        return [shown[0], shown[1], summary]
+        columns = min(max(len(engine.parse_seeds(seed_text)), 1), engine.MAX_SEEDS)  # one row per prompt
+        return [gr.update(value=side, columns=columns) for side in shown] + [summary]
 
     compare_inputs = [stack, prompts, targets, preserve, seeds, steps, guidance]
     compare_outputs = [original, edited, compare_message]
