@@ -5,7 +5,8 @@ memory, and UNet blocks give one row per spatial position. Shards are safetensor
 (``activations`` ``[n, d]`` plus int32 ``prompt_id``/``position``/``token_id`` records so plugins
 can map rows back to prompts) with an ``index.json`` holding the shard list, the mean and the scalar
 norm scale (``sqrt(d / E‖x‖²)``, SAELens' convention). Reading shuffles across shards through a
-bounded buffer, so memory stays at ``buffer_rows + read_rows`` rows whatever the store size.
+bounded buffer fed round-robin from several shards, so memory stays at about ``buffer_rows +
+open_parts x read_rows`` rows whatever the store size.
 """
 
 from __future__ import annotations
@@ -58,8 +59,30 @@ class _BaseStore:
     norm_scale: float
     meta: dict[str, Any]
 
-    def _chunks(self, order: list[int] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    #: parts (shards) read round-robin while shuffling, so one buffer mixes rows from many shards
+    open_parts: int = 8
+
+    def _part_chunks(self, part: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError
+
+    def _chunks(self, order: list[int] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Sequential over parts (``order=None``), else round-robin over a window of open parts."""
+        if order is None:
+            for p in range(self._n_parts()):
+                yield from self._part_chunks(p)
+            return
+        pending = list(order)
+        window = [self._part_chunks(p) for p in pending[: self.open_parts]]
+        pending = pending[self.open_parts :]
+        while window:
+            for it in list(window):
+                chunk = next(it, None)
+                if chunk is None:
+                    window.remove(it)
+                    if pending:
+                        window.append(self._part_chunks(pending.pop(0)))
+                else:
+                    yield chunk
 
     def iter_rows(self, batch_size: int = 4096, max_rows: int | None = None) -> Iterator[torch.Tensor]:
         """Rows in storage order (no shuffle), for evaluation."""
@@ -170,15 +193,15 @@ class InMemoryStore(_BaseStore):
         stats = _Stats(self.d_in)
         stats.add(self.x)
         self.mean, self.norm_scale = stats.mean(), stats.norm_scale(self.d_in)
-        self.part_rows = part_rows
+        self.part_rows, self.read_rows = part_rows, 8192
 
     def _n_parts(self) -> int:
         return max(1, math.ceil(self.n_rows / self.part_rows))
 
-    def _chunks(self, order: list[int] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for p in order if order is not None else range(self._n_parts()):
-            s = p * self.part_rows
-            e = min(self.n_rows, s + self.part_rows)
+    def _part_chunks(self, part: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        end = min(self.n_rows, (part + 1) * self.part_rows)
+        for s in range(part * self.part_rows, end, self.read_rows):
+            e = min(end, s + self.read_rows)
             yield self.x[s:e], torch.arange(s, e)
 
     def records(self) -> dict[str, torch.Tensor]:
@@ -221,15 +244,14 @@ class ActivationStore(_BaseStore):
     def _n_parts(self) -> int:
         return len(self.shards)
 
-    def _chunks(self, order: list[int] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Read shards piecewise (``read_rows`` at a time) so a big shard never loads whole."""
-        for p in order if order is not None else range(len(self.shards)):
-            info = self.shards[p]
-            with safe_open(str(self.path / info["file"]), framework="pt") as f:
-                sl = f.get_slice("activations")
-                for s in range(0, int(info["rows"]), self.read_rows):
-                    e = min(int(info["rows"]), s + self.read_rows)
-                    yield sl[s:e].to(torch.float32), torch.arange(self._starts[p] + s, self._starts[p] + e)
+    def _part_chunks(self, part: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Read a shard piecewise (``read_rows`` at a time) so a big shard never loads whole."""
+        info = self.shards[part]
+        with safe_open(str(self.path / info["file"]), framework="pt") as f:
+            sl = f.get_slice("activations")
+            for s in range(0, int(info["rows"]), self.read_rows):
+                e = min(int(info["rows"]), s + self.read_rows)
+                yield sl[s:e].to(torch.float32), torch.arange(self._starts[part] + s, self._starts[part] + e)
 
     def records(self) -> dict[str, torch.Tensor]:
         out: dict[str, list[torch.Tensor]] = {k: [] for k in self.record_keys}
