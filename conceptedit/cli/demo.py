@@ -15,12 +15,11 @@ def demo_command(
     port: Annotated[int | None, typer.Option(help="Port (default: GRADIO_SERVER_PORT, else 7860).")] = None,
     device: Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: best available).")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16.")] = None,
-    concurrency: Annotated[int, typer.Option(help="Fits/generations run at once (they share one model).")] = 1,
 ) -> None:
     """Start the Gradio demo: fit erasures, compare original and edited images, stack and save edits."""
     from conceptedit.demo import serve
 
-    serve(model, host, port, device, dtype, concurrency)
+    serve(model, host, port, device, dtype)
 
 
 def register(app: typer.Typer) -> None:

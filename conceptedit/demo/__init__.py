@@ -33,18 +33,13 @@ def serve(
     port: int | None = None,
     device: str | None = None,
     dtype: str | None = None,
-    concurrency: int = 1,
 ) -> None:
     """Load ``model`` and serve the demo until interrupted. ``port`` defaults to Gradio's
     (``GRADIO_SERVER_PORT``, else 7860); ``host`` to ``GRADIO_SERVER_NAME``, else 127.0.0.1."""
     from .ui import CSS
 
-    if concurrency < 1:
-        from conceptedit.errors import ConceptEditError
-
-        raise ConceptEditError(f"--concurrency must be at least 1, got {concurrency}")
     print(f"loading {model} …", flush=True)
-    demo = create_app(model, device=device, dtype=dtype, concurrency_limit=concurrency)
+    demo = create_app(model, device=device, dtype=dtype)
     demo.launch(
         server_name=host or os.environ.get("GRADIO_SERVER_NAME") or DEFAULT_HOST,
         server_port=port,
@@ -63,9 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT, else 7860)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     parser.add_argument("--dtype", default=None, help="float32, float16 or bfloat16")
-    parser.add_argument(
-        "--concurrency", type=int, default=1, help="fits/generations run at once (default 1; they share one model)"
-    )
     return parser
 
 
@@ -76,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = add_arguments(argparse.ArgumentParser(prog="app.py", description="The conceptedit Gradio demo."))
     args = parser.parse_args(argv)
     try:
-        serve(args.model, args.host, args.port, args.device, args.dtype, args.concurrency)
+        serve(args.model, args.host, args.port, args.device, args.dtype)
     except ConceptEditError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -146,7 +146,8 @@ def _stack_outputs(stack: list[StackEntry], selected: str | None = None) -> list
 def build_app(model: DemoModel, concurrency_limit: int = 1) -> gr.Blocks:
     """The demo page on ``model``; fits and generations run through the queue, ``concurrency_limit`` at once."""
     settings = model.settings
-    with gr.Blocks(title="conceptedit demo", analytics_enabled=False) as demo:
+    # Generated images are cached as files; files older than an hour are deleted every half hour.
+    with gr.Blocks(title="conceptedit demo", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO.format(model=model.describe()), elem_id="ce-header")
         stack = gr.State([])
         with gr.Tabs():
