@@ -230,7 +230,9 @@ def test_save_load_stack_and_remove(model, tmp_path):
     stack = engine.push(first, _fit(model, "dog"), "fitted")
     assert [e.edit.manifest.targets for e in stack] == [["cat"], ["dog"]]
     table = engine.stack_table(stack)
-    assert "| 1 |" in table and "| 2 |" in table and "dog" in table
+    assert "| 1 |" in table and "| 2 |" in table and "dog" in table and "| defaults |" in table
+    replaced = engine.fit_erase(model, "negative-prompt", {"mode": "replace"}, "cow")
+    assert "| mode=replace |" in engine.stack_table(engine.push([], replaced, "fitted"))
     saved = engine.save_entry(stack, stack[0].id, str(tmp_path / "no-cat"))
     assert (saved / "manifest.json").is_file() and "no-cat" in engine.stack_table(stack)
     engine.save_entry(stack, stack[0].id, str(tmp_path / "no-cat"))  # an artifact folder may be replaced

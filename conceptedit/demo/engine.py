@@ -214,17 +214,30 @@ def stack_choices(stack: list[StackEntry]) -> list[tuple[str, str]]:
     return [(e.label, str(e.id)) for e in stack]
 
 
+def changed_settings(edit: Edit) -> dict[str, Any]:
+    """The config values of an edit that differ from its plugin's defaults."""
+    from conceptedit.config import config_to_dict
+
+    try:
+        defaults = config_to_dict(get_plugin(edit.manifest.plugin).Config())
+    except Exception:  # plugin not installed (a loaded edit) or no defaults: show everything
+        defaults = {}
+    return {k: v for k, v in edit.manifest.config.items() if k not in defaults or defaults[k] != v}
+
+
 def stack_table(stack: list[StackEntry]) -> str:
-    """Markdown table of the stack, bottom (applied first) first."""
+    """Markdown table of the stack, in the order the edits are applied."""
     if not stack:
         return "_No edits yet: fit one above, or load a saved edit folder._"
-    rows = ["| order | edit | plugin | targets | preserved | artifact | from |", "|---|---|---|---|---|---|---|"]
+    header = "| order | edit | plugin | targets | preserved | settings | artifact | from |"
+    rows = [header, "|---" * (header.count("|") - 1) + "|"]
     for order, e in enumerate(stack, 1):
         m = e.edit.manifest
         origin = e.origin + (f"; saved to `{e.saved_to}`" if e.saved_to else "")
+        settings = ", ".join(f"{k}={_cell(v)}" for k, v in changed_settings(e.edit).items()) or "defaults"
         rows.append(
             f"| {order} | #{e.id} | {m.plugin} | {', '.join(m.targets)} | {', '.join(m.preserve) or '—'} "
-            f"| {m.artifact_kind} | {origin} |"
+            f"| {settings} | {m.artifact_kind} | {origin} |"
         )
     return "\n".join(rows)
 

@@ -6,6 +6,7 @@ change here. The work happens in :mod:`conceptedit.demo.engine`; this module onl
 from __future__ import annotations
 
 import logging
+import math
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -63,12 +64,21 @@ def _progress(progress: gr.Progress) -> engine.Progress:
     return report
 
 
+def _float_step(default: Any) -> float:
+    """Arrow-key step of a float field: a tenth of its default's order of magnitude (1e-6 for 5e-5)."""
+    if not isinstance(default, (int, float)) or default == 0:
+        return 0.1
+    return 10.0 ** (math.floor(math.log10(abs(default))) - 1)
+
+
 def _widget(spec: FieldSpec, elem_prefix: str) -> gr.components.Component:
     common = {"label": spec.label, "info": spec.help or None, "elem_id": f"{elem_prefix}-{spec.name}"}
     if spec.widget == "checkbox":
         return gr.Checkbox(value=bool(spec.default), **common)
     if spec.widget == "number":
-        return gr.Number(value=spec.default, precision=0 if spec.integer else None, **common)
+        if spec.integer:
+            return gr.Number(value=spec.default, precision=0, step=1, **common)
+        return gr.Number(value=spec.default, step=_float_step(spec.default), **common)
     if spec.widget == "dropdown":
         choices = [(str(c), c) for c in spec.choices]
         return gr.Dropdown(choices=choices, value=spec.default, **common)
