@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the shapes-world probe, batch runs and reports."""

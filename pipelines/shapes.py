@@ -1,0 +1,120 @@
+"""The built-in shapes model: a tiny text-to-image model with the exact Stable Diffusion 1.x layout.
+
+Components are the stock diffusers / transformers classes (``CLIPTokenizer``, ``CLIPTextModel``,
+``UNet2DConditionModel`` with cross-attention, ``AutoencoderKL``, ``DDIMScheduler``), only smaller,
+so everything that works on SD 1.x module names (``text_model.encoder.layers.N``,
+``…attn2.to_k``/``to_v``) works here. The shipped folder loads with plain diffusers::
+
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir())
+    image = pipe("a red striped circle on a black background", **default_generation_kwargs()).images[0]
+
+Training lives in :mod:`conceptedit.pipelines.shapes_train` (``conceptedit shapes train``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SETTINGS_FILE = "conceptedit.json"
+
+# Architecture of the shipped model (see ``conceptedit.json`` in the model folder for what was trained).
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(16, 32, 64, 64),
+    layers_per_block=1,
+    latent_channels=8,
+    # ≥ 4 channels per GroupNorm group: with one channel per group, a flat image's colour is normalised away
+    norm_num_groups=4,
+    sample_size=64,
+)
+TEXT_CONFIG = dict(
+    hidden_size=128,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    max_position_embeddings=32,  # SD uses 77; captions here are ≤ ~25 tokens and CPU time is scarce
+    hidden_act="quick_gelu",
+    projection_dim=128,
+)
+UNET_CONFIG = dict(
+    sample_size=8,
+    in_channels=8,
+    out_channels=8,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(64, 128, 128),
+    layers_per_block=1,
+    cross_attention_dim=128,
+    attention_head_dim=4,  # diffusers' legacy name: this is the number of heads
+    norm_num_groups=16,
+)
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="epsilon",
+)
+DEFAULT_GENERATION = {"num_inference_steps": 25, "guidance_scale": 5.0, "height": 64, "width": 64}
+
+
+def model_dir() -> Path:
+    """The shipped model folder (diffusers layout plus ``probe/`` and ``conceptedit.json``)."""
+    return Path(__file__).resolve().parent / "shapes_model"
+
+
+def settings(folder: str | Path | None = None) -> dict:
+    path = Path(folder or model_dir()) / SETTINGS_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"generation": dict(DEFAULT_GENERATION)}
+
+
+def default_generation_kwargs(folder: str | Path | None = None) -> dict:
+    """Default ``num_inference_steps``, ``guidance_scale``, ``height``, ``width`` of the model."""
+    return dict(settings(folder).get("generation", DEFAULT_GENERATION))
+
+
+def build_components(vocab_size: int, eos_token_id: int, bos_token_id: int, seed: int = 0) -> dict:
+    """Fresh, seeded modules with the shapes architecture (used by training and by fast tests)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    text_config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        eos_token_id=eos_token_id,
+        bos_token_id=bos_token_id,
+        pad_token_id=eos_token_id,
+        **TEXT_CONFIG,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
+    return {"vae": vae, "text_encoder": text_encoder, "unet": unet, "scheduler": scheduler}
+
+
+def load_pipeline(folder: str | Path | None = None, device: str | None = None, dtype=None):
+    """Load the shapes pipeline with plain diffusers (fp32 on CPU). The core's ``load_pipeline``
+    is the public entry point; this helper exists for training scripts and benchmarks."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(folder or model_dir()),
+        dtype=dtype or torch.float32,
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device or "cpu")

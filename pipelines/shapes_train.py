@@ -1,0 +1,405 @@
+"""Train the shapes model from scratch on CPU (``conceptedit shapes train``).
+
+Stage 0: a CLIP-format BPE tokenizer on the world's captions (seconds).
+Stage 1: the VAE (``AutoencoderKL``, 64×64×3 → 8×8×8), MSE + L1 + a tiny KL term (SD's habit).
+Stage 2: the UNet and the text encoder jointly, DDPM ε-prediction on VAE latents with min-SNR-γ
+weighting, 10 % empty captions (the generator's, for classifier-free guidance), EMA of the weights.
+Latents come from a pool of encoded generator images; each use draws a fresh latent sample and a
+fresh caption.
+
+Everything is seeded. The learning rate follows the larger of step and time progress, so a run cut
+by ``minutes`` still anneals. ``workers`` > 1 runs data-parallel single-thread processes (gloo
+all-reduce of gradients): on a shared CPU, N one-thread processes keep going where one N-thread
+process stalls on its thread barriers.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from conceptedit.datasets.shapes import caption_for, render_batch
+from conceptedit.pipelines import shapes as S
+from conceptedit.pipelines.shapes_tokenizer import save_tokenizer, train_tokenizer
+from tqdm.auto import tqdm
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) → float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _lr(base: float, progress: float, warmup: float = 0.03, floor: float = 0.05) -> float:
+    if progress < warmup:
+        return base * progress / warmup
+    p = (progress - warmup) / (1 - warmup)
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+# ------------------------------------------------------------------------------- data parallelism
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_grads(params: list[torch.nn.Parameter]) -> None:
+    rank, size = _world()
+    if size == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= size
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p)
+        offset += n
+
+
+def _synced_progress(value: float) -> float:
+    """All ranks take the same learning-rate / stop decision (the slowest clock wins)."""
+    rank, size = _world()
+    if size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn_entry(rank: int, size: int, port: int, fn_name: str, kwargs: dict) -> None:
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(kwargs.pop("threads", None) or 1)
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        globals()[fn_name](**kwargs)
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(fn_name: str, workers: int, **kwargs) -> None:
+    if workers <= 1:
+        if kwargs.get("threads"):
+            torch.set_num_threads(kwargs["threads"])
+        kwargs.pop("threads", None)
+        globals()[fn_name](**kwargs)
+        return
+    import torch.multiprocessing as mp
+
+    mp.spawn(_spawn_entry, args=(workers, _free_port(), fn_name, kwargs), nprocs=workers, join=True)
+
+
+# ------------------------------------------------------------------------------------------ stage 1
+def train_vae(vae, steps: int, minutes: float, seed: int, batch: int = 16, lr: float = 1e-3, kl: float = 1e-6):
+    rank, size = _world()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    params = list(vae.parameters())
+    gen = torch.Generator().manual_seed(seed + 17 * rank)
+    t0 = time.time()
+    bar = tqdm(range(steps), desc="stage 1: vae", dynamic_ncols=True, disable=rank != 0, mininterval=5)
+    log = []
+    step = 0
+    progress = 0.0
+    for step in bar:
+        progress = _synced_progress(max(step / steps, (time.time() - t0) / (60 * minutes)))
+        if progress >= 1:
+            break
+        for g in opt.param_groups:
+            g["lr"] = _lr(lr, progress)
+        images, _, _ = render_batch(batch, seed=seed + 1, start=(step * size + rank) * batch)
+        x = to_tensor(images)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        loss_rec = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+        loss_kl = post.kl().mean() / x[0].numel()
+        loss = loss_rec + kl * loss_kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        _average_grads(params)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 20 == 0:
+            bar.set_postfix(rec=f"{loss_rec.item():.4f}", kl=f"{loss_kl.item():.2f}")
+            log.append({"step": step, "rec": round(loss_rec.item(), 5), "kl": round(loss_kl.item(), 4)})
+    done = step + 1 if progress < 1 else step
+    return {"steps": done, "images": done * batch * size, "seconds": round(time.time() - t0, 1), "log": log[-5:]}
+
+
+def _vae_stage(out: str, minutes: float, seed: int, steps: int, batch: int) -> None:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**S.VAE_CONFIG)  # same init on every rank
+    report = train_vae(vae, steps, minutes, seed, batch=batch)
+    if _world()[0] == 0:
+        vae.eval().save_pretrained(Path(out) / "vae")
+        (Path(out) / "vae_report.json").write_text(json.dumps(report, indent=2))
+
+
+def train_vae_only(out: str | Path, minutes: float = 10.0, seed: int = 0, steps: int = 100_000, batch: int = 16,
+                   threads: int | None = None, workers: int = 1) -> dict:  # fmt: skip
+    """Stage 1 alone: save ``out/vae`` (reuse with ``train(..., vae_from=out)``)."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    _run("_vae_stage", workers, out=str(out), minutes=minutes, seed=seed, steps=steps, batch=batch, threads=threads)
+    return json.loads((Path(out) / "vae_report.json").read_text())
+
+
+def _decoder_stage(out: str, vae_from: str, minutes: float, seed: int, steps: int, batch: int, lr: float = 5e-4,
+                   latent_noise: float = 0.1) -> None:  # fmt: skip
+    from diffusers import AutoencoderKL
+
+    rank, size = _world()
+    vae = AutoencoderKL.from_pretrained(Path(vae_from) / "vae")
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed + 31 * rank)
+    t0 = time.time()
+    bar = tqdm(range(steps), desc="stage 1b: decoder", dynamic_ncols=True, disable=rank != 0, mininterval=5)
+    log = []
+    step, progress = 0, 0.0
+    for step in bar:
+        progress = _synced_progress(max(step / steps, (time.time() - t0) / (60 * minutes)))
+        if progress >= 1:
+            break
+        for g in opt.param_groups:
+            g["lr"] = _lr(lr, progress, warmup=0.01)
+        images, _, _ = render_batch(batch, seed=seed + 5, start=(step * size + rank) * batch)
+        x = to_tensor(images)
+        with torch.no_grad():
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+            z = z + latent_noise * z.std() * torch.randn(z.shape, generator=gen)  # generated latents are imperfect
+        rec = vae.decode(z).sample
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        _average_grads(params)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 20 == 0:
+            bar.set_postfix(rec=f"{loss.item():.4f}")
+            log.append({"step": step, "rec": round(loss.item(), 5)})
+        if rank == 0 and step % 200 == 0:
+            vae.eval().save_pretrained(Path(out) / "vae")  # the latest decoder, usable any time
+            vae.train()
+    done = step + 1 if progress < 1 else step
+    if rank == 0:
+        vae.eval().save_pretrained(Path(out) / "vae")
+        seconds = round(time.time() - t0, 1)
+        stage = {"steps": done, "images": done * batch * size, "seconds": seconds, "latent_noise": latent_noise}
+        report = {"decoder_finetune": stage | {"log": log[-5:]}, "from": str(vae_from)}
+        (Path(out) / "vae_report.json").write_text(json.dumps(report, indent=2))
+
+
+def finetune_decoder(out: str | Path, vae_from: str | Path, minutes: float = 30.0, seed: int = 0, steps: int = 100_000,
+                     batch: int = 16, threads: int | None = None, workers: int = 1) -> dict:  # fmt: skip
+    """Stage 1b: fine-tune only the VAE decoder (encoder frozen, so latents and a UNet trained on
+    them stay valid), on slightly noised latents; save ``out/vae``. SD's ft-MSE decoder did the same."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    _run("_decoder_stage", workers, out=str(out), vae_from=str(vae_from), minutes=minutes, seed=seed, steps=steps,
+         batch=batch, threads=threads)  # fmt: skip
+    return json.loads((Path(out) / "vae_report.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------ stage 2
+@torch.no_grad()
+def encode_pool(vae, n: int, seed: int, batch: int = 256):
+    """Encode ``n`` generator images: latent means/stds (fp16) and their labels."""
+    means, stds, labels = [], [], []
+    rank = _world()[0]
+    for start in tqdm(range(0, n, batch), desc="encoding latent pool", dynamic_ncols=True, disable=rank != 0):
+        images, lab, _ = render_batch(min(batch, n - start), seed=seed, start=start)
+        post = vae.encode(to_tensor(images)).latent_dist
+        means.append(post.mean.half())
+        stds.append(post.std.half())
+        labels += lab
+    return torch.cat(means), torch.cat(stds), labels
+
+
+def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, report: dict) -> None:
+    """Write the diffusers folder (DDIM sampler), the tokenizer in CLIP format and the settings."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(**S.SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    save_tokenizer(tokenizer, out / "tokenizer")
+    settings = {
+        "generation": dict(S.DEFAULT_GENERATION),
+        "world": "conceptedit.datasets.shapes",
+        "training": {k: v for k, v in report.items() if k not in ("vae", "unet")},
+    }
+    (out / S.SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+    (out / "training_report.json").write_text(json.dumps(report, indent=2, default=str))
+
+
+def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, batch: int, lr: float,
+                ema_decay: float, min_snr_gamma: float, checkpoint_minutes: float) -> None:  # fmt: skip
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPTokenizer
+
+    rank, size = _world()
+    out = Path(out)
+    report = json.loads((out / "training_report.json").read_text())
+    tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    vae = AutoencoderKL.from_pretrained(out / "vae").eval().requires_grad_(False)
+    parts = S.build_components(len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id, seed=seed)
+
+    # latent pool (each rank encodes its own shard) and the scaling factor (SD's 0.18215)
+    means, stds, pool_labels = encode_pool(vae, pool // size, seed=seed + 2 + 1000 * rank)
+    var = torch.tensor([means.float().var().item()], dtype=torch.float64)
+    if size > 1:
+        dist.all_reduce(var)
+        var /= size
+    scale = float(1.0 / var.sqrt())
+    vae.register_to_config(scaling_factor=scale)
+    report["latent_scaling_factor"] = scale
+
+    unet, text_encoder = parts["unet"].train(), parts["text_encoder"].train()
+    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    noise_sched = DDPMScheduler(**{k: v for k, v in S.SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"})
+    alphas = noise_sched.alphas_cumprod
+    gen = torch.Generator().manual_seed(seed + 3 + 101 * rank)
+    rng = np.random.default_rng([seed + 4, rank])
+    t0 = time.time()
+    budget = max(deadline - t0, 1.0)
+    bar = tqdm(range(steps), desc="stage 2: unet+text", dynamic_ncols=True, disable=rank != 0, mininterval=5)
+    log: list[dict] = []
+    ema_loss = None
+    step = 0
+    last_checkpoint = time.time()
+    progress = 0.0
+    for step in bar:
+        progress = _synced_progress(max(step / steps, (time.time() - t0) / budget))
+        if progress >= 1:
+            break
+        for g in opt.param_groups:
+            g["lr"] = _lr(lr, progress)
+        idx = torch.randint(0, means.shape[0], (batch,), generator=gen)
+        z0 = (means[idx].float() + stds[idx].float() * torch.randn(batch, *means.shape[1:], generator=gen)) * scale
+        captions = [caption_for(pool_labels[int(i)], rng)[0] for i in idx]
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids  # fmt: skip
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        pred = unet(zt, t, text_encoder(ids).last_hidden_state).sample
+        # min-SNR-γ weighting (Hang et al. 2023, arXiv:2303.09556): faster convergence per step
+        snr = a.view(-1) / (1 - a.view(-1))
+        weight = snr.clamp(max=min_snr_gamma) / snr
+        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        _average_grads(params)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if rank != 0:
+            continue
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for model, ema in ((unet, ema_unet), (text_encoder, ema_text)):
+                for p, q in zip(model.parameters(), ema.parameters(), strict=True):
+                    q.lerp_(p, 1 - decay)
+        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{ema_loss:.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+        if step % 100 == 0:
+            log.append({"step": step, "loss": round(ema_loss, 5), "seconds": round(time.time() - t0, 1)})
+            print(json.dumps(log[-1]), flush=True)
+        if time.time() - last_checkpoint > 60 * checkpoint_minutes:
+            last_checkpoint = time.time()
+            report["unet"] = {"steps": step, "seconds": round(time.time() - t0, 1), "final_loss": ema_loss,
+                              "log": log}  # fmt: skip
+            save_pipeline(out / "checkpoint", vae, ema_text, tokenizer, ema_unet, report)
+            print(json.dumps({"checkpoint": step}), flush=True)
+    done = step + 1 if progress < 1 else step
+    if rank == 0:
+        report["unet"] = {"steps": done, "samples": done * batch * size, "seconds": round(time.time() - t0, 1),
+                          "final_loss": ema_loss, "log": log}  # fmt: skip
+        report["seconds_total"] = round(time.time() - report.pop("_t_start"), 1)
+        save_pipeline(out, vae, ema_text, tokenizer, ema_unet, report)
+
+
+def train(
+    out: str | Path,
+    steps: int = 100_000,
+    seed: int = 0,
+    minutes: float = 55.0,
+    vae_minutes: float = 10.0,
+    vae_steps: int = 100_000,
+    pool: int = 40_000,
+    batch: int = 64,
+    lr: float = 1e-3,
+    ema_decay: float = 0.998,
+    min_snr_gamma: float = 5.0,
+    vae_from: str | Path | None = None,
+    threads: int | None = None,
+    workers: int = 1,
+    checkpoint_minutes: float = 10.0,
+) -> dict:
+    """Train and save a diffusers folder at ``out``. ``minutes`` bounds the whole run (all stages);
+    ``batch`` is per worker."""
+    import shutil
+
+    t_start = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(seed=seed + 1234)
+    save_tokenizer(tokenizer, out / "tokenizer")
+    report: dict = {"seed": seed, "tokenizer_size": len(tokenizer), "workers": workers, "batch_per_worker": batch,
+                    "_t_start": t_start}  # fmt: skip
+    if vae_from:
+        if Path(vae_from).resolve() != out.resolve():
+            shutil.copytree(Path(vae_from) / "vae", out / "vae", dirs_exist_ok=True)
+        report["vae"] = {"from": str(vae_from)}
+        vae_report = Path(vae_from) / "vae_report.json"
+        if vae_report.is_file():
+            report["vae"]["report"] = json.loads(vae_report.read_text())
+    else:
+        report["vae"] = train_vae_only(out, vae_minutes, seed, vae_steps, threads=threads, workers=workers)
+    (out / "training_report.json").write_text(json.dumps(report, indent=2))
+    _run("_unet_stage", workers, out=str(out), steps=steps, seed=seed, deadline=t_start + 60 * minutes, pool=pool,
+         batch=batch, lr=lr, ema_decay=ema_decay, min_snr_gamma=min_snr_gamma,
+         checkpoint_minutes=checkpoint_minutes, threads=threads)  # fmt: skip
+    return json.loads((out / "training_report.json").read_text())
+
+
+def to_fp16(folder: str | Path) -> None:
+    """Rewrite a saved folder's weights in fp16 (halves the size; load with torch_dtype=float32)."""
+    from safetensors.torch import load_file, save_file
+
+    for path in Path(folder).glob("*/*.safetensors"):
+        if path.parent.name == "probe":
+            continue
+        tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(path).items()}
+        save_file(tensors, path, metadata={"format": "pt"})
