@@ -109,7 +109,9 @@ class ArchetypalSAE(ThresholdInference, SAE):
         recon = sparse_decode(inv, v, atoms, self.chunk_elems) + self.b_pre
         aux = {}
         if dead_mask is not None and self.aux_coef > 0 and bool(dead_mask.any()):
-            ((av, ai),) = chunked_topk(xc.detach(), w, b, [(self.k_aux, dead_mask)], self.chunk_elems)
+            ((av, ai),) = chunked_topk(
+                xc.detach(), w, b, [(min(self.k_aux, int(dead_mask.sum())), dead_mask)], self.chunk_elems
+            )
             aux["auxk"] = self.aux_coef * auxk_loss(self, xc, (xn - recon).detach(), (av, ai))
         return recon, SparseCodes(idx, v, self.width), aux
 

@@ -108,52 +108,49 @@ class _BaseStore:
     ) -> Iterator[torch.Tensor] | Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled batches, deterministic under ``seed``; ``epochs=None`` repeats forever.
 
-        A buffer of at most ``buffer_rows`` rows (default: 64 batches, at least 8192 rows) is filled
+        A buffer of at most ``buffer_rows`` rows (default: 32 batches, at least 8192 rows) is filled
         from shards in a random order, shuffled, and its first half emitted; rows left over at the
         end of an epoch carry into the next, so no row is ever dropped. ``with_rows`` also yields
         each row's global index (to look up its prompt/position record).
         """
         if batch_size <= 0:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
-        cap = max(buffer_rows or max(64 * batch_size, 8192), 2 * batch_size)
-        buf_x: list[torch.Tensor] = []
-        buf_i: list[torch.Tensor] = []
-        held = 0
-        epoch = 0
+        cap = max(buffer_rows or max(32 * batch_size, 8192), 2 * batch_size)
+        buf: list[tuple[torch.Tensor, torch.Tensor]] = []
+        held, epoch = 0, 0
+
+        def shuffle_out(gen: torch.Generator, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+            """Shuffle the buffer, return the rows to emit, keep the rest (copied, so the emitted
+            block is freed once consumed)."""
+            nonlocal buf, held
+            perm = torch.randperm(held, generator=gen)
+            bx, bi = torch.cat([b[0] for b in buf]), torch.cat([b[1] for b in buf])
+            buf = []
+            bx, bi = bx[perm], bi[perm]
+            emit = int(held * fraction) // batch_size * batch_size
+            buf = [(bx[emit:].clone(), bi[emit:].clone())] if emit < held else []
+            held -= emit
+            return bx[:emit], bi[:emit]
+
+        def emit_batches(bx: torch.Tensor, bi: torch.Tensor):  # noqa: ANN202
+            for s in range(0, bx.shape[0], batch_size):
+                yield (
+                    (bx[s : s + batch_size], bi[s : s + batch_size]) if with_rows else bx[s : s + batch_size]
+                )
+
         while epochs is None or epoch < epochs:
             gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
             order = torch.randperm(self._n_parts(), generator=gen).tolist()
             for x, rows in self._chunks(order):
-                buf_x.append(x)
-                buf_i.append(rows)
+                buf.append((x, rows))
                 held += x.shape[0]
                 if held >= cap:
-                    bx, bi = torch.cat(buf_x), torch.cat(buf_i)
-                    perm = torch.randperm(held, generator=gen)
-                    bx, bi = bx[perm], bi[perm]
-                    emit = (held // 2) // batch_size * batch_size
-                    for s in range(0, emit, batch_size):
-                        yield (
-                            (bx[s : s + batch_size], bi[s : s + batch_size])
-                            if with_rows
-                            else bx[s : s + batch_size]
-                        )
-                    buf_x, buf_i, held = [bx[emit:]], [bi[emit:]], held - emit
+                    yield from emit_batches(*shuffle_out(gen, 0.5))
             epoch += 1
-            if held >= batch_size:
-                bx, bi = torch.cat(buf_x), torch.cat(buf_i)
-                perm = torch.randperm(held, generator=gen)
-                bx, bi = bx[perm], bi[perm]
-                emit = held // batch_size * batch_size
-                for s in range(0, emit, batch_size):
-                    yield (
-                        (bx[s : s + batch_size], bi[s : s + batch_size])
-                        if with_rows
-                        else bx[s : s + batch_size]
-                    )
-                buf_x, buf_i, held = [bx[emit:]], [bi[emit:]], held - emit
+            if held >= batch_size:  # end of epoch: emit all full batches, carry the remainder
+                yield from emit_batches(*shuffle_out(gen, 1.0))
         if held and epochs is not None:
-            bx, bi = torch.cat(buf_x), torch.cat(buf_i)
+            bx, bi = torch.cat([b[0] for b in buf]), torch.cat([b[1] for b in buf])
             yield (bx, bi) if with_rows else bx
 
     def _n_parts(self) -> int:

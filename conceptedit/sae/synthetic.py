@@ -23,7 +23,14 @@ def planted_sparse_data(
     """
     gen = torch.Generator().manual_seed(seed)
     atoms = F.normalize(torch.randn(n_atoms, d, generator=gen), dim=-1)
-    support = torch.rand(n, n_atoms, generator=gen).argsort(dim=-1)[:, :k]
+    # k distinct atoms per row, drawn in row blocks so n x n_atoms random numbers never coexist
+    block = max(1, (1 << 22) // n_atoms)
+    support = torch.cat(
+        [
+            torch.rand(min(block, n - s), n_atoms, generator=gen).topk(k, dim=-1).indices
+            for s in range(0, n, block)
+        ]
+    )
     coef = 0.5 + torch.rand(n, k, generator=gen)
     x = torch.nn.functional.embedding_bag(support, atoms, per_sample_weights=coef, mode="sum")
     x += offset * F.normalize(torch.randn(d, generator=gen), dim=0)

@@ -51,7 +51,9 @@ class TopKSAE(SAE):
         self, xc: torch.Tensor, dead_mask: torch.Tensor | None
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
         want_aux = dead_mask is not None and self.aux_coef > 0 and bool(dead_mask.any())
-        reqs = [(self.k, None)] + ([(self.k_aux, dead_mask)] if want_aux else [])
+        # never ask for more aux latents than are dead: the padding would only cost gather/scatter work
+        k_aux = min(self.k_aux, int(dead_mask.sum())) if want_aux else 0
+        reqs = [(self.k, None)] + ([(k_aux, dead_mask)] if want_aux else [])
         res = chunked_topk(xc.detach(), self.W_enc.detach(), self.b_enc.detach(), reqs, self.chunk_elems)
         return res[0], (res[1] if want_aux else None)
 
