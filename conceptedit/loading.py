@@ -22,7 +22,7 @@ from conceptedit.families import SD_FAMILIES, detect_family
 # importing conceptedit stays cheap and a missing built-in model only fails when asked for.
 BUILTIN_MODELS: dict[str, str] = {"shapes": "conceptedit.pipelines.shapes:model_dir"}
 DEFAULT_MODEL = "shapes"
-DEFAULTS_FILE = "conceptedit.json"  # optional generation defaults stored next to model_index.json
+DEFAULTS_FILE = "conceptedit.json"  # optional generation defaults and plugin presets next to model_index.json
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
@@ -166,14 +166,19 @@ def load_pipeline(
             model_id, defaults_dir = text, None
     pipe = pipe.to(torch_device)
     pipe._conceptedit_model_id = model_id
-    pipe._conceptedit_defaults = _read_defaults(defaults_dir)
+    settings = _read_settings(defaults_dir)
+    pipe._conceptedit_defaults = dict(settings.get("generation", {}))
+    pipe._conceptedit_presets = dict(settings.get("plugin_presets", {}))
     return pipe
 
 
-def _read_defaults(folder: Path | None) -> dict[str, Any]:
+def _read_settings(folder: Path | None) -> dict[str, Any]:
     if folder is None or not (folder / DEFAULTS_FILE).is_file():
         return {}
-    return dict(json.loads((folder / DEFAULTS_FILE).read_text()).get("generation", {}))
+    try:
+        return dict(json.loads((folder / DEFAULTS_FILE).read_text()))
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{folder / DEFAULTS_FILE} is not valid JSON: {exc}") from exc
 
 
 def model_id(pipe: Any) -> str:
@@ -184,6 +189,12 @@ def model_id(pipe: Any) -> str:
 def generation_defaults(pipe: Any) -> dict[str, Any]:
     """Generation settings the model ships with (steps, guidance, size); empty for plain checkpoints."""
     return dict(getattr(pipe, "_conceptedit_defaults", {}) or {})
+
+
+def plugin_presets(pipe: Any, plugin: str) -> dict[str, Any]:
+    """Config values a model folder recommends for a plugin (``conceptedit.json`` → ``plugin_presets``),
+    e.g. a small SAE width for a small model. Explicit user values override them."""
+    return dict((getattr(pipe, "_conceptedit_presets", {}) or {}).get(plugin, {}))
 
 
 def require_family(pipe: Any, supported: tuple[str, ...], what: str) -> str:

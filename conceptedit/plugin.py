@@ -90,6 +90,13 @@ class Plugin:
         else:
             raise TypeError(f"{self.name}: config must be a {self.Config.__name__} or a dict")
 
+    @classmethod
+    def for_pipeline(cls, pipe: Any, overrides: dict[str, Any] | None = None) -> Plugin:
+        """The plugin configured with the model's presets (if it ships any), then ``overrides``."""
+        from conceptedit.loading import plugin_presets
+
+        return cls({**plugin_presets(pipe, cls.name), **(overrides or {})})
+
     def check_pipeline(self, pipe: Any) -> str:
         """Raise before any work if the pipeline's family is not supported; return the family."""
         return require_family(pipe, self.families, f"plugin {self.name!r}")

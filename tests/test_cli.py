@@ -97,3 +97,18 @@ def test_bad_arguments_exit_nonzero_with_one_line(args, message, tmp_path):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_model_presets_apply_and_explicit_values_win(tiny_model_dir, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    settings = json.loads((model / "conceptedit.json").read_text())
+    settings["plugin_presets"] = {"negative-prompt": {"mode": "replace"}}
+    (model / "conceptedit.json").write_text(json.dumps(settings))
+    base = ["erase", "--model", str(model), "--method", "negative-prompt", "--concept", "cat", "--device", "cpu"]
+    assert run(*base, "--out", str(tmp_path / "a")).exit_code == 0
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["config"]["mode"] == "replace"
+    assert run(*base, "--set", "mode=append", "--out", str(tmp_path / "b")).exit_code == 0
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["config"]["mode"] == "append"

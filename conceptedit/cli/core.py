@@ -146,9 +146,11 @@ def erase_command(
     from conceptedit.registry import get_plugin
 
     plugin_cls = get_plugin(method)
-    plugin = plugin_cls(parse_overrides(set_ or []))
+    overrides = parse_overrides(set_ or [])
+    plugin_cls(overrides)  # validate the config before loading the model
     request = Request(targets=concept, preserve=preserve or [], images=image or [])
     pipe = load_pipeline(model, device=device, dtype=dtype)
+    plugin = plugin_cls.for_pipeline(pipe, overrides)
     pipe.set_progress_bar_config(disable=True)
     with tqdm(total=100, desc=f"fit {method}", unit="%") as bar:
 

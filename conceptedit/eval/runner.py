@@ -172,7 +172,7 @@ class Evaluation:
             from conceptedit.plugin import Request
             from conceptedit.registry import get_plugin
 
-            plugin = get_plugin(spec.plugin)(spec.config)
+            plugin = get_plugin(spec.plugin).for_pipeline(pipe, spec.config)
             bar = tqdm(total=100, desc=f"fit {spec.name}", disable=not self.progress, unit="%")
 
             def report(fraction: float, message: str) -> None:
