@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
+from conceptedit.config import config_to_dict
 from conceptedit.eval.metrics import ProbeAccuracy
 from conceptedit.eval.shapes_erasure import chance_level, score_images
 from conceptedit.eval.shapes_prompts import concept_family, erasure_prompt_set
@@ -56,6 +57,12 @@ def run_config(plugin: str, concept: str) -> dict[str, Any]:
         # template sets: object templates for objects/identities, style templates for styles.
         return {"images_from_model": True, "template_set": "style" if family == "style" else "object"}
     return {}
+
+
+def non_default(plugin: Any) -> dict[str, Any]:
+    """The config values that differ from the paper defaults (model presets included)."""
+    default = config_to_dict(type(plugin)().config)
+    return {k: v for k, v in config_to_dict(plugin.config).items() if default.get(k) != v}
 
 
 def training_prompts(concept: str, n: int = 4) -> list[str]:
@@ -125,7 +132,7 @@ def main() -> None:
                 key, _, value = item.partition("=")
                 if key.startswith(name + "."):
                     config[key[len(name) + 1 :]] = value
-            plugin = get_plugin(name)(config)
+            plugin = get_plugin(name).for_pipeline(pipe, config)  # model presets, then these overrides
             request = Request(
                 targets=[concept], prompts=training_prompts(concept) if name == "fewshot-unlearning" else []
             )
@@ -151,6 +158,7 @@ def main() -> None:
                 "chance": round(chance_level(concept), 4),
                 "fit_seconds": round(fit_seconds, 2),
                 "config_overrides": config,
+                "config_non_default": non_default(plugin),
                 "before": {k: round(v, 4) for k, v in before.items()},
                 "after": {k: round(v, 4) for k, v in after.items()},
             }
