@@ -224,7 +224,7 @@ def _erase_tab(model: DemoModel, stack: gr.State, settings: dict[str, Any]) -> g
                     columns=2,
                     format="png",
                     object_fit="contain",
-                    height="auto",
+                    height=None,
                     elem_id="gallery-original",
                     elem_classes=["ce-gallery"],
                 )
@@ -233,25 +233,22 @@ def _erase_tab(model: DemoModel, stack: gr.State, settings: dict[str, Any]) -> g
                     columns=2,
                     format="png",
                     object_fit="contain",
-                    height="auto",
+                    height=None,
                     elem_id="gallery-edited",
                     elem_classes=["ce-gallery"],
                 )
     gr.Markdown("### 3 · Stack of edits\nApplied in order, top row first; each was fitted on the original model.")
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=3):
-            stack_view = gr.Markdown(engine.stack_table([]), elem_id="stack-table")
-            stack_message = gr.Markdown(elem_id="stack-message")
-        with gr.Column(scale=2):
-            with gr.Row():
-                stack_pick = gr.Dropdown(choices=[], label="Edit", scale=3, elem_id="stack-pick")
-                remove_button = gr.Button("Remove", scale=1, elem_id="stack-remove")
-            with gr.Row():
-                save_path = gr.Textbox(label="Save the chosen edit to folder", placeholder="runs/my-edit", scale=3)
-                save_button = gr.Button("Save", scale=1, elem_id="stack-save")
-            with gr.Row():
-                load_path = gr.Textbox(label="Load an edit folder", placeholder="runs/my-edit", scale=3)
-                load_button = gr.Button("Load", scale=1, elem_id="stack-load")
+    stack_view = gr.Markdown(engine.stack_table([]), elem_id="stack-table")
+    with gr.Row(equal_height=True):
+        stack_pick = gr.Dropdown(choices=[], label="Edit", scale=2, min_width=180, elem_id="stack-pick")
+        remove_button = gr.Button("Remove", scale=1, min_width=90, elem_id="stack-remove")
+        save_path = gr.Textbox(
+            label="Save the chosen edit to folder", placeholder="runs/my-edit", scale=2, min_width=180
+        )
+        save_button = gr.Button("Save", scale=1, min_width=90, elem_id="stack-save")
+        load_path = gr.Textbox(label="Load an edit folder", placeholder="runs/my-edit", scale=2, min_width=180)
+        load_button = gr.Button("Load", scale=1, min_width=90, elem_id="stack-load")
+    stack_message = gr.Markdown(elem_id="stack-message")
 
     _wire_picker(dropdown, info, forms, fit_button)
     fitted = gr.State(False)
