@@ -20,6 +20,12 @@ DEFAULT_HOST = "127.0.0.1"
 def create_app(model: str | Any = "shapes", device: str | None = None, dtype: str | None = None, **kwargs: Any):
     """The demo's ``gr.Blocks`` on ``model`` (a load_pipeline source, or a loaded pipeline)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio  # noqa: F401
+    except ImportError as exc:
+        from conceptedit.errors import ConceptEditError
+
+        raise ConceptEditError(f"the demo needs Gradio ({exc}): pip install 'conceptedit[demo]'") from exc
     from .engine import DemoModel
     from .ui import build_app
 
