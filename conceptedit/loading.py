@@ -169,6 +169,9 @@ def load_pipeline(
     settings = _read_settings(defaults_dir)
     pipe._conceptedit_defaults = dict(settings.get("generation", {}))
     pipe._conceptedit_presets = dict(settings.get("plugin_presets", {}))
+    pipe._conceptedit_files = {
+        key: str(defaults_dir / value) for key, value in settings.get("files", {}).items() if defaults_dir
+    }
     return pipe
 
 
@@ -189,6 +192,12 @@ def model_id(pipe: Any) -> str:
 def generation_defaults(pipe: Any) -> dict[str, Any]:
     """Generation settings the model ships with (steps, guidance, size); empty for plain checkpoints."""
     return dict(getattr(pipe, "_conceptedit_defaults", {}) or {})
+
+
+def model_file(pipe: Any, key: str) -> str | None:
+    """A data file a model folder ships (``conceptedit.json`` → ``files``), e.g. ``prompt_corpus``."""
+    path = (getattr(pipe, "_conceptedit_files", {}) or {}).get(key)
+    return path if path and Path(path).is_file() else None
 
 
 def plugin_presets(pipe: Any, plugin: str) -> dict[str, Any]:

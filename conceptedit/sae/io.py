@@ -92,31 +92,7 @@ def load_sae(path: str | Path, device: str | torch.device | None = "cpu") -> SAE
         cfg = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as exc:
         raise SAEConfigError(f"{cfg_file}: not valid JSON ({exc})") from None
-    cls = _check_config(cfg, cfg_file)
-    sae = cls(cfg["d_in"], cfg["width"], **cfg.get("hparams", {}))
-    state = load_file(str(weights_file))
-    expected = sae.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    wrong = [
-        f"{k}: file {tuple(state[k].shape)} vs expected {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
-    if missing or extra or wrong:
-        parts = (
-            ([f"missing tensors {missing}"] if missing else [])
-            + ([f"unexpected tensors {extra}"] if extra else [])
-            + wrong
-        )
-        raise SAEShapeError(
-            f"{weights_file} does not match {cfg['architecture']} "
-            f"(d_in={cfg['d_in']}, width={cfg['width']}): " + "; ".join(parts)
-        )
-    sae.load_state_dict(state)
-    if "scale" in cfg.get("normalize", {}):
-        sae.input_scale.fill_(float(cfg["normalize"]["scale"]))
-    sae.source = dict(cfg.get("source", {}))
+    sae = sae_from_state(cfg, load_file(str(weights_file)), str(weights_file))
     return sae.to(device).eval() if device is not None else sae.eval()
 
 
@@ -132,9 +108,7 @@ def export_saelens(sae: SAE, path: str | Path) -> Path:
     (standard = ReLU, topk, jumprelu) can be exported.
     """
     if sae.architecture not in SAELENS_ARCH:
-        raise ConfigError(
-            f"SAELens has no {sae.architecture!r} architecture; exportable: {sorted(SAELENS_ARCH)}"
-        )
+        raise ConfigError(f"SAELens has no {sae.architecture!r} architecture; exportable: {sorted(SAELENS_ARCH)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     s = float(sae.input_scale)
@@ -164,3 +138,33 @@ def export_saelens(sae: SAE, path: str | Path) -> Path:
         cfg["k"] = sae.k
     (path / "cfg.json").write_text(json.dumps(cfg, indent=1))
     return path
+
+
+def sae_from_state(cfg: dict[str, Any], state: dict[str, torch.Tensor], where: str = "state") -> SAE:
+    """Build an SAE from a ``cfg.json``-style dict and its tensors, strictly (used by ``load_sae`` and by
+    artifacts that embed an SAE, e.g. ItD edits)."""
+    cls = _check_config(cfg, Path(where))
+    sae = cls(cfg["d_in"], cfg["width"], **cfg.get("hparams", {}))
+    expected = sae.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs expected {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    if missing or extra or wrong:
+        parts = (
+            ([f"missing tensors {missing}"] if missing else [])
+            + ([f"unexpected tensors {extra}"] if extra else [])
+            + wrong
+        )
+        raise SAEShapeError(
+            f"{where} does not match {cfg['architecture']} "
+            f"(d_in={cfg['d_in']}, width={cfg['width']}): " + "; ".join(parts)
+        )
+    sae.load_state_dict(state)
+    if "scale" in cfg.get("normalize", {}):
+        sae.input_scale.fill_(float(cfg["normalize"]["scale"]))
+    sae.source = dict(cfg.get("source", {}))
+    return sae
