@@ -192,16 +192,18 @@ def test_feature_choice_select_gives_each_latent_its_top_rows() -> None:
     torch.testing.assert_close(got, ref)
 
 
-def test_matching_pursuit_encode_matches_reference_loop() -> None:
-    sae = create_sae("mp", D, WIDTH, k=4, chunk_elems=100)
-    x = torch.randn(20, D)
+@pytest.mark.parametrize("n", [20, 200])  # 20 rows: k dense passes; 200 rows: the Gram-matrix update
+def test_matching_pursuit_encode_matches_reference_loop(n: int) -> None:
+    sae = create_sae("mp", D, WIDTH, k=4, chunk_elems=500)
+    assert (sae._gram(n) is None) == (n == 20)
+    x = torch.randn(n, D)
     codes = sae.encode(x)
     r = x - sae.b_pre
-    ref = torch.zeros(20, WIDTH)
+    ref = torch.zeros(n, WIDTH)
     for _ in range(4):
         s = r @ sae.W_dec.T
         v, j = s.max(-1)
-        ref[torch.arange(20), j] += v
+        ref[torch.arange(n), j] += v
         r = r - v[:, None] * sae.W_dec[j]
     torch.testing.assert_close(codes.to_dense(), ref, rtol=1e-5, atol=1e-5)
     assert isinstance(codes, SparseCodes)

@@ -4,7 +4,6 @@ for Concept Extraction in Large Vision Models", arXiv:2502.12892)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from conceptedit.errors import ConfigError
@@ -88,7 +87,10 @@ class ArchetypalSAE(ThresholdInference, SAE):
         if cent.shape[0] < self.n_archetypes:
             raise ConfigError(f"need at least n_archetypes={self.n_archetypes} sample rows, got {len(cent)}")
         self.C.copy_(cent)
-        self.W_enc.copy_(F.normalize(self.dictionary(), dim=-1))
+        # tied init for atoms that are not unit-norm: z_j = <a_j, x> / ||a_j||^2 is x's coefficient
+        # along a_j, so z_j a_j has the scale of x
+        atoms = self.dictionary()
+        self.W_enc.copy_(atoms / atoms.pow(2).sum(-1, keepdim=True).clamp_min(1e-12))
 
     def _atoms_for(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         uniq, inv = torch.unique(idx, return_inverse=True)

@@ -124,14 +124,14 @@ class SAE(nn.Module):
         self._gen = gen
 
     # -- construction helpers -------------------------------------------------------------------
-    def _make_encoder(self) -> None:
-        """``W_enc [width, d_in]`` (tied: a copy of the decoder) and ``b_enc``."""
+    def _make_encoder(self, scale: float = 1.0) -> None:
+        """``W_enc [width, d_in]`` (tied: ``scale`` x a copy of the decoder) and ``b_enc``."""
         if self.tied_init:
             w = self.dictionary().detach().clone()
         else:
             bound = 1.0 / self.d_in**0.5
             w = (torch.rand(self.width, self.d_in, generator=self._gen) * 2 - 1) * bound
-        self.W_enc = nn.Parameter(w)
+        self.W_enc = nn.Parameter(w * scale)
         self.b_enc = nn.Parameter(torch.zeros(self.width))
 
     @classmethod

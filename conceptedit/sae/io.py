@@ -108,7 +108,9 @@ def export_saelens(sae: SAE, path: str | Path) -> Path:
     (standard = ReLU, topk, jumprelu) can be exported.
     """
     if sae.architecture not in SAELENS_ARCH:
-        raise ConfigError(f"SAELens has no {sae.architecture!r} architecture; exportable: {sorted(SAELENS_ARCH)}")
+        raise ConfigError(
+            f"SAELens has no {sae.architecture!r} architecture; exportable: {sorted(SAELENS_ARCH)}"
+        )
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     s = float(sae.input_scale)

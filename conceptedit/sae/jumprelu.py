@@ -75,7 +75,9 @@ class JumpReLUSAE(SAE):
         self.l0_coef, self.bandwidth = float(l0_coef), float(bandwidth)
         self.init_threshold = float(init_threshold)
         self.log_threshold = torch.nn.Parameter(torch.full((width,), math.log(self.init_threshold)))
-        self._make_encoder()
+        # about half the latents are active at init: a full-size tied encoder would make the first
+        # reconstructions sums of ~width/2 atoms, so the encoder starts scaled by d_in / width
+        self._make_encoder(scale=min(1.0, d_in / width))
 
     def _train_forward(self, xn, dead_mask):  # noqa: ANN001, ANN202
         a = (xn - self.b_pre) @ self.W_enc.T + self.b_enc

@@ -271,16 +271,30 @@ def feature_choice_select(
 
 @torch.no_grad()
 def matching_pursuit_select(
-    xc: torch.Tensor, atoms: torch.Tensor, k: int, chunk_elems: int = DEFAULT_CHUNK_ELEMS
+    xc: torch.Tensor,
+    atoms: torch.Tensor,
+    k: int,
+    chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    gram: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """k greedy steps: pick the atom with the largest inner product with the residual, subtract it.
 
     Returns (coefficients, indices) ``[N, k]``; an atom may be picked twice (codes then add up).
+    With the Gram matrix ``gram = atoms @ atoms.T`` the correlations are updated in place
+    (``s ← s − z·G[j]``, exact since ``r ← r − z·d_j``): one dense pass instead of k.
     """
     n, width = xc.shape[0], atoms.shape[0]
-    residual = xc.clone()
     vals = torch.empty(n, k, dtype=xc.dtype, device=xc.device)
     idx = torch.empty(n, k, dtype=torch.long, device=xc.device)
+    if gram is not None:
+        for r0, r1 in _blocks(n, max(1, chunk_elems // (2 * width))):
+            scores = xc[r0:r1] @ atoms.T
+            for t in range(k):
+                v, j = scores.max(dim=-1)
+                vals[r0:r1, t], idx[r0:r1, t] = v, j
+                scores -= v[:, None] * gram[j]
+        return vals, idx
+    residual = xc.clone()
     row_block, lat_block = block_sizes(n, width, chunk_elems)
     for t in range(k):
         for r0, r1 in _blocks(n, row_block):

@@ -17,17 +17,28 @@ class MatchingPursuitSAE(SAE):
         r_t = r_{t−1} − z_t d_{j_t};   x̂ = Σ_t z_t d_{j_t} + b_pre  (= x − r_k).
 
     Costa et al. 2025, arXiv:2506.03093. There is no separate encoder (the dictionary is the
-    encoder), atoms stay unit-norm. The k argmax steps run without autograd in bounded chunks
-    (each step is one dense pass over the dictionary, so encoding costs k× a TopK encoder); the
-    coefficients are then recomputed differentiably over the k selected atoms only. The greedy step
+    encoder), atoms stay unit-norm. The k argmax steps run without autograd in bounded chunks; the
+    coefficients are then recomputed differentiably over the k selected atoms only. When the Gram
+    matrix fits (width² ≤ ``gram_max_elems``) the correlations are updated through it instead of
+    recomputed, so selection costs one dense pass plus k gathers. The greedy step
     takes the largest signed inner product (non-negative codes whenever one exists), an atom may be
     picked more than once (its coefficients add up). No auxiliary dead-latent loss.
     """
+
+    #: use the Gram-matrix update when width² is at most this many elements (runtime setting)
+    gram_max_elems: int = 1 << 26
 
     def __init__(self, d_in: int, width: int, *, k: int = 32, **base: object) -> None:
         base.pop("tied_init", None)  # the encoder is the decoder
         super().__init__(d_in, width, **base)
         self.k = int(min(k, width))
+
+    @torch.no_grad()
+    def _gram(self, n_rows: int) -> torch.Tensor | None:
+        """``W_dec W_decᵀ`` when it fits and pays off (k·N ≥ width: cheaper than k dense passes)."""
+        if self.width**2 > self.gram_max_elems or self.k * n_rows < self.width:
+            return None
+        return self.W_dec @ self.W_dec.T
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         """First-step correlations ⟨d_j, s·x − b_pre⟩ (what the first greedy step ranks)."""
@@ -35,15 +46,18 @@ class MatchingPursuitSAE(SAE):
 
     def _train_forward(self, xn, dead_mask):  # noqa: ANN001, ANN202
         xc = xn - self.b_pre
-        _, idx = matching_pursuit_select(xc.detach(), self.W_dec.detach(), self.k, self.chunk_elems)
-        atoms = self.W_dec[idx]  # [N, k, d]: only the selected atoms take part in autograd
+        w = self.W_dec.detach()
+        _, idx = matching_pursuit_select(xc.detach(), w, self.k, self.chunk_elems, self._gram(xn.shape[0]))
+        # only the selected atoms take part in autograd; unbind once (per-step slicing would make
+        # autograd allocate a full [N, k, d] gradient for every step)
+        atoms = self.W_dec[idx].unbind(1)
         residual, coefs = xc, []
-        for t in range(self.k):
-            z = (atoms[:, t] * residual).sum(-1)
-            residual = residual - z[:, None] * atoms[:, t]
+        for atom in atoms:
+            z = (atom * residual).sum(-1)
+            residual = residual - z[:, None] * atom
             coefs.append(z)
         recon = xn - residual
         return recon, SparseCodes(idx, torch.stack(coefs, 1), self.width), {}
 
     def _encode(self, xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return matching_pursuit_select(xc, self.W_dec, self.k, self.chunk_elems)
+        return matching_pursuit_select(xc, self.W_dec, self.k, self.chunk_elems, self._gram(xc.shape[0]))

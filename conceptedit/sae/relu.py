@@ -25,7 +25,9 @@ class ReLUSAE(SAE):
     def __init__(self, d_in: int, width: int, *, l1_coef: float = 3e-3, **base: object) -> None:
         super().__init__(d_in, width, **base)
         self.l1_coef = float(l1_coef)
-        self._make_encoder()
+        # about half the latents are active at init: a full-size tied encoder would make the first
+        # reconstructions sums of ~width/2 atoms, so the encoder starts scaled by d_in / width
+        self._make_encoder(scale=min(1.0, d_in / width))
 
     def _train_forward(self, xn, dead_mask):  # noqa: ANN001, ANN202
         z = torch.relu((xn - self.b_pre) @ self.W_enc.T + self.b_enc)

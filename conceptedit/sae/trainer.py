@@ -106,7 +106,10 @@ class SAETrainer:
         self._initialised = False
 
     # -- setup ----------------------------------------------------------------------------------------
-    def _initialise(self) -> None:
+    def prepare(self) -> None:
+        """Set the input scale and b_pre (and archetypes) from a data sample; done once per run."""
+        if self._initialised:
+            return
         cfg = self.config
         torch.manual_seed(cfg.seed)
         if cfg.normalize:
@@ -129,7 +132,7 @@ class SAETrainer:
         """Train until the token budget is spent (or ``max_steps`` more steps, then checkpoint)."""
         cfg = self.config
         if not self._initialised:
-            self._initialise()
+            self.prepare()
         total = cfg.total_steps
         stop = total if max_steps is None else min(total, self.step + max_steps)
         stream = self.store.batches(cfg.batch_size, seed=cfg.seed, buffer_rows=cfg.buffer_rows)
@@ -146,22 +149,9 @@ class SAETrainer:
         stats: dict[str, float] = {}
         while self.step < stop:
             x = next(stream).to(self.device)
-            dead = self.since_fired >= cfg.dead_after_tokens
-            loss, stats, fired = self.sae.training_loss(x, dead)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.sae.before_step()
-            for group in self.optimizer.param_groups:
-                group["lr"] = self._lr()
-            self.optimizer.step()
-            self.sae.after_step()
-            self.since_fired += x.shape[0]
-            self.since_fired[fired] = 0
-            self.step += 1
+            stats = self.train_step(x)
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == stop:
-                stats["dead"] = float(dead.float().mean())
-                stats["step"] = self.step
                 self.history.append(dict(stats))
                 bar.set_postfix(
                     fvu=f"{stats['fvu']:.4f}", l0=f"{stats['l0']:.1f}", dead=f"{stats['dead']:.3f}"
@@ -173,6 +163,24 @@ class SAETrainer:
         if self.checkpoint_dir:
             self.save_checkpoint(self.checkpoint_dir)
         return self.sae
+
+    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+        """One optimisation step on batch ``x`` (raw activations); returns its statistics."""
+        dead = self.since_fired >= self.config.dead_after_tokens
+        loss, stats, fired = self.sae.training_loss(x, dead)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.sae.before_step()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr()
+        self.optimizer.step()
+        self.sae.after_step()
+        self.since_fired += x.shape[0]
+        self.since_fired[fired] = 0
+        self.step += 1
+        stats["dead"] = float(dead.float().mean())
+        stats["step"] = self.step
+        return stats
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def save_checkpoint(self, path: str | Path) -> Path:
