@@ -1,0 +1,375 @@
+"""``itd``: Interpret then Deactivate — a sparse autoencoder on the text encoder as a zero-shot
+concept classifier that erases at inference time (no diffusion weight changes).
+
+Paper: Tian et al. 2025, "Sparse Autoencoder as a Zero-Shot Classifier for Concept Erasing in
+Text-to-Image Diffusion Models", arXiv:2503.09446. Reference code: NANSirun/Interpret-then-deactivate
+(read, not copied). Steps, as the reference implements them:
+
+1. **SAE** (Sec. 3.2; reference ``train_sae``): TopK SAE, k=64 with AuxK, trained token-level on the
+   output of one text-encoder block — SD 1.x: ``text_model.encoder.layers.8`` (residual stream after
+   block 9 of 12) — every token a sample (BOS, EOS and padding included), prompts padded to the
+   batch's longest, inputs not normalised. Adam lr 1e-4 with 1,000 warm-up steps, batch of 50 prompts.
+2. **Interpret** (Sec. 3.3): for each target prompt, each latent's max activation over non-BOS
+   tokens; keep the top ``top_n`` (reference 128; 256 for styles) latents; drop latents that are in
+   the top-``top_n`` set of any retain prompt; F = union over target prompts (and concepts).
+3. **Deactivate** (Sec. 3.3, Eq. 6): on tokens after BOS, z'[F] = ``scale`` · z[F] (reference −8);
+   the block's output becomes W_dec z' + b_pre + (x − x̂), i.e. the reconstruction error is kept.
+4. **Zero-shot classifier** (Sec. 3.4): s(p) = mean over tokens t ≥ 1 and channels of (x' − x)²;
+   the replacement happens only if s(p) ≥ τ = ``tau_factor`` · min over target prompts (0.99). Other
+   prompts pass through bit for bit.
+
+Deviations, and why:
+- **One scoring rule.** The reference calibrates τ with the max over tokens for celebrities and a −6
+  scale for styles, but scores at inference with the mean and −8. Here calibration and inference
+  both use the mean over tokens t ≥ 1 and the configured scale, so τ means the same thing in both.
+- **SAE width and budget are config values.** The reference uses 2^19 latents trained on a large
+  corpus; that is the default here too, but a model folder may ship smaller presets
+  (``conceptedit.json`` → ``plugin_presets.itd``; the built-in shapes model does — see its
+  benchmark for the width chosen and why).
+- **Layer for other encoders.** ``layer=None`` picks index 8 for 12-layer encoders and the block at
+  the same relative depth (0.75) for others.
+- **Padding at inference.** Prompts are tokenised exactly as the pipeline's ``encode_prompt`` does
+  (padded to ``model_max_length``) both for calibration and at inference.
+- The reference's defects listed in METHODS.md (a None comparison in the nudity path, a hard-coded
+  device, dense 2^19-wide pre-activations per batch) do not apply: encoding is chunked (sparse).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from conceptedit.edits.base import ArtifactError
+from conceptedit.edits.runtime import ActivationHookEdit, PromptDecision
+from conceptedit.errors import ConceptEditError, RequestError
+from conceptedit.families import SD_FAMILIES
+from conceptedit.hooks import get_submodule, run_until
+from conceptedit.plugin import Plugin, Progress, Request, _no_progress
+from conceptedit.registry import register_plugin
+
+# Prompt frames for target and retain prompts when the request gives none (reference: simple
+# "a photo of {}"-style prompts per concept).
+TEMPLATES = (
+    "{}",
+    "a photo of {}",
+    "a picture of {}",
+    "an image of {}",
+    "a drawing of {}",
+    "a painting of {}",
+    "a portrait of {}",
+    "a rendering of {}",
+    "this is {}",
+    "there is {}",
+)
+
+
+@dataclass
+class ItDConfig:
+    layer: int | None = field(default=None, metadata={"help": "text-encoder block index (None: 8 of 12 or same depth)"})
+    sae_path: str | None = field(default=None, metadata={"help": "reuse a saved SAE folder instead of training"})
+    sae_arch: str = field(default="topk", metadata={"help": "SAE architecture (reference: topk)"})
+    sae_width: int = field(default=2**19, metadata={"help": "SAE latents (reference 2^19)"})
+    sae_k: int = field(default=64, metadata={"help": "active latents per token (reference 64)"})
+    train_tokens: int = field(default=20_000_000, metadata={"help": "SAE training budget in tokens"})
+    train_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate (reference 1e-4)"})
+    train_warmup_steps: int = field(default=1000, metadata={"help": "linear warm-up steps (reference 1000)"})
+    train_batch_prompts: int = field(default=50, metadata={"help": "prompts per SAE batch (reference 50)"})
+    corpus: str | None = field(default=None, metadata={"help": "prompt file for SAE training (txt or CSV)"})
+    corpus_limit: int = field(default=50_000, metadata={"help": "at most this many corpus prompts"})
+    top_n: int = field(default=128, metadata={"help": "latents kept per target prompt (reference 128; 256 styles)"})
+    scale: float = field(default=-8.0, metadata={"help": "factor applied to concept latents (reference -8)"})
+    tau_factor: float = field(default=0.99, metadata={"help": "threshold = factor x min target score"})
+    retain_from_corpus: int = field(default=200, metadata={"help": "corpus prompts used as retain set"})
+    seed: int = field(default=0, metadata={"help": "seed of SAE training and corpus sampling"})
+
+    def __post_init__(self) -> None:
+        if self.top_n <= 0 or self.sae_width <= 0 or self.sae_k <= 0:
+            raise ValueError("top_n, sae_width and sae_k must be positive")
+        if not 0 < self.tau_factor <= 1:
+            raise ValueError("tau_factor must be in (0, 1]")
+
+
+def layer_index(text_encoder: torch.nn.Module, layer: int | None) -> int:
+    n = int(text_encoder.config.num_hidden_layers)
+    if layer is None:
+        return 8 if n == 12 else max(0, round(0.75 * n) - 1)
+    if not 0 <= layer < n:
+        raise RequestError(f"layer {layer} out of range: the text encoder has {n} blocks")
+    return layer
+
+
+def layer_name(index: int) -> str:
+    return f"text_model.encoder.layers.{index}"
+
+
+def cache_root() -> Path:
+    base = os.environ.get("CONCEPTEDIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "conceptedit")
+    return Path(base)
+
+
+def read_prompt_file(path: str | Path) -> list[str]:
+    from conceptedit.sae.store import read_prompts
+
+    return read_prompts(path)
+
+
+def _tokenize(pipe: Any, prompts: list[str]) -> torch.Tensor:
+    tok = pipe.tokenizer
+    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+    return ids.input_ids.to(pipe.text_encoder.device)
+
+
+def _sae_from_state(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
+    from conceptedit.sae.io import sae_from_state
+
+    return sae_from_state(config, tensors, "itd artifact")
+
+
+class ItDEdit(ActivationHookEdit):
+    """The runtime intervention: SAE + feature set F + scale + threshold τ on one text-encoder block."""
+
+    edit_type = "itd"
+
+    def validate(self) -> None:
+        extra = self.manifest.extra
+        for key in ("sae_config", "layer", "scale", "tau"):
+            if key not in extra:
+                raise ArtifactError(f"itd edit lacks extra.{key}")
+        if "features" not in self.tensors:
+            raise ArtifactError("itd edit lacks its feature set tensor 'features'")
+        sae_tensors = {k.removeprefix("sae."): v for k, v in self.tensors.items() if k.startswith("sae.")}
+        self.sae = _sae_from_state(extra["sae_config"], sae_tensors).eval()
+        self.features = self.tensors["features"].long()
+        self._pipe: Any = None
+
+    @property
+    def hook_points(self) -> list[str]:
+        return [f"text_encoder.{layer_name(int(self.manifest.extra['layer']))}"]
+
+    @property
+    def tau(self) -> float:
+        return float(self.manifest.extra["tau"])
+
+    # -- the maths ---------------------------------------------------------------------------
+    def _delta(self, hidden: torch.Tensor) -> torch.Tensor:
+        """x' − x for every token of ``hidden [B, T, d]`` (BOS rows are zero)."""
+        b, t, d = hidden.shape
+        sae = self.sae.to(hidden.device)
+        codes = sae.encode(hidden.float().reshape(b * t, d))
+        in_f = torch.isin(codes.indices, self.features.to(hidden.device))
+        factor = torch.where(in_f, torch.full_like(codes.values, float(self.manifest.extra["scale"]) - 1.0), 0.0)
+        from conceptedit.sae.base import SparseCodes
+
+        change = SparseCodes(codes.indices, codes.values * factor, codes.width)
+        # decode is affine: decode(z') - decode(z) = (W_dec (z' - z)) / input_scale
+        delta = sae.decode(change) - sae.b_pre / sae.input_scale
+        delta = delta.reshape(b, t, d)
+        delta[:, 0] = 0.0
+        return delta
+
+    def scores(self, hidden: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
+        delta = self._delta(hidden) if delta is None else delta
+        return delta[:, 1:].pow(2).mean(dim=(1, 2))
+
+    def transform(self, module_key: str, hidden: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            delta = self._delta(hidden)
+            fire = self.scores(hidden, delta) >= self.tau
+        if not bool(fire.any()):
+            return hidden
+        out = hidden.clone()
+        out[fire] = (hidden[fire].float() + delta[fire]).to(hidden.dtype)
+        return out
+
+    # -- attach: remember the pipeline for classify/explain ------------------------------------
+    def _attach(self, pipe: Any) -> Any:
+        undo = super()._attach(pipe)
+        self._pipe = pipe
+
+        def detach() -> None:
+            undo()
+            self._pipe = None
+
+        return detach
+
+    def _hidden(self, prompts: list[str], pipe: Any | None = None) -> torch.Tensor:
+        pipe = pipe or self._pipe
+        if pipe is None:
+            raise ConceptEditError("apply the itd edit to a pipeline before classifying prompts")
+        ids = _tokenize(pipe, prompts)
+        encoder = pipe.text_encoder
+        name = layer_name(int(self.manifest.extra["layer"]))
+        with torch.no_grad():
+            get_submodule(encoder, name)  # clear error for a wrong layer
+            return _layer_output(encoder, name, ids)
+
+    def classify(self, prompts: list[str]) -> list[PromptDecision]:
+        """Per prompt: score s(p), threshold τ, and whether the edit fires (the zero-shot classifier)."""
+        hidden = self._hidden(list(prompts))
+        scores = self.scores(hidden).tolist()
+        return [
+            PromptDecision(p, float(s), self.tau, bool(s >= self.tau)) for p, s in zip(prompts, scores, strict=True)
+        ]
+
+    def explain(self, prompt: str, top_n: int = 10) -> list[dict[str, Any]]:
+        """The prompt's strongest SAE latents (max over tokens after BOS), flagged if in F."""
+        acts = max_activations(self.sae, self._hidden([prompt]))[0]
+        values, index = acts.topk(min(top_n, acts.numel()))
+        in_f = set(self.features.tolist())
+        return [{"feature": int(i), "activation": float(v), "erased": int(i) in in_f}
+                for v, i in zip(values.tolist(), index.tolist(), strict=True) if v > 0]  # fmt: skip
+
+
+def _layer_output(encoder: torch.nn.Module, name: str, ids: torch.Tensor) -> torch.Tensor:
+    """The block's output without running the rest of the encoder (ItD hooks removed meanwhile
+    are not an issue: run_until stops at the block, before our own output hook would matter)."""
+    return run_until(encoder, name, lambda: encoder(ids))
+
+
+def max_activations(sae: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """``[B, width]``: each latent's max activation over tokens t ≥ 1 of each prompt."""
+    b, t, d = hidden.shape
+    codes = sae.encode(hidden[:, 1:].float().reshape(b * (t - 1), d))
+    dense = torch.zeros(b * (t - 1), sae.width, device=hidden.device)
+    dense.scatter_reduce_(1, codes.indices, codes.values.float(), reduce="amax")
+    return dense.reshape(b, t - 1, sae.width).amax(dim=1)
+
+
+def top_latents(sae: Any, hidden: torch.Tensor, top_n: int) -> list[set[int]]:
+    acts = max_activations(sae, hidden)
+    out = []
+    for row in acts:
+        values, index = row.topk(min(top_n, row.numel()))
+        out.append({int(i) for v, i in zip(values.tolist(), index.tolist(), strict=True) if v > 0})
+    return out
+
+
+@register_plugin
+class ItDPlugin(Plugin):
+    name = "itd"
+    kind = "erase"
+    Config = ItDConfig
+    families = SD_FAMILIES
+    artifact_kind = "runtime"
+    summary = "Interpret-then-Deactivate: an SAE on the text encoder as a zero-shot classifier; erases at inference."
+    paper = "Tian et al., arXiv:2503.09446 (2025)"
+
+    # -- step 1: the SAE -----------------------------------------------------------------------
+    def corpus(self, pipe: Any, request: Request) -> list[str]:
+        """SAE training prompts: the config's file, else the model's shipped corpus, plus the request's."""
+        from conceptedit.loading import model_file
+
+        source = self.config.corpus or model_file(pipe, "prompt_corpus")
+        prompts = read_prompt_file(source) if source else []
+        if len(prompts) > self.config.corpus_limit:
+            g = torch.Generator().manual_seed(self.config.seed)
+            keep = torch.randperm(len(prompts), generator=g)[: self.config.corpus_limit].sort().values
+            prompts = [prompts[i] for i in keep.tolist()]
+        extra = self.target_prompts(request) + self.retain_prompts(request, [])
+        return prompts + extra
+
+    def sae_cache_key(self, pipe: Any, layer: int, corpus: list[str]) -> str:
+        from conceptedit.fingerprint import fingerprint
+
+        c = self.config
+        payload = {
+            "text_encoder": fingerprint(pipe.text_encoder), "layer": layer, "arch": c.sae_arch, "width": c.sae_width,
+            "k": c.sae_k, "tokens": c.train_tokens, "lr": c.train_lr, "warmup": c.train_warmup_steps,
+            "batch": c.train_batch_prompts, "seed": c.seed,
+            "corpus": hashlib.sha256("\n".join(corpus).encode()).hexdigest(),
+        }  # fmt: skip
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def get_sae(self, pipe: Any, request: Request, layer: int, progress: Progress) -> Any:
+        from conceptedit.sae import TrainConfig, collect_activations, load_sae, save_sae, train_sae
+
+        c = self.config
+        if c.sae_path:
+            sae = load_sae(c.sae_path)
+            if sae.d_in != pipe.text_encoder.config.hidden_size:
+                raise RequestError(f"SAE at {c.sae_path} has d_in={sae.d_in}, the text encoder {sae.d_in}")
+            return sae
+        corpus = self.corpus(pipe, request)
+        folder = cache_root() / "itd-sae" / self.sae_cache_key(pipe, layer, corpus)
+        if (folder / "cfg.json").is_file():
+            return load_sae(folder)
+        progress(0.05, f"collecting activations of {len(corpus)} prompts")
+        store = collect_activations(pipe, layer_name(layer), corpus, padding="longest", skip_bos=False,
+                                    skip_padding=False, progress=False)  # fmt: skip
+        tokens_per_prompt = max(1, store.n_rows // max(1, len(corpus)))
+        progress(0.15, f"training a {c.sae_arch} SAE ({c.sae_width} latents, k={c.sae_k})")
+        train_config = TrainConfig(
+            token_budget=c.train_tokens, batch_size=c.train_batch_prompts * tokens_per_prompt, lr=c.train_lr,
+            warmup_steps=c.train_warmup_steps, seed=c.seed, normalize=False, progress=True,
+        )  # fmt: skip
+        sae = train_sae(store, c.sae_arch, c.sae_width, config=train_config, k=c.sae_k)
+        sae.source = {"module": f"text_encoder.{layer_name(layer)}", "plugin": "itd"}
+        save_sae(sae, folder)
+        return sae
+
+    # -- step 2: interpret ---------------------------------------------------------------------
+    def target_prompts(self, request: Request) -> list[str]:
+        if request.prompts:
+            return list(request.prompts)
+        return [t.format(c) for c in request.targets for t in TEMPLATES]
+
+    def retain_prompts(self, request: Request, corpus: list[str]) -> list[str]:
+        prompts = list(request.retain_prompts) + [t.format(c) for c in request.preserve for t in TEMPLATES]
+        words = {w for c in request.targets for w in c.lower().split()}
+        candidates = [p for p in corpus if not words & set(p.lower().replace(",", " ").split())]
+        if candidates and self.config.retain_from_corpus:
+            g = torch.Generator().manual_seed(self.config.seed + 1)
+            pick = torch.randperm(len(candidates), generator=g)[: self.config.retain_from_corpus].tolist()
+            prompts += [candidates[i] for i in sorted(pick)]
+        return prompts
+
+    def interpret(self, sae: Any, pipe: Any, layer: int, targets: list[str], retain: list[str]) -> torch.Tensor:
+        name = layer_name(layer)
+        n = self.config.top_n
+        with torch.no_grad():
+            target_sets = top_latents(sae, _layer_output(pipe.text_encoder, name, _tokenize(pipe, targets)), n)
+            retain_union: set[int] = set()
+            for start in range(0, len(retain), 64):
+                hidden = _layer_output(pipe.text_encoder, name, _tokenize(pipe, retain[start : start + 64]))
+                for s in top_latents(sae, hidden, n):
+                    retain_union |= s
+        features = set().union(*target_sets) - retain_union
+        if not features:
+            raise RequestError(
+                "every latent of the target prompts also ranks high on a retain prompt; "
+                "lower retain_from_corpus, give fewer retain prompts, or raise top_n"
+            )
+        return torch.tensor(sorted(features), dtype=torch.long)
+
+    # -- fit -----------------------------------------------------------------------------------
+    def fit(self, pipe: Any, request: Request, progress: Progress = _no_progress) -> ItDEdit:
+        self.check_pipeline(pipe)
+        layer = layer_index(pipe.text_encoder, self.config.layer)
+        sae = self.get_sae(pipe, request, layer, progress).to(pipe.text_encoder.device).float().eval()
+        progress(0.8, "interpreting: selecting concept features")
+        from conceptedit.loading import model_file
+
+        corpus_file = self.config.corpus or model_file(pipe, "prompt_corpus")
+        corpus = read_prompt_file(corpus_file) if corpus_file else []
+        targets = self.target_prompts(request)
+        features = self.interpret(sae, pipe, layer, targets, self.retain_prompts(request, corpus))
+        from conceptedit.sae.io import sae_config
+
+        tensors = {f"sae.{k}": v.detach().cpu().clone() for k, v in sae.state_dict().items()}
+        tensors["features"] = features
+        manifest = self.manifest("itd", "runtime", request, sae_config=sae_config(sae), layer=layer,
+                                 scale=self.config.scale, tau=0.0, n_features=int(features.numel()))  # fmt: skip
+        edit = ItDEdit(manifest, tensors)
+        progress(0.9, "calibrating the threshold on the target prompts")
+        with torch.no_grad():
+            target_scores = edit.scores(_layer_output(pipe.text_encoder, layer_name(layer), _tokenize(pipe, targets)))
+        edit.manifest.extra["tau"] = float(self.config.tau_factor * target_scores.min())
+        edit.manifest.extra["target_score_min"] = float(target_scores.min())
+        progress(1.0, f"{features.numel()} features, tau={edit.tau:.4g}")
+        return self.finish(edit, pipe, ["text_encoder"])
