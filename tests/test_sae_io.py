@@ -106,7 +106,7 @@ def test_shape_mismatch_says_which_tensor(tmp_path) -> None:
         load_sae(path)
 
 
-@pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu"])
+@pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu", "batchtopk", "mutual_choice", "feature_choice"])
 def test_saelens_export_reproduces_our_reconstruction(arch, tmp_path) -> None:
     sae, x = small(arch)
     export_saelens(sae, tmp_path / "sl")
@@ -118,7 +118,7 @@ def test_saelens_export_reproduces_our_reconstruction(arch, tmp_path) -> None:
         v, i = pre.topk(cfg["k"], dim=-1)
         z = torch.zeros_like(pre).scatter_(1, i, torch.relu(v))
     elif cfg["architecture"] == "jumprelu":
-        z = pre * (pre > w["threshold"])
+        z = torch.relu(pre) * (pre > w["threshold"])
     else:
         assert cfg["architecture"] == "standard"
         z = torch.relu(pre)
@@ -130,3 +130,5 @@ def test_saelens_export_reproduces_our_reconstruction(arch, tmp_path) -> None:
 def test_export_refuses_architectures_saelens_lacks(tmp_path) -> None:
     with pytest.raises(ConfigError, match="SAELens has no 'mp'"):
         export_saelens(create_sae("mp", D, WIDTH), tmp_path)
+    with pytest.raises(ConfigError, match="no learned inference threshold"):
+        export_saelens(create_sae("batchtopk", D, WIDTH), tmp_path)

@@ -96,16 +96,40 @@ def load_sae(path: str | Path, device: str | torch.device | None = "cpu") -> SAE
     return sae.to(device).eval() if device is not None else sae.eval()
 
 
-SAELENS_ARCH = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}
+# Architectures whose inference encoder SAELens has. The batch-level selectors (BatchTopK, mutual and
+# feature choice) encode at inference with a learned threshold on the pre-activation, which is
+# exactly a JumpReLU (SAELens stores its own BatchTopK SAEs the same way).
+SAELENS_ARCH = {
+    "relu": "standard",
+    "topk": "topk",
+    "jumprelu": "jumprelu",
+    "batchtopk": "jumprelu",
+    "mutual_choice": "jumprelu",
+    "feature_choice": "jumprelu",
+}
+
+
+def _saelens_threshold(sae: SAE) -> torch.Tensor:
+    if sae.architecture == "jumprelu":
+        return sae.log_threshold.exp().detach().cpu()
+    th = sae.threshold.detach().cpu().float()
+    if bool((th < 0).all()):
+        raise ConfigError(
+            f"this {sae.architecture} SAE has no learned inference threshold yet; train it first"
+        )
+    th = th.expand(sae.width).clone()
+    th[th < 0] = float("inf")  # latents never selected in training never fire
+    return th
 
 
 def export_saelens(sae: SAE, path: str | Path) -> Path:
     """Write SAELens' on-disk layout: ``cfg.json`` + ``sae_weights.safetensors``.
 
     ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``, ``b_enc``, ``b_dec`` (+ ``threshold`` for
-    JumpReLU), with our input scale folded into the weights so SAELens needs no normalisation:
-    W_enc' = s·W_encᵀ, W_dec' = W_dec / s, b_dec = b_pre / s. Only architectures SAELens has
-    (standard = ReLU, topk, jumprelu) can be exported.
+    JumpReLU-style SAEs), with our input scale folded into the weights so SAELens needs no
+    normalisation (pre-activations, hence thresholds, are unchanged by the folding):
+    W_enc' = s·W_encᵀ, W_dec' = W_dec / s, b_dec = b_pre / s. Exportable: ReLU (standard), TopK,
+    JumpReLU, and BatchTopK / mutual choice / feature choice as JumpReLU with their learned thresholds.
     """
     if sae.architecture not in SAELENS_ARCH:
         raise ConfigError(
@@ -121,8 +145,8 @@ def export_saelens(sae: SAE, path: str | Path) -> Path:
             "b_enc": sae.b_enc.detach().clone().cpu(),
             "b_dec": (sae.b_pre / s).detach().cpu(),
         }
-        if sae.architecture == "jumprelu":
-            tensors["threshold"] = sae.log_threshold.exp().detach().cpu()
+        if SAELENS_ARCH[sae.architecture] == "jumprelu":
+            tensors["threshold"] = _saelens_threshold(sae)
     save_file(tensors, str(path / "sae_weights.safetensors"))
     cfg: dict[str, Any] = {
         "architecture": SAELENS_ARCH[sae.architecture],
