@@ -114,9 +114,15 @@ def cache_root() -> Path:
 
 
 def read_prompt_file(path: str | Path) -> list[str]:
-    from conceptedit.sae.store import read_prompts
+    """Prompts from a CSV (``prompt`` column, the eval schema) or a text file (one per line)."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        from conceptedit.eval.prompts import read_prompt_csv
 
-    return read_prompts(path)
+        return [row.prompt for row in read_prompt_csv(path)]
+    if not path.is_file():
+        raise RequestError(f"prompt file {path} not found")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _tokenize(pipe: Any, prompts: list[str]) -> torch.Tensor:

@@ -47,17 +47,17 @@ def test_classifier_gates_the_edit(itd_setup, tmp_path):
         decisions = handle.classify(["a photo of cat", *candidates])
         assert decisions[0].fired and decisions[0].score >= decisions[0].threshold
         quiet = [d.prompt for d in decisions[1:] if not d.fired]
-        assert quiet, f"no candidate stayed below tau: {decisions}"
+        assert len(quiet) >= 2, f"fewer than two candidates stayed below tau: {decisions}"
         features = handle.explain("a photo of cat", top_n=32)
         assert any(f["erased"] for f in features)
     before_cat, before_quiet = image(pipe, "a photo of cat"), image(pipe, quiet[0])
     with edit.apply(pipe):
         after_cat, after_quiet = image(pipe, "a photo of cat"), image(pipe, quiet[0])
         # batches with CFG and negative prompts go through the same ordinary call
-        batch = generate(pipe, ["a photo of cat", quiet[0]], [0, 0], negative_prompt="blurry")
+        batch = generate(pipe, ["a photo of cat", quiet[0]], [0, 0], negative_prompt=quiet[1])
     assert not np.array_equal(before_cat, after_cat), "a prompt that fires must change"
     assert np.array_equal(before_quiet, after_quiet), "a prompt below tau must be bit-identical"
-    plain = generate(pipe, ["a photo of cat", quiet[0]], [0, 0], negative_prompt="blurry")
+    plain = generate(pipe, ["a photo of cat", quiet[0]], [0, 0], negative_prompt=quiet[1])
     assert not np.array_equal(np.asarray(batch[0]), np.asarray(plain[0]))
     assert np.array_equal(np.asarray(batch[1]), np.asarray(plain[1]))
     assert np.array_equal(image(pipe, "a photo of cat"), before_cat), "remove() restores"
