@@ -15,9 +15,9 @@ score it.
 from __future__ import annotations
 
 import numpy as np
+
 from conceptedit.datasets.shapes import WORLD, prompt_for
 from conceptedit.datasets.shapes.captions import mentioned
-
 from conceptedit.errors import RequestError
 from conceptedit.eval.prompts import PromptRow
 

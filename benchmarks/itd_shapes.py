@@ -1,0 +1,179 @@
+"""ItD (Interpret-then-Deactivate) on the built-in shapes model.
+
+Erases a named character, a fill style and the many-trigger-word halo concept, one at a time and
+all three at once (one SAE serves every fit, as in the paper). For each it reports
+
+- probe accuracy of the erased concept on prompts naming it, before → after (goal: ≤ chance), also
+  on held-out sentence frames and on trigger words that were NOT used to fit;
+- probe accuracy of every other family on prompts without the concept (goal: drop ≤ 2 points) and of
+  the concept's own family on its other members (in-domain);
+- the zero-shot classifier's precision and recall on prompts with and without the concept;
+- the generation-time overhead of the applied edit (goal ≤ 2 %), measured side by side;
+- with ``--widths``: the erasure quality per SAE width (to find the smallest width that keeps it).
+
+Prints one JSON document, writes ``benchmarks/results/itd_shapes.json`` and a PNG grid.
+
+    python benchmarks/itd_shapes.py                       # ~10 min on 2 CPU cores
+    python benchmarks/itd_shapes.py --widths 512 1024 2048 4096 --per-role 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from conceptedit.datasets.shapes import WORLD
+from conceptedit.eval.metrics import ProbeAccuracy
+from conceptedit.eval.shapes_erasure import chance_level, score_images
+from conceptedit.eval.shapes_prompts import erasure_prompt_set
+from conceptedit.generation import generate
+from conceptedit.loading import load_pipeline
+from conceptedit.plugin import Request
+from conceptedit.registry import get_plugin
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FIT_TRIGGER_WORDS = ("glowing", "halo")  # the other trigger words are held out of the fit
+SCENARIOS: dict[str, list[str]] = {
+    "character": ["zorblax"],
+    "style": ["striped"],
+    "trigger": list(FIT_TRIGGER_WORDS),
+    "all_three": ["zorblax", "striped", *FIT_TRIGGER_WORDS],
+}
+EVAL_CONCEPT = {"zorblax": "zorblax", "striped": "striped", "glowing": "glowing", "halo": "glowing"}
+
+
+def fit_prompts(targets: list[str], per_concept: int = 20) -> list[str]:
+    """Target prompts built with the training sentence frames (evaluation uses other seeds/frames)."""
+    prompts: list[str] = []
+    for concept in targets:
+        rows = [r for r in erasure_prompt_set([concept], per_concept, seed=101) if r.role == "target"]
+        prompts += [r.prompt for r in rows]
+    return list(dict.fromkeys(prompts))
+
+
+def classifier_scores(edit: Any, pipe: Any, concepts: list[str], per_role: int) -> dict[str, Any]:
+    positives, negatives = [], []
+    for concept in dict.fromkeys(EVAL_CONCEPT[c] for c in concepts):
+        for row in erasure_prompt_set([concept], per_role, seed=7):
+            (positives if row.role in ("target", "target_paraphrase") else negatives).append(row.prompt)
+    held_out_words = [w for w in WORLD.trigger.words if w not in FIT_TRIGGER_WORDS]
+    held_out = [p for p in positives if any(w in p.split() for w in held_out_words)]
+    with edit.apply(pipe) as handle:
+        pos = handle.classify(positives)
+        neg = handle.classify(negatives)
+        held = handle.classify(held_out) if held_out else []
+    tp = sum(d.fired for d in pos)
+    fp = sum(d.fired for d in neg)
+    return {
+        "precision": round(tp / max(1, tp + fp), 4),
+        "recall": round(tp / max(1, len(pos)), 4),
+        "false_positive_rate": round(fp / max(1, len(neg)), 4),
+        "recall_held_out_trigger_words": round(sum(d.fired for d in held) / len(held), 4) if held else None,
+        "n_positive": len(pos),
+        "n_negative": len(neg),
+        "missed": [d.prompt for d in pos if not d.fired][:8],
+        "false_alarms": [d.prompt for d in neg if d.fired][:8],
+    }
+
+
+def erasure(pipe: Any, edit: Any, concept: str, per_role: int, metric: ProbeAccuracy) -> dict[str, Any]:
+    rows = erasure_prompt_set([concept], per_role)
+    prompts, seeds = [r.prompt for r in rows], [r.evaluation_seed for r in rows]
+    before = generate(pipe, prompts, seeds, batch_size=32)
+    with edit.apply(pipe):
+        after = generate(pipe, prompts, seeds, batch_size=32)
+    return {
+        "chance": chance_level(concept),
+        "before": score_images(metric, rows, seeds, before, "base"),
+        "after": score_images(metric, rows, seeds, after, "edited"),
+        "_images": (rows, before, after),
+    }
+
+
+def overhead(pipe: Any, edit: Any, n: int = 32, repeats: int = 3) -> dict[str, float]:
+    rows = erasure_prompt_set(["zorblax", "striped"], max(1, n // 8))[:n]
+    prompts, seeds = [r.prompt for r in rows], [r.evaluation_seed for r in rows]
+    base_t, edit_t = [], []
+    for _ in range(repeats):  # interleaved so both see the same machine load
+        start = time.perf_counter()
+        generate(pipe, prompts, seeds, batch_size=16)
+        base_t.append(time.perf_counter() - start)
+        with edit.apply(pipe):
+            start = time.perf_counter()
+            generate(pipe, prompts, seeds, batch_size=16)
+            edit_t.append(time.perf_counter() - start)
+    b, e = min(base_t), min(edit_t)
+    return {"base_s": round(b, 3), "edited_s": round(e, 3), "overhead_pct": round(100 * (e - b) / b, 2), "images": n}
+
+
+def grid(sections: list[tuple[str, list, list, list]], path: Path, per: int = 4, cell: int = 96) -> None:
+    label_h = 14
+    height = sum(2 * (cell + label_h) + 18 for _ in sections)
+    canvas = Image.new("RGB", (per * cell + 70, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for title, rows, before, after in sections:
+        draw.text((2, y + 2), title, fill="black")
+        y += 18
+        chosen = [i for i, r in enumerate(rows) if r.role in ("target", "target_paraphrase")][:per]
+        for label, images in (("base", before), ("ItD", after)):
+            draw.text((2, y + cell // 2), label, fill="black")
+            for j, i in enumerate(chosen):
+                canvas.paste(images[i].resize((cell, cell), Image.NEAREST), (70 + j * cell, y))
+                draw.text((70 + j * cell, y + cell), rows[i].prompt[:15], fill="gray")
+            y += cell + label_h
+    canvas.save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-role", type=int, default=12)
+    parser.add_argument("--widths", type=int, nargs="*", default=[])
+    parser.add_argument("--set", nargs="*", default=[], help="ItD config overrides key=value")
+    args = parser.parse_args()
+    from conceptedit.config import parse_overrides
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline("shapes")
+    pipe.set_progress_bar_config(disable=True)
+    plugin_cls = get_plugin("itd")
+    overrides = parse_overrides(args.set)
+    metric = ProbeAccuracy()
+    out: dict[str, Any] = {"config": {**plugin_cls.for_pipeline(pipe, overrides).config.__dict__}, "scenarios": {}}
+    sections = []
+    for name, targets in SCENARIOS.items():
+        plugin = plugin_cls.for_pipeline(pipe, overrides)
+        start = time.perf_counter()
+        edit = plugin.fit(pipe, Request(targets=targets, prompts=fit_prompts(targets)))
+        fit_s = time.perf_counter() - start
+        result: dict[str, Any] = {"targets": targets, "fit_s": round(fit_s, 2), "n_features": len(edit.features),
+                                  "tau": edit.tau, "erasure": {}}  # fmt: skip
+        for concept in dict.fromkeys(EVAL_CONCEPT[t] for t in targets):
+            scores = erasure(pipe, edit, concept, args.per_role, metric)
+            rows, before, after = scores.pop("_images")
+            result["erasure"][concept] = scores
+            sections.append((f"{name}: erase {'+'.join(targets)} — prompts naming {concept}", rows, before, after))
+        result["classifier"] = classifier_scores(edit, pipe, targets, args.per_role)
+        if name == "character":
+            result["overhead"] = overhead(pipe, edit)
+        out["scenarios"][name] = result
+        print(json.dumps({name: {k: v for k, v in result.items()}}, indent=1), flush=True)
+    for width in args.widths:
+        plugin = plugin_cls.for_pipeline(pipe, {**overrides, "sae_width": width})
+        edit = plugin.fit(pipe, Request(targets=["zorblax"], prompts=fit_prompts(["zorblax"])))
+        scores = erasure(pipe, edit, "zorblax", max(4, args.per_role // 2), metric)
+        scores.pop("_images")
+        out.setdefault("width_sweep", {})[width] = {"n_features": len(edit.features), **scores}
+        print(json.dumps({"width": width, **out["width_sweep"][width]}), flush=True)
+    grid(sections, RESULTS / "itd_shapes.png")
+    (RESULTS / "itd_shapes.json").write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
