@@ -9,7 +9,7 @@ import torch
 
 from conceptedit.errors import ConceptEditError
 from conceptedit.sae import ActivationStore, InMemoryStore, collect_activations, collect_component_activations
-from conceptedit.sae.store import read_prompts
+from conceptedit.sae.collect import read_prompts
 
 
 @pytest.fixture(autouse=True)

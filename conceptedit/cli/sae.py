@@ -56,7 +56,7 @@ def collect_command(
 ) -> None:
     """Run prompts through the text encoder and store a module's token activations on disk."""
     from conceptedit.loading import load_pipeline, model_id
-    from conceptedit.sae.store import collect_activations, read_prompts
+    from conceptedit.sae.collect import collect_activations, read_prompts
 
     texts = read_prompts(prompts)
     pipe = load_pipeline(model, device=device, dtype="float32")

@@ -12,14 +12,10 @@ from typing import Any
 from conceptedit.errors import ConfigError
 from conceptedit.sae import archetypal, batchtopk, choice, jumprelu, mp, relu, topk  # noqa: F401 (register)
 from conceptedit.sae.base import SAE, SAE_ARCHITECTURES, SAEOutput, SparseCodes, register_sae
+from conceptedit.sae.collect import collect_activations, collect_component_activations, read_prompts
 from conceptedit.sae.io import export_saelens, load_sae, save_sae
 from conceptedit.sae.metrics import downstream_effect, evaluate_sae
-from conceptedit.sae.store import (
-    ActivationStore,
-    InMemoryStore,
-    collect_activations,
-    collect_component_activations,
-)
+from conceptedit.sae.store import ActivationStore, InMemoryStore
 from conceptedit.sae.trainer import SAETrainer, TrainConfig, train_sae
 
 
@@ -54,6 +50,7 @@ __all__ = [
     "evaluate_sae",
     "export_saelens",
     "load_sae",
+    "read_prompts",
     "register_sae",
     "save_sae",
     "train_sae",

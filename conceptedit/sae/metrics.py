@@ -100,7 +100,7 @@ def downstream_effect(
     minimum over prompts of the cosine between the flattened ``[T, d]`` output embeddings with and
     without the splice (what the UNet's cross-attention sees), and the mean per-token cosine.
     """
-    from conceptedit.sae.store import _text_parts
+    from conceptedit.sae.collect import _text_parts
 
     encoder, tokenizer, name = _text_parts(source, module)
     prompts = list(prompts)
