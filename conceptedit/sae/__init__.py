@@ -3,6 +3,19 @@
 The analysis core shared by plugins (ItD's concept classifier, blind-spot analysis) and by users:
 activations are captured from a named module into memory-bounded safetensors shards, SAEs of
 several families train on them with sparse kernels, and the results save as safetensors + cfg.json.
+
+    from conceptedit.sae import collect_activations, train_sae, TrainConfig, evaluate_sae, save_sae
+
+    store = collect_activations(pipe, "text_model.encoder.layers.8", prompts, "acts/")  # or out=None
+    sae = train_sae(store, "topk", 16384, k=32, config=TrainConfig(token_budget=10_000_000))
+    codes = sae.encode(acts)             # SparseCodes: indices/values [N, k]
+    acts_hat = sae.decode(codes)         # gathers k atoms per row
+    print(evaluate_sae(sae, store))      # fvu, explained_variance, l0, dead_fraction
+    save_sae(sae, "sae/")                # cfg.json + sae.safetensors; load_sae("sae/")
+
+Architectures live in :data:`SAE_ARCHITECTURES` (``@register_sae("name")`` adds one, and the
+generic tests pick it up). On a CPU shared with other jobs, ``torch.set_num_threads(1)`` is often
+faster than more threads (idle OpenMP threads stall every parallel region).
 """
 
 from __future__ import annotations
