@@ -218,3 +218,25 @@ def test_recovers_planted_dictionary(arch: str, planted) -> None:
     untrained = dictionary_recovery(create_sae(arch, D, WIDTH, **small_kw(arch)).dictionary().detach(), atoms)
     assert score >= threshold, f"{arch}: recovery {score:.3f} < {threshold} (untrained: {untrained:.3f})"
     assert untrained < threshold  # the bar is not met by chance
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_encode_never_allocates_dense_preactivations(arch: str) -> None:
+    """The largest single allocation while encoding is bounded by the chunk budget plus the codes
+    themselves, far below the dense [N, width] pre-activation matrix."""
+    from torch.profiler import ProfilerActivity, profile
+
+    n, width, chunk = 512, 8192, 1 << 16
+    kw = small_kw(arch)
+    if "n_archetypes" in SAE_ARCHITECTURES[arch].hparam_names():
+        kw["n_archetypes"] = 64
+    sae = create_sae(arch, D, width, chunk_elems=chunk, **kw)
+    x = torch.randn(n, D)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        codes = sae.encode(x)
+    largest = max(e.cpu_memory_usage for e in prof.events())
+    codes_bytes = codes.indices.numel() * (8 + 4)
+    dense_bytes = n * width * 4
+    assert largest <= 8 * chunk * 4 + 2 * codes_bytes, (largest, codes_bytes)
+    if codes_bytes < dense_bytes / 4:  # k-sparse codes: nothing close to the dense matrix
+        assert largest < dense_bytes / 8, (largest, dense_bytes)
