@@ -34,7 +34,7 @@ from conceptedit.sae import (
     create_sae,
     evaluate_sae,
 )
-from conceptedit.sae.base import normalized_mse
+from conceptedit.sae.base import TrainOut, normalized_mse
 from conceptedit.sae.synthetic import planted_sparse_data
 from conceptedit.sae.topk import TopKSAE
 
@@ -43,7 +43,7 @@ class DenseTopKSAE(TopKSAE):
     """The straightforward implementation: dense pre-activations, dense codes, dense decode, the
     same loss (FVU + 1/32 AuxK) and the same selection, with plain autograd."""
 
-    def _train_forward(self, xn, dead_mask):  # noqa: ANN001, ANN202
+    def _train_forward(self, xn: torch.Tensor, dead_mask: torch.Tensor | None) -> TrainOut:
         xc = xn - self.b_pre
         pre = xc @ self.W_enc.T + self.b_enc
         vals, idx = pre.topk(self.k, dim=-1)
@@ -196,10 +196,10 @@ def real_text_activations(out: Path, n_prompts: int) -> Path | None:
     """The shapes model's text-encoder middle layer on generated captions, or None with a message."""
     try:
         import numpy as np
-        from conceptedit.datasets.shapes import caption_for, sample_labels
-        from conceptedit.pipelines import shapes
 
+        from conceptedit.datasets.shapes import caption_for, sample_labels
         from conceptedit.loading import load_pipeline
+        from conceptedit.pipelines import shapes
         from conceptedit.sae import collect_activations
 
         if not (shapes.model_dir() / "model_index.json").is_file():

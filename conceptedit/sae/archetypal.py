@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from conceptedit.errors import ConfigError
-from conceptedit.sae.base import SAE, SparseCodes, register_sae
+from conceptedit.sae.base import SAE, Codes, SparseCodes, TrainOut, register_sae
 from conceptedit.sae.batchtopk import ThresholdInference
 from conceptedit.sae.kernels import batch_topk_select, chunked_topk, sparse_decode, sparse_preacts
 from conceptedit.sae.topk import auxk_loss
@@ -96,7 +96,7 @@ class ArchetypalSAE(ThresholdInference, SAE):
         uniq, inv = torch.unique(idx, return_inverse=True)
         return self.A[uniq] @ self.C + self.Lam[uniq], inv
 
-    def _train_forward(self, xn, dead_mask):  # noqa: ANN001, ANN202
+    def _train_forward(self, xn: torch.Tensor, dead_mask: torch.Tensor | None) -> TrainOut:
         xc = xn - self.b_pre
         w, b = self.W_enc.detach(), self.b_enc.detach()
         if self.selection == "topk":
@@ -123,7 +123,7 @@ class ArchetypalSAE(ThresholdInference, SAE):
             return vals, idx
         return ThresholdInference._encode(self, xc)
 
-    def decode(self, codes):  # noqa: ANN001, ANN201
+    def decode(self, codes: Codes) -> torch.Tensor:
         if isinstance(codes, SparseCodes):
             atoms, inv = self._atoms_for(codes.indices)
             out = sparse_decode(inv, codes.values, atoms, self.chunk_elems)

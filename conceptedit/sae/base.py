@@ -11,6 +11,7 @@ trainer) and :meth:`SAE._encode` (no grad, memory-bounded, used by plugins).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -24,7 +25,7 @@ from conceptedit.sae.kernels import DEFAULT_CHUNK_ELEMS, geometric_median, spars
 SAE_ARCHITECTURES: dict[str, type[SAE]] = {}
 
 
-def register_sae(name: str):  # noqa: ANN201
+def register_sae(name: str) -> Callable[[type[SAE]], type[SAE]]:
     """Class decorator adding an architecture to :data:`SAE_ARCHITECTURES` (duplicates are an error)."""
 
     def deco(cls: type[SAE]) -> type[SAE]:
@@ -67,6 +68,8 @@ class SparseCodes:
 
 
 Codes = SparseCodes | torch.Tensor
+#: what ``_train_forward`` returns: (reconstruction in scaled units, codes, auxiliary losses)
+TrainOut = tuple[torch.Tensor, Codes, dict[str, torch.Tensor]]
 
 
 def codes_l0(codes: Codes) -> torch.Tensor:
@@ -213,9 +216,7 @@ class SAE(nn.Module):
             self.W_dec.copy_(F.normalize(self.W_dec, dim=-1))
 
     # -- what architectures implement ---------------------------------------------------------------
-    def _train_forward(
-        self, xn: torch.Tensor, dead_mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, Codes, dict[str, torch.Tensor]]:
+    def _train_forward(self, xn: torch.Tensor, dead_mask: torch.Tensor | None) -> TrainOut:
         """(reconstruction in scaled units, codes, auxiliary losses) for a scaled batch ``xn``."""
         raise NotImplementedError
 

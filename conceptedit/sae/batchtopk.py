@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from conceptedit.sae.base import SAE, SparseCodes, register_sae
+from conceptedit.sae.base import SAE, SparseCodes, TrainOut, register_sae
 from conceptedit.sae.kernels import (
     batch_topk_select,
     chunked_threshold,
@@ -74,7 +74,7 @@ class BatchTopKSAE(ThresholdInference, SAE):
         self.register_buffer("threshold", torch.tensor(-1.0))
         self._make_encoder()
 
-    def _train_forward(self, xn, dead_mask):  # noqa: ANN001, ANN202
+    def _train_forward(self, xn: torch.Tensor, dead_mask: torch.Tensor | None) -> TrainOut:
         xc = xn - self.b_pre
         w, b = self.W_enc.detach(), self.b_enc.detach()
         vals, idx = batch_topk_select(xc.detach(), w, b, self.k * xn.shape[0], 2 * self.k, self.chunk_elems)

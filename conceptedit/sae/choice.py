@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from conceptedit.sae.base import SAE, SparseCodes, register_sae
+from conceptedit.sae.base import SAE, SparseCodes, TrainOut, register_sae
 from conceptedit.sae.batchtopk import BatchTopKSAE, ThresholdInference
 from conceptedit.sae.kernels import chunked_threshold, feature_choice_select, sparse_decode, sparse_preacts
 
@@ -69,7 +69,7 @@ class FeatureChoiceSAE(ThresholdInference, SAE):
         th = torch.where(self.threshold < 0, torch.full_like(self.threshold, float("inf")), self.threshold)
         return chunked_threshold(xc, self.W_enc, self.b_enc, th, self.chunk_elems)
 
-    def _train_forward(self, xn, dead_mask):  # noqa: ANN001, ANN202
+    def _train_forward(self, xn: torch.Tensor, dead_mask: torch.Tensor | None) -> TrainOut:
         xc = xn - self.b_pre
         m = max(1, math.ceil(self.k * xn.shape[0] / self.width))
         vals, idx = feature_choice_select(

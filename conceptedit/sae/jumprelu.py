@@ -4,10 +4,11 @@ JumpReLU Sparse Autoencoders", arXiv:2407.14435)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
-from conceptedit.sae.base import SAE, register_sae
+from conceptedit.sae.base import SAE, TrainOut, register_sae
 from conceptedit.sae.kernels import chunked_threshold
 
 
@@ -20,13 +21,13 @@ class _JumpReLU(torch.autograd.Function):
     """z = a · H(a − θ); ∂z/∂a = H(a − θ); ∂z/∂θ = −(θ/ε) K((a − θ)/ε)."""
 
     @staticmethod
-    def forward(ctx, a, theta, eps):  # noqa: ANN001, ANN205
+    def forward(ctx: Any, a: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
         ctx.save_for_backward(a, theta)
         ctx.eps = eps
         return a * (a > theta).to(a.dtype)
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         a, theta = ctx.saved_tensors
         ga = grad * (a > theta).to(a.dtype)
         gt = -(theta / ctx.eps) * _kernel((a - theta) / ctx.eps) * grad
@@ -37,13 +38,13 @@ class _Step(torch.autograd.Function):
     """H(a − θ) with ∂/∂a = 0 and ∂/∂θ = −(1/ε) K((a − θ)/ε): trains θ for the L0 penalty."""
 
     @staticmethod
-    def forward(ctx, a, theta, eps):  # noqa: ANN001, ANN205
+    def forward(ctx: Any, a: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
         ctx.save_for_backward(a, theta)
         ctx.eps = eps
         return (a > theta).to(a.dtype)
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         a, theta = ctx.saved_tensors
         gt = -(1.0 / ctx.eps) * _kernel((a - theta) / ctx.eps) * grad
         return None, gt.sum(0), None
@@ -79,7 +80,7 @@ class JumpReLUSAE(SAE):
         # reconstructions sums of ~width/2 atoms, so the encoder starts scaled by d_in / width
         self._make_encoder(scale=min(1.0, d_in / width))
 
-    def _train_forward(self, xn, dead_mask):  # noqa: ANN001, ANN202
+    def _train_forward(self, xn: torch.Tensor, dead_mask: torch.Tensor | None) -> TrainOut:
         a = (xn - self.b_pre) @ self.W_enc.T + self.b_enc
         theta = self.log_threshold.exp()
         z = _JumpReLU.apply(a, theta, self.bandwidth)

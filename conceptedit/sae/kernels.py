@@ -16,9 +16,11 @@ The dense equivalents cost 2·N·W·d flops per matmul; these cost 2·N·m·d wi
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 #: Default bound on the number of pre-activation elements held at once (16 MiB in float32).
 DEFAULT_CHUNK_ELEMS = 1 << 22
@@ -155,13 +157,15 @@ def _gather_dot(idx: torch.Tensor, table: torch.Tensor, rhs: torch.Tensor, chunk
 
 class _SparsePreacts(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xc, weight, bias, idx, vals):  # noqa: ANN001, ANN205
+    def forward(
+        ctx: Any, xc: Tensor, weight: Tensor, bias: Tensor | None, idx: Tensor, vals: Tensor
+    ) -> Tensor:
         ctx.save_for_backward(xc, weight, idx, vals)
         ctx.has_bias = bias is not None
         return vals.clone()
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         xc, weight, idx, vals = ctx.saved_tensors
         g = grad * (vals != 0).to(grad.dtype)  # ReLU / unselected entries pass no gradient
         gx = gw = gb = None
@@ -189,13 +193,13 @@ def sparse_preacts(
 
 class _SparseDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, idx, vals, weight, chunk_elems):  # noqa: ANN001, ANN205
+    def forward(ctx: Any, idx: Tensor, vals: Tensor, weight: Tensor, chunk_elems: int) -> Tensor:
         ctx.save_for_backward(idx, vals, weight)
         ctx.chunk_elems = chunk_elems
         return F.embedding_bag(idx, weight, per_sample_weights=vals, mode="sum")
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         idx, vals, weight = ctx.saved_tensors
         gv = gw = None
         if ctx.needs_input_grad[1]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from conceptedit.sae.base import SAE, SparseCodes, register_sae
+from conceptedit.sae.base import SAE, SparseCodes, TrainOut, register_sae
 from conceptedit.sae.kernels import matching_pursuit_select
 
 
@@ -44,7 +44,7 @@ class MatchingPursuitSAE(SAE):
         """First-step correlations ⟨d_j, s·x − b_pre⟩ (what the first greedy step ranks)."""
         return (self._scale(x) - self.b_pre) @ self.W_dec.T
 
-    def _train_forward(self, xn, dead_mask):  # noqa: ANN001, ANN202
+    def _train_forward(self, xn: torch.Tensor, dead_mask: torch.Tensor | None) -> TrainOut:
         xc = xn - self.b_pre
         w = self.W_dec.detach()
         _, idx = matching_pursuit_select(xc.detach(), w, self.k, self.chunk_elems, self._gram(xn.shape[0]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from conceptedit.sae.base import SAE, register_sae
+from conceptedit.sae.base import SAE, TrainOut, register_sae
 from conceptedit.sae.kernels import chunked_threshold
 
 
@@ -29,7 +29,7 @@ class ReLUSAE(SAE):
         # reconstructions sums of ~width/2 atoms, so the encoder starts scaled by d_in / width
         self._make_encoder(scale=min(1.0, d_in / width))
 
-    def _train_forward(self, xn, dead_mask):  # noqa: ANN001, ANN202
+    def _train_forward(self, xn: torch.Tensor, dead_mask: torch.Tensor | None) -> TrainOut:
         z = torch.relu((xn - self.b_pre) @ self.W_enc.T + self.b_enc)
         recon = z @ self.W_dec + self.b_pre
         l1 = (z * self.W_dec.norm(dim=-1)).sum(-1).mean()

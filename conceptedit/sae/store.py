@@ -129,7 +129,7 @@ class _BaseStore:
             held -= emit
             return bx[:emit], bi[:emit]
 
-        def emit_batches(bx: torch.Tensor, bi: torch.Tensor):  # noqa: ANN202
+        def emit_batches(bx: torch.Tensor, bi: torch.Tensor) -> Iterator:
             for s in range(0, bx.shape[0], batch_size):
                 yield (
                     (bx[s : s + batch_size], bi[s : s + batch_size]) if with_rows else bx[s : s + batch_size]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from conceptedit.sae.base import SAE, SparseCodes, normalized_mse, register_sae
+from conceptedit.sae.base import SAE, SparseCodes, TrainOut, normalized_mse, register_sae
 from conceptedit.sae.kernels import chunked_topk, sparse_decode, sparse_preacts
 
 
@@ -57,7 +57,7 @@ class TopKSAE(SAE):
         res = chunked_topk(xc.detach(), self.W_enc.detach(), self.b_enc.detach(), reqs, self.chunk_elems)
         return res[0], (res[1] if want_aux else None)
 
-    def _train_forward(self, xn, dead_mask):  # noqa: ANN001, ANN202
+    def _train_forward(self, xn: torch.Tensor, dead_mask: torch.Tensor | None) -> TrainOut:
         xc = xn - self.b_pre
         (vals, idx), aux_sel = self._select(xc, dead_mask)
         v = sparse_preacts(xc, self.W_enc, self.b_enc, idx, vals)
