@@ -147,3 +147,24 @@ def test_collect_component_activations_per_spatial_position(tmp_path) -> None:
     rec = store.records()
     assert rec["prompt_id"].tolist()[:25] == [0] * 24 + [1]
     assert rec["position"].tolist()[:3] == [0, 1, 2]
+
+
+def test_collect_from_a_unet_block_per_spatial_position() -> None:
+    from tiny import tiny_components
+
+    unet = tiny_components()["unet"].eval()
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        {
+            "sample": torch.randn(2, 4, 8, 8, generator=gen),
+            "timestep": torch.tensor(10),
+            "encoder_hidden_states": torch.randn(2, 5, 32, generator=gen),
+        }
+        for _ in range(2)
+    ]
+    store = collect_component_activations(unet, "mid_block", batches, None, progress=False)
+    # mid block of the tiny UNet: [B, 16, 4, 4] -> one row per spatial position and sample
+    assert store.d_in == 16 and store.n_rows == 2 * 2 * 4 * 4
+    rec = store.records()
+    assert rec["prompt_id"].tolist() == [i for i in range(4) for _ in range(16)]
+    assert rec["position"].tolist() == list(range(16)) * 4

@@ -5,8 +5,9 @@ memory, and UNet blocks give one row per spatial position. Shards are safetensor
 (``activations`` ``[n, d]`` plus int32 ``prompt_id``/``position``/``token_id`` records so plugins
 can map rows back to prompts) with an ``index.json`` holding the shard list, the mean and the scalar
 norm scale (``sqrt(d / E‖x‖²)``, SAELens' convention). Reading shuffles across shards through a
-bounded buffer fed round-robin from several shards, so memory stays at about ``buffer_rows +
-open_parts x read_rows`` rows whatever the store size.
+bounded buffer fed round-robin from several shards (open shards hold no rows, each read is one
+``read_rows`` slice), so memory stays at about ``buffer_rows + read_rows`` rows (2.5x the buffer
+briefly while it is shuffled) whatever the store size.
 """
 
 from __future__ import annotations
