@@ -52,6 +52,7 @@ from conceptedit.families import SD_FAMILIES
 from conceptedit.hooks import get_submodule, run_until
 from conceptedit.plugin import Plugin, Progress, Request, _no_progress
 from conceptedit.registry import register_plugin
+from conceptedit.sae.collect import read_prompts
 
 # Prompt frames for target and retain prompts when the request gives none (reference: simple
 # "a photo of {}"-style prompts per concept).
@@ -111,18 +112,6 @@ def layer_name(index: int) -> str:
 def cache_root() -> Path:
     base = os.environ.get("CONCEPTEDIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "conceptedit")
     return Path(base)
-
-
-def read_prompt_file(path: str | Path) -> list[str]:
-    """Prompts from a CSV (``prompt`` column, the eval schema) or a text file (one per line)."""
-    path = Path(path)
-    if path.suffix.lower() == ".csv":
-        from conceptedit.eval.prompts import read_prompt_csv
-
-        return [row.prompt for row in read_prompt_csv(path)]
-    if not path.is_file():
-        raise RequestError(f"prompt file {path} not found")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _tokenize(pipe: Any, prompts: list[str]) -> torch.Tensor:
@@ -272,7 +261,7 @@ class ItDPlugin(Plugin):
         from conceptedit.loading import model_file
 
         source = self.config.corpus or model_file(pipe, "prompt_corpus")
-        prompts = read_prompt_file(source) if source else []
+        prompts = read_prompts(source) if source else []
         if len(prompts) > self.config.corpus_limit:
             g = torch.Generator().manual_seed(self.config.seed)
             keep = torch.randperm(len(prompts), generator=g)[: self.config.corpus_limit].sort().values
@@ -362,7 +351,7 @@ class ItDPlugin(Plugin):
         from conceptedit.loading import model_file
 
         corpus_file = self.config.corpus or model_file(pipe, "prompt_corpus")
-        corpus = read_prompt_file(corpus_file) if corpus_file else []
+        corpus = read_prompts(corpus_file) if corpus_file else []
         targets = self.target_prompts(request)
         features = self.interpret(sae, pipe, layer, targets, self.retain_prompts(request, corpus))
         from conceptedit.sae.io import sae_config

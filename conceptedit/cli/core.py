@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,25 +40,6 @@ def plugins_command(
     Console().print(table)
 
 
-def read_prompts_csv(path: Path, default_seed: int) -> list[tuple[str, int, int]]:
-    """Rows of a prompt CSV (``prompt, evaluation_seed, case_number``; only ``prompt`` is required)."""
-    if not path.is_file():
-        raise ConceptEditError(f"prompts CSV {path} not found")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or "prompt" not in reader.fieldnames:
-            raise ConceptEditError(f"{path} needs a 'prompt' column (found: {reader.fieldnames})")
-        rows = []
-        for i, row in enumerate(reader):
-            seed = row.get("evaluation_seed") or default_seed
-            case = row.get("case_number") or i
-            try:
-                rows.append((row["prompt"], int(seed), int(case)))
-            except ValueError:
-                raise ConceptEditError(f"{path} row {i + 2}: evaluation_seed/case_number must be integers") from None
-    return rows
-
-
 @app.command("generate")
 def generate_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for PNGs and per-image JSON.")],
@@ -79,12 +59,13 @@ def generate_command(
 ) -> None:
     """Generate images (PNG + metadata JSON each), optionally with edits applied."""
     from conceptedit.edits import Edit
+    from conceptedit.eval.prompts import read_prompt_csv
     from conceptedit.generation import generate, generation_settings
     from conceptedit.loading import load_pipeline, model_id
 
     rows = [(p, seed, i) for i, p in enumerate(prompt or [])]
     if prompts_csv is not None:
-        rows += read_prompts_csv(prompts_csv, seed)
+        rows += [(r.prompt, r.evaluation_seed, r.case_number) for r in read_prompt_csv(prompts_csv, default_seed=seed)]
     if not rows:
         raise ConceptEditError("nothing to generate: pass --prompt or --prompts-csv")
     edits = [Edit.load(p) for p in (edit or [])]

@@ -23,7 +23,9 @@ class PromptRow:
     labels: dict[str, str] = field(default_factory=dict)  # family -> expected value
 
 
-def read_prompt_csv(path: str | Path, limit: int | None = None) -> list[PromptRow]:
+def read_prompt_csv(path: str | Path, limit: int | None = None, default_seed: int = 0) -> list[PromptRow]:
+    """Rows of a prompt CSV; only ``prompt`` is required (seeds default to ``default_seed``, case numbers
+    to the row index)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"prompt CSV {path} not found")
@@ -34,7 +36,7 @@ def read_prompt_csv(path: str | Path, limit: int | None = None) -> list[PromptRo
             raise ConfigError(f"{path} needs a 'prompt' column (found {reader.fieldnames})")
         for i, row in enumerate(reader):
             try:
-                seed = int(row.get("evaluation_seed") or 0)
+                seed = int(row.get("evaluation_seed") or default_seed)
                 case = int(row.get("case_number") or i)
             except ValueError:
                 raise ConfigError(f"{path} row {i + 2}: evaluation_seed and case_number must be integers") from None
