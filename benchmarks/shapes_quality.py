@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conceptedit.datasets.shapes import WORLD, balanced_world, mentioned, prompt_for
-from conceptedit.pipelines.shapes import default_generation_kwargs, load_pipeline, model_dir
 from PIL import Image, ImageDraw, ImageFont
 
+from conceptedit.datasets.shapes import WORLD, balanced_world, mentioned, prompt_for
 from conceptedit.eval.probe import Probe, evaluate
+from conceptedit.pipelines.shapes import default_generation_kwargs, load_pipeline, model_dir
 
 INCLUDES = (
     ("colour", "style", "background"),

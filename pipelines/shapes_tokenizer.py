@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conceptedit.datasets.shapes import WORLD, render
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import CLIPTokenizer
+
+from conceptedit.datasets.shapes import WORLD, render
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LENGTH = 32  # text encoder positions (SD 1.x: 77)

@@ -27,15 +27,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm.auto import tqdm
+
 from conceptedit.datasets.shapes import caption_for, render_batch
 from conceptedit.pipelines import shapes as S
 from conceptedit.pipelines.shapes_tokenizer import save_tokenizer, train_tokenizer
-from tqdm.auto import tqdm
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) → float (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    """World images uint8 (N, H, W, 3) → float (N, 3, r, r) in [-1, 1] at the model's resolution."""
+    images = S.model_images(images)
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def _lr(base: float, progress: float, warmup: float = 0.03, floor: float = 0.05) -> float:
@@ -153,7 +155,7 @@ def _vae_stage(out: str, minutes: float, seed: int, steps: int, batch: int) -> N
         (Path(out) / "vae_report.json").write_text(json.dumps(report, indent=2))
 
 
-def train_vae_only(out: str | Path, minutes: float = 10.0, seed: int = 0, steps: int = 100_000, batch: int = 16,
+def train_vae_only(out: str | Path, minutes: float = 10.0, seed: int = 0, steps: int = 100_000, batch: int = 32,
                    threads: int | None = None, workers: int = 1) -> dict:  # fmt: skip
     """Stage 1 alone: save ``out/vae`` (reuse with ``train(..., vae_from=out)``)."""
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -211,7 +213,7 @@ def _decoder_stage(out: str, vae_from: str, minutes: float, seed: int, steps: in
 
 
 def finetune_decoder(out: str | Path, vae_from: str | Path, minutes: float = 30.0, seed: int = 0, steps: int = 100_000,
-                     batch: int = 16, threads: int | None = None, workers: int = 1) -> dict:  # fmt: skip
+                     batch: int = 32, threads: int | None = None, workers: int = 1) -> dict:  # fmt: skip
     """Stage 1b: fine-tune only the VAE decoder (encoder frozen, so latents and a UNet trained on
     them stay valid), on slightly noised latents; save ``out/vae``. SD's ft-MSE decoder did the same."""
     Path(out).mkdir(parents=True, exist_ok=True)

@@ -43,13 +43,14 @@ class ProbeNet(nn.Module):
         def block(i: int, o: int, stride: int = 1) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(i, o, 3, stride, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
 
+        stride = 2 if image_size >= 64 else 1
         self.features = nn.Sequential(
-            nn.Conv2d(3, w, 5, 2, 2, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),  # 32×32
+            nn.Conv2d(3, w, 5, stride, 2, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),  # 32×32
             block(w, 2 * w), nn.MaxPool2d(2),  # 16×16
             block(2 * w, 2 * w), nn.MaxPool2d(2),  # 8×8
             block(2 * w, 3 * w), nn.MaxPool2d(2),  # 4×4 (kept: corners need position)
         )  # fmt: skip
-        feat = 3 * w * (image_size // 16) ** 2
+        feat = 3 * w * (image_size // (8 * stride)) ** 2
         self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(feat, 256), nn.ReLU(inplace=True), nn.Dropout(0.1))
         self.heads = nn.ModuleDict({name: nn.Linear(256, n) for name, n in heads.items()})
 
@@ -60,7 +61,8 @@ class ProbeNet(nn.Module):
 
 def _to_batch(images: Any, size: int) -> torch.Tensor:
     """PIL images, uint8 (N,H,W,3)/(N,3,H,W) arrays or tensors, or float tensors in [0, 1] →
-    float (N, 3, size, size) in [-1, 1]."""
+    float (N, 3, size, size) in [-1, 1]. Larger images are area-averaged (as the model's training
+    images are made from the 64×64 world), smaller ones upsampled bilinearly."""
     if isinstance(images, Image.Image):
         images = [images]
     if isinstance(images, (list, tuple)):
@@ -68,8 +70,7 @@ def _to_batch(images: Any, size: int) -> torch.Tensor:
             return torch.zeros(0, 3, size, size)
         if not all(isinstance(im, Image.Image) for im in images):
             raise ConceptEditError("probe.predict takes PIL images, or one uint8 array/tensor of images")
-        arrs = [np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)) for im in images]
-        images = np.stack(arrs)
+        return torch.cat([_to_batch(np.asarray(im.convert("RGB"))[None], size) for im in images])
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.ascontiguousarray(images))
     if not isinstance(images, torch.Tensor):
@@ -86,7 +87,10 @@ def _to_batch(images: Any, size: int) -> torch.Tensor:
     else:
         x = x.float() * 2.0 - 1.0  # float images in [0, 1], as diffusers' output_type="pt"
     if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        if x.shape[-1] > size:
+            x = F.interpolate(x, size=(size, size), mode="area")
+        else:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x
 
 
@@ -201,19 +205,41 @@ def _fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
+def _vae_roundtrip(vae, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    with torch.no_grad():
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        return vae.decode(z).sample.clamp(-1, 1)
+
+
 def train_probe(out: str | Path | None = None, steps: int = 1500, seed: int = 0, minutes: float = 8.0,
                 batch: int = 128, width: int = 32, n_heldout: int = 4000, lr: float = 2e-3,
-                progress: bool = True) -> tuple[Probe, dict]:  # fmt: skip
+                progress: bool = True, vae: str | Path | None = None, recon_fraction: float = 0.5,
+                init: str | Path | None = None, image_size: int | None = None) -> tuple[Probe, dict]:  # fmt: skip
     """Train on the balanced generator (seed stream ``seed + 100``), calibrate and test on held-out
-    streams; save to ``out`` if given. Returns the probe and a report with per-family accuracy."""
+    streams; save to ``out`` if given. Returns the probe and a report with per-family accuracy.
+
+    ``vae`` (a folder with ``vae/``): replace ``recon_fraction`` of every batch by its VAE round
+    trip, so the probe also reads images as the model's decoder draws them. ``init``: start from a
+    saved probe (fine-tuning)."""
     from tqdm.auto import tqdm
 
     from conceptedit.datasets.shapes import WORLD, balanced_world, render_batch
+    from conceptedit.pipelines.shapes import RESOLUTION
 
+    image_size = image_size or RESOLUTION
     torch.manual_seed(seed)
     world = balanced_world()
     classes = {f: list(WORLD.classes(f)) for f in WORLD.probe_families}
-    net = ProbeNet({f: len(c) for f, c in classes.items()}, width, WORLD.image_size)
+    if init is not None:
+        net = Probe.load(init).net.train()
+    else:
+        net = ProbeNet({f: len(c) for f, c in classes.items()}, width, image_size)
+    autoencoder = None
+    if vae is not None:
+        from diffusers import AutoencoderKL
+
+        autoencoder = AutoencoderKL.from_pretrained(Path(vae) / "vae").eval()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.time()
@@ -227,7 +253,11 @@ def train_probe(out: str | Path | None = None, steps: int = 1500, seed: int = 0,
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, step / 50 + 0.02) * 0.5 * (1 + np.cos(np.pi * frac))
         images, labels, _ = render_batch(batch, seed=seed + 100, start=step * batch, world=world)
-        x = _augment(_to_batch(images, WORLD.image_size), gen)
+        x = _to_batch(images, image_size)
+        if autoencoder is not None:
+            k = int(round(recon_fraction * batch))
+            x = torch.cat([_vae_roundtrip(autoencoder, x[:k], gen), x[k:]])
+        x = _augment(x, gen)
         y = targets(labels, classes)
         outs = net(x)
         loss = sum(F.cross_entropy(outs[f], y[f]) for f in classes)
@@ -237,12 +267,17 @@ def train_probe(out: str | Path | None = None, steps: int = 1500, seed: int = 0,
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     net.eval()
-    probe = Probe(net, classes, {f: 1.0 for f in classes},
-                  {"width": width, "image_size": WORLD.image_size, "trained_steps": step, "seed": seed})  # fmt: skip
+    config = {"width": width, "image_size": image_size, "trained_steps": step, "seed": seed,
+              "vae_roundtrip": str(vae) if vae else None, "init": str(init) if init else None}  # fmt: skip
+    probe = Probe(net, classes, {f: 1.0 for f in classes}, config)
 
     # calibrate on one held-out stream (augmented like the training data), test on another
     images, labels, _ = render_batch(n_heldout, seed=seed + 200, world=world)
-    x = _augment(_to_batch(images, WORLD.image_size), gen)
+    x = _to_batch(images, image_size)
+    if autoencoder is not None:
+        k = int(round(recon_fraction * n_heldout))
+        x = torch.cat([torch.cat([_vae_roundtrip(autoencoder, x[i : i + 256], gen) for i in range(0, k, 256)]), x[k:]])
+    x = _augment(x, gen)
     lg = probe.logits(x)
     y = targets(labels, classes)
     probe.temperatures = {f: _fit_temperature(lg[f], y[f]) for f in classes}

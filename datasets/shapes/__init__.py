@@ -14,10 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+from PIL import Image
+
 from conceptedit.datasets.shapes.captions import ATTRIBUTES, mentioned, noun_phrase, prompt_for
 from conceptedit.datasets.shapes.draw import draw, mark_box, shape_mask
 from conceptedit.datasets.shapes.world import WORLD, World
-from PIL import Image
 
 __all__ = [
     "WORLD", "World", "Sample", "sample_labels", "render", "render_batch", "render_labels", "prompt_for",

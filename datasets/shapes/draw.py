@@ -6,8 +6,9 @@ import math
 from functools import lru_cache
 
 import numpy as np
-from conceptedit.datasets.shapes.world import WORLD, World
 from PIL import Image, ImageDraw
+
+from conceptedit.datasets.shapes.world import WORLD, World
 
 S = WORLD.image_size
 
