@@ -34,6 +34,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from conceptedit.config import config_to_dict
+from conceptedit.datasets.shapes import WORLD
 from conceptedit.eval.metrics import ProbeAccuracy
 from conceptedit.eval.shapes_erasure import chance_level, score_images
 from conceptedit.eval.shapes_prompts import concept_family, erasure_prompt_set
@@ -65,6 +66,14 @@ def non_default(plugin: Any) -> dict[str, Any]:
     return {k: v for k, v in config_to_dict(plugin.config).items() if default.get(k) != v}
 
 
+def preserve_words(concept: str) -> list[str]:
+    """For ``…+preserve`` runs: every other concept word of the world (UCE's preserve list, as the paper
+    preserves other artists / objects)."""
+    w = WORLD
+    words = list(w.shapes) + list(w.colour_names) + list(w.background_names) + list(w.styles)
+    return [x for x in words + list(w.character_names) if x != concept]
+
+
 def training_prompts(concept: str, n: int = 4) -> list[str]:
     """Prompts naming the concept for few-shot training images: training frames, but drawn with a
     different prompt-set seed than the evaluation, so no evaluated prompt is trained on."""
@@ -72,9 +81,10 @@ def training_prompts(concept: str, n: int = 4) -> list[str]:
     return [r.prompt for r in rows]
 
 
-def grid(columns: list[str], rows: list[tuple[str, list[Image.Image]]], path: Path, scale: int = 2) -> None:
+def grid(columns: list[str], rows: list[tuple[str, list[Image.Image]]], path: Path) -> None:
     """A labelled image grid: one row per model (base first), one column per prompt."""
-    size = rows[0][1][0].width * scale
+    width = rows[0][1][0].width
+    size = width * max(1, -(-128 // width))  # at least 128 px per cell, integer upscaling
     left, top = 130, 40
     canvas = Image.new("RGB", (left + size * len(columns), top + size * len(rows)), "white")
     draw = ImageDraw.Draw(canvas)
@@ -91,7 +101,9 @@ def grid(columns: list[str], rows: list[tuple[str, list[Image.Image]]], path: Pa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--plugins", default=",".join(PLUGINS))
+    parser.add_argument("--plugins", default=",".join(PLUGINS),
+                        help="runs: PLUGIN or LABEL:PLUGIN (LABEL ending in +preserve: preserve the other world words;"
+                        " --set keys use the label)")  # fmt: skip
     parser.add_argument("--concepts", default=",".join(CONCEPTS))
     parser.add_argument("--per-role", type=int, default=12, help="prompts per role (4 roles) per concept")
     parser.add_argument("--batch-size", type=int, default=24)
@@ -126,19 +138,23 @@ def main() -> None:
         picks = [i for role in ("target", "target_paraphrase", "in_domain", "cross_domain")
                  for i in [k for k, r in enumerate(rows) if r.role == role][:2]]  # fmt: skip
         grid_rows = [("base", [base_images[i] for i in picks])]
-        for name in plugins:
+        for run in plugins:
+            label, _, name = run.rpartition(":")
+            label = label or name
             config = run_config(name, concept)
             for item in args.set:
                 key, _, value = item.partition("=")
-                if key.startswith(name + "."):
-                    config[key[len(name) + 1 :]] = value
+                if key.startswith(label + "."):
+                    config[key[len(label) + 1 :]] = value
             plugin = get_plugin(name).for_pipeline(pipe, config)  # model presets, then these overrides
             request = Request(
-                targets=[concept], prompts=training_prompts(concept) if name == "fewshot-unlearning" else []
+                targets=[concept],
+                preserve=preserve_words(concept) if label.endswith("+preserve") else [],
+                prompts=training_prompts(concept) if name == "fewshot-unlearning" else [],
             )
             last = [0.0]
 
-            def progress(fraction: float, message: str, _tag: str = f"{name} {concept}", _last: list = last) -> None:
+            def progress(fraction: float, message: str, _tag: str = f"{label} {concept}", _last: list = last) -> None:
                 if fraction - _last[0] >= 0.25 or fraction >= 1.0:
                     _last[0] = fraction
                     print(f"  {_tag}: {fraction:4.0%} {message}", flush=True)
@@ -150,8 +166,9 @@ def main() -> None:
                 after_images = generate(pipe, prompts, seeds, batch_size=args.batch_size)
             n_images += len(rows)
             after = score_images(metric, rows, seeds, after_images, name)
-            grid_rows.append((name, [after_images[i] for i in picks]))
+            grid_rows.append((label, [after_images[i] for i in picks]))
             record = {
+                "run": label,
                 "plugin": name,
                 "concept": concept,
                 "family": concept_family(concept)[0],
@@ -159,6 +176,7 @@ def main() -> None:
                 "fit_seconds": round(fit_seconds, 2),
                 "config_overrides": config,
                 "config_non_default": non_default(plugin),
+                "preserve": request.preserve,
                 "before": {k: round(v, 4) for k, v in before.items()},
                 "after": {k: round(v, 4) for k, v in after.items()},
             }
