@@ -46,13 +46,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from conceptedit.plugins._training import Trainable, linear_module_names, trainable_copy
 from tqdm.auto import tqdm
 
 from conceptedit.edits import WeightDeltaEdit
 from conceptedit.families import SD_FAMILIES
 from conceptedit.loading import generation_defaults
 from conceptedit.plugin import Plugin, Progress, Request, _no_progress
+from conceptedit.plugins._training import Trainable, linear_module_names, trainable_copy
 from conceptedit.registry import register_plugin
 
 TrainMethod = Literal["esd-x", "esd-x-strict", "esd-u", "esd-all"]

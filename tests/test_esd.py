@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conceptedit.plugins.esd import esd_module_names
 
 from conceptedit.edits import Edit, LoRAEdit, WeightDeltaEdit
 from conceptedit.errors import ConfigError
 from conceptedit.generation import generate
 from conceptedit.plugin import Request
+from conceptedit.plugins.esd import esd_module_names
 from conceptedit.registry import get_plugin
 
 SEEDS = [0, 1]

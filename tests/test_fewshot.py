@@ -13,12 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conceptedit.plugins.fewshot_unlearning import text_encoder_module_names
 
 from conceptedit.edits import Edit, LoRAEdit, WeightDeltaEdit
 from conceptedit.errors import ConfigError, RequestError
 from conceptedit.generation import generate
 from conceptedit.plugin import Request
+from conceptedit.plugins.fewshot_unlearning import text_encoder_module_names
 from conceptedit.registry import get_plugin
 
 SEEDS = [0, 1]
