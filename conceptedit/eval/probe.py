@@ -276,7 +276,7 @@ def train_probe(out: str | Path | None = None, steps: int = 1500, seed: int = 0,
     x = _to_batch(images, image_size)
     if autoencoder is not None:
         k = int(round(recon_fraction * n_heldout))
-        x = torch.cat([torch.cat([_vae_roundtrip(autoencoder, x[i : i + 256], gen) for i in range(0, k, 256)]), x[k:]])
+        x = torch.cat([_vae_roundtrip(autoencoder, x[i : min(i + 256, k)], gen) for i in range(0, k, 256)] + [x[k:]])
     x = _augment(x, gen)
     lg = probe.logits(x)
     y = targets(labels, classes)
