@@ -72,7 +72,7 @@ def _to_batch(images: Any, size: int) -> torch.Tensor:
             raise ConceptEditError("probe.predict takes PIL images, or one uint8 array/tensor of images")
         return torch.cat([_to_batch(np.asarray(im.convert("RGB"))[None], size) for im in images])
     if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
+        images = torch.from_numpy(np.array(images, copy=not images.flags.writeable or None, order="C"))
     if not isinstance(images, torch.Tensor):
         raise ConceptEditError(f"probe.predict cannot read {type(images).__name__}")
     x = images
