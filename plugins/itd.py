@@ -142,6 +142,7 @@ class ItDEdit(ActivationHookEdit):
         self.sae = _sae_from_state(extra["sae_config"], sae_tensors).eval()
         self.features = self.tensors["features"].long()
         self._pipe: Any = None
+        self._bypass = False
 
     @property
     def hook_points(self) -> list[str]:
@@ -173,6 +174,8 @@ class ItDEdit(ActivationHookEdit):
         return delta[:, 1:].pow(2).mean(dim=(1, 2))
 
     def transform(self, module_key: str, hidden: torch.Tensor) -> torch.Tensor:
+        if self._bypass:  # classify()/explain() read the block's own output, not the edited one
+            return hidden
         with torch.no_grad():
             delta = self._delta(hidden)
             fire = self.scores(hidden, delta) >= self.tau
@@ -200,9 +203,13 @@ class ItDEdit(ActivationHookEdit):
         ids = _tokenize(pipe, prompts)
         encoder = pipe.text_encoder
         name = layer_name(int(self.manifest.extra["layer"]))
-        with torch.no_grad():
-            get_submodule(encoder, name)  # clear error for a wrong layer
-            return _layer_output(encoder, name, ids)
+        get_submodule(encoder, name)  # clear error for a wrong layer
+        self._bypass = True
+        try:
+            with torch.no_grad():
+                return _layer_output(encoder, name, ids)
+        finally:
+            self._bypass = False
 
     def classify(self, prompts: list[str]) -> list[PromptDecision]:
         """Per prompt: score s(p), threshold τ, and whether the edit fires (the zero-shot classifier)."""

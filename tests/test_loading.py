@@ -49,3 +49,15 @@ def test_corrupted_single_file_fails_clearly(tmp_path, monkeypatch):
 def test_unsupported_family_is_refused_before_work(tiny_pipe):
     with pytest.raises(UnsupportedModelError, match="supports model families sdxl.*'sd1'"):
         require_family(tiny_pipe, ("sdxl",), "plugin 'x'")
+
+
+def test_shapes_model_ships_its_corpus_and_itd_presets():
+    from conceptedit.loading import model_file, plugin_presets
+    from conceptedit.registry import get_plugin
+
+    pipe = load_pipeline("shapes", device="cpu")
+    corpus = model_file(pipe, "prompt_corpus")
+    assert corpus and len(open(corpus).read().splitlines()) >= 1000
+    presets = plugin_presets(pipe, "itd")
+    assert presets["sae_width"] < 2**19
+    assert get_plugin("itd").for_pipeline(pipe, {"top_n": 7}).config.top_n == 7
