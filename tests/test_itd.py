@@ -85,3 +85,18 @@ def test_classify_needs_an_applied_edit(itd_setup):
 
     with pytest.raises(ConceptEditError, match="apply the itd edit"):
         edit.classify(["a cat"])
+
+
+def test_classify_reads_the_unedited_activations(itd_setup):
+    """The classifier must score the block's own output, not the output the edit already changed."""
+    pipe, edit = itd_setup
+    from conceptedit.plugins.itd import _layer_output, _tokenize, layer_name
+
+    prompts = ["a photo of cat", "cat", "a blue dog"]
+    with torch.no_grad():
+        hidden = _layer_output(pipe.text_encoder, layer_name(edit.manifest.extra["layer"]), _tokenize(pipe, prompts))
+        expected = edit.scores(hidden).tolist()
+    with edit.apply(pipe) as handle:
+        got = [d.score for d in handle.classify(prompts)]
+    assert got == pytest.approx(expected)
+    assert got[0] >= edit.tau
