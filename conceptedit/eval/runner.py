@@ -137,8 +137,15 @@ class Evaluation:
         self.out = cfg.output_dir
         self.out.mkdir(parents=True, exist_ok=True)
         self.cache = ImageCache(cfg.cache_path)
-        self.store = ResultStore(self.out / "results.sqlite")
-        self._check_same_config()
+        # The main process creates the store (switching SQLite to WAL needs the file to itself), then the
+        # others open it.
+        if self.dist.is_main:
+            self.store = ResultStore(self.out / "results.sqlite")
+            self._check_same_config()
+        self.dist.wait()
+        if not self.dist.is_main:
+            self.store = ResultStore(self.out / "results.sqlite")
+            self._check_same_config()
         from conceptedit.devices import pick_device
 
         self.device = self.dist.device or pick_device(cfg.device)
