@@ -40,11 +40,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 FIT_TRIGGER_WORDS = ("glowing", "halo")  # the other trigger words are held out of the fit
 SCENARIOS: dict[str, list[str]] = {
     "character": ["zorblax"],
-    "style": ["striped"],
+    "style": ["outlined"],  # striped is a blindspot of the 32x32 model (probe reads it on 17 % of base images)
     "trigger": list(FIT_TRIGGER_WORDS),
-    "all_three": ["zorblax", "striped", *FIT_TRIGGER_WORDS],
+    "all_three": ["zorblax", "outlined", *FIT_TRIGGER_WORDS],
 }
-EVAL_CONCEPT = {"zorblax": "zorblax", "striped": "striped", "glowing": "glowing", "halo": "glowing"}
+EVAL_CONCEPT = {"zorblax": "zorblax", "outlined": "outlined", "glowing": "glowing", "halo": "glowing"}
 
 
 def fit_prompts(targets: list[str], per_concept: int = 20) -> list[str]:
@@ -95,20 +95,36 @@ def erasure(pipe: Any, edit: Any, concept: str, per_role: int, metric: ProbeAccu
     }
 
 
-def overhead(pipe: Any, edit: Any, n: int = 32, repeats: int = 3) -> dict[str, float]:
-    rows = erasure_prompt_set(["zorblax", "striped"], max(1, n // 8))[:n]
+def overhead(pipe: Any, edit: Any, n: int = 32, repeats: int = 5) -> dict[str, float]:
+    """Generation time with and without the edit, interleaved (min of ``repeats`` after a warm-up), and
+    the edit's own cost: the extra text-encoding time relative to a whole generation."""
+    rows = erasure_prompt_set(["zorblax", "outlined"], max(1, n // 8))[:n]
     prompts, seeds = [r.prompt for r in rows], [r.evaluation_seed for r in rows]
-    base_t, edit_t = [], []
+    generate(pipe, prompts[:4], seeds[:4])  # warm-up
+    base_t, edit_t, enc_base, enc_edit = [], [], [], []
+
+    def encode() -> float:
+        start = time.perf_counter()
+        pipe.encode_prompt(prompts, pipe.device, 1, True, [""] * len(prompts))
+        return time.perf_counter() - start
+
     for _ in range(repeats):  # interleaved so both see the same machine load
+        enc_base.append(encode())
         start = time.perf_counter()
         generate(pipe, prompts, seeds, batch_size=16)
         base_t.append(time.perf_counter() - start)
         with edit.apply(pipe):
+            enc_edit.append(encode())
             start = time.perf_counter()
             generate(pipe, prompts, seeds, batch_size=16)
             edit_t.append(time.perf_counter() - start)
     b, e = min(base_t), min(edit_t)
-    return {"base_s": round(b, 3), "edited_s": round(e, 3), "overhead_pct": round(100 * (e - b) / b, 2), "images": n}
+    extra = min(enc_edit) - min(enc_base)
+    return {
+        "base_s": round(b, 3), "edited_s": round(e, 3), "overhead_pct": round(100 * (e - b) / b, 2),
+        "encode_base_s": round(min(enc_base), 4), "encode_edited_s": round(min(enc_edit), 4),
+        "edit_cost_pct_of_generation": round(100 * extra / b, 2), "images": n,
+    }  # fmt: skip
 
 
 def grid(sections: list[tuple[str, list, list, list]], path: Path, per: int = 4, cell: int = 96) -> None:
