@@ -15,7 +15,7 @@ same seeds for base and edited, and scores it with the shapes probe (``concepted
 Prints one JSON document and writes ``benchmarks/results/erasure_baselines.json`` plus a PNG grid per
 concept (rows: base, then each plugin; columns: a few prompts of each role).
 
-    python benchmarks/erasure_baselines.py                 # all plugins and concepts (~15 min, 2 CPU cores)
+    python benchmarks/erasure_baselines.py     # 480 images; ~5 min alone on 2 cores, ~15 min on a loaded machine
     python benchmarks/erasure_baselines.py --plugins uce --concepts circle --per-role 4
 """
 
