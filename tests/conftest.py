@@ -29,3 +29,15 @@ def tiny_pipe(tiny_model_dir: Path):
     pipe = load_pipeline(str(tiny_model_dir), device="cpu")
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread per test: on a shared 2-core machine, oversubscribed threads make the tiny
+    models of the suite 20x slower. Restored after each test."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny import assert_same_state, full_state
 
 from conceptedit.edits import (
     ComponentEdit,
@@ -30,20 +31,6 @@ PROMPT = "a red cat"
 
 def image_array(pipe, prompt: str = PROMPT, seed: int = 0) -> np.ndarray:
     return np.asarray(generate(pipe, [prompt], [seed])[0])
-
-
-def state(pipe) -> dict[str, torch.Tensor]:
-    out = {}
-    for comp in ("unet", "vae", "text_encoder"):
-        for name, tensor in getattr(pipe, comp).state_dict().items():
-            out[f"{comp}.{name}"] = tensor.clone()
-    return out
-
-
-def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def make_delta_edit(pipe, scale: float = 0.5) -> WeightDeltaEdit:
@@ -89,7 +76,7 @@ MAKERS = {
 
 @pytest.mark.parametrize("kind", sorted(MAKERS))
 def test_round_trip_apply_and_exact_removal(tiny_pipe, kind, tmp_path):
-    before_state, before_image = state(tiny_pipe), image_array(tiny_pipe)
+    before_state, before_image = full_state(tiny_pipe), image_array(tiny_pipe)
     edit = MAKERS[kind](tiny_pipe)
     edit.save(tmp_path / "edit")
     loaded = Edit.load(tmp_path / "edit")
@@ -105,13 +92,13 @@ def test_round_trip_apply_and_exact_removal(tiny_pipe, kind, tmp_path):
         assert not np.array_equal(edited_image, before_image), "the edit must change the image"
         assert handle.active
     assert applied_edits(tiny_pipe) == []
-    assert_same_state(before_state, state(tiny_pipe))
+    assert_same_state(before_state, full_state(tiny_pipe))
     assert np.array_equal(before_image, image_array(tiny_pipe))
     assert "encode_prompt" not in tiny_pipe.__dict__
 
 
 def test_stacked_edits_remove_in_any_order(tiny_pipe):
-    before_state, before_image = state(tiny_pipe), image_array(tiny_pipe)
+    before_state, before_image = full_state(tiny_pipe), image_array(tiny_pipe)
     edits = [make_delta_edit(tiny_pipe), make_lora_edit(tiny_pipe), make_negative_edit(tiny_pipe)]
     handles = [e.apply(tiny_pipe) for e in edits]
     all_three = image_array(tiny_pipe)
@@ -122,14 +109,14 @@ def test_stacked_edits_remove_in_any_order(tiny_pipe):
     # the same two edits applied alone to a clean pipeline give the same image
     handles[2].remove()
     handles[1].remove()
-    assert_same_state(before_state, state(tiny_pipe))
+    assert_same_state(before_state, full_state(tiny_pipe))
     assert np.array_equal(before_image, image_array(tiny_pipe))
     h1, h2 = edits[1].apply(tiny_pipe), edits[2].apply(tiny_pipe)
     assert np.array_equal(without_first, image_array(tiny_pipe))
     h1.remove()
     h2.remove()
     h2.remove()  # removing twice is harmless
-    assert_same_state(before_state, state(tiny_pipe))
+    assert_same_state(before_state, full_state(tiny_pipe))
 
 
 def test_lora_file_loads_with_diffusers(tiny_pipe, tiny_model_dir, tmp_path):

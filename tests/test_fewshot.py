@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny import assert_same_state, full_state
 
 from conceptedit.edits import Edit, LoRAEdit, WeightDeltaEdit
 from conceptedit.errors import ConfigError, RequestError
@@ -25,27 +26,8 @@ SEEDS = [0, 1]
 FAST = dict(images_from_model=True, lr=1e-3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def images(pipe, prompt: str) -> np.ndarray:
     return np.stack([np.asarray(im, dtype=np.float64) for im in generate(pipe, [prompt] * len(SEEDS), SEEDS)])
-
-
-def full_state(pipe) -> dict[str, torch.Tensor]:
-    parts = ("unet", "vae", "text_encoder")
-    return {f"{c}.{k}": v.clone() for c in parts for k, v in getattr(pipe, c).state_dict().items()}
-
-
-def assert_same_state(a, b) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def test_parameter_groups_follow_the_reference(tiny_pipe):

@@ -41,16 +41,6 @@ def small_kw(arch: str) -> dict:
     return dict(RECOVERY.get(arch, ({}, {}, 0.9))[0])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These matrices are tiny: a second intra-op thread only adds sync cost (and stalls badly when
-    the CPU is shared), so each test runs single-threaded and restores the setting after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def planted() -> tuple[torch.Tensor, torch.Tensor]:
     return planted_sparse_data(12288, D, N_ATOMS, K, seed=1)

@@ -24,14 +24,6 @@ from conceptedit.sae.synthetic import planted_sparse_data
 D, WIDTH = 16, 40
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small(arch: str):
     names = SAE_ARCHITECTURES[arch].hparam_names()
     kw = {"k": 3} if "k" in names else {}

@@ -12,14 +12,6 @@ from conceptedit.sae import ActivationStore, InMemoryStore, collect_activations,
 from conceptedit.sae.collect import read_prompts
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_disk_round_trip_with_more_rows_than_the_buffer(tmp_path) -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5000, 12, generator=gen) * 3 + 1

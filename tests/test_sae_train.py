@@ -13,14 +13,6 @@ from conceptedit.sae.synthetic import planted_sparse_data
 D, WIDTH = 16, 48
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data() -> torch.Tensor:
     return planted_sparse_data(4096, D, 24, 2, seed=2)[0]

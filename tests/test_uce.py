@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from tiny import assert_same_state, full_state
 
 from conceptedit.edits import Edit, WeightDeltaEdit
 from conceptedit.errors import ConfigError, RequestError
@@ -24,29 +25,8 @@ from conceptedit.uce_solver import normal_equation_residual, uce_closed_form, we
 SEEDS = [0, 1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the test machines are shared: oversubscribed intra-op threads make tiny models 20x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def images(pipe, prompt: str) -> np.ndarray:
     return np.stack([np.asarray(im, dtype=np.float64) for im in generate(pipe, [prompt] * len(SEEDS), SEEDS)])
-
-
-def full_state(pipe) -> dict[str, torch.Tensor]:
-    return {
-        f"{c}.{k}": v.clone() for c in ("unet", "vae", "text_encoder") for k, v in getattr(pipe, c).state_dict().items()
-    }
-
-
-def assert_same_state(a, b) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 # -- the solver ----------------------------------------------------------------------------------

@@ -125,3 +125,18 @@ def save_tiny_pipeline(folder: Path, seed: int = 0, sd2: bool = False) -> Path:
         json.dumps({"generation": {"num_inference_steps": 2, "guidance_scale": 5.0, "height": 16, "width": 16}})
     )
     return folder
+
+
+def full_state(pipe) -> dict:
+    """A clone of every weight of the pipeline's unet, vae and text encoder, keyed ``component.name``."""
+    parts = ("unet", "vae", "text_encoder")
+    return {f"{c}.{k}": v.clone() for c in parts for k, v in getattr(pipe, c).state_dict().items()}
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Bit-for-bit equality of two :func:`full_state` snapshots."""
+    import torch
+
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
