@@ -173,7 +173,7 @@ def main() -> None:
             scores = erasure(pipe, edit, concept, args.per_role, metric)
             rows, before, after = scores.pop("_images")
             result["erasure"][concept] = scores
-            sections.append((f"{name}: erase {'+'.join(targets)} — prompts naming {concept}", rows, before, after))
+            sections.append((f"{name}: erase {'+'.join(targets)} - prompts naming {concept}", rows, before, after))
         result["classifier"] = classifier_scores(edit, pipe, targets, args.per_role)
         if name == "character":
             result["overhead"] = overhead(pipe, edit)

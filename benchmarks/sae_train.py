@@ -269,9 +269,7 @@ def main() -> None:
             }
             # peak memory of each variant alone (2 steps, a process each), then the interleaved timing
             for arch in ("topk", "topk_dense"):
-                run_child(
-                    {**head, "arch": arch, "tokens": 2 * args.batch_size, "data": base["data"] + " (memory)"}
-                )
+                run_child({**head, "arch": arch, "tokens": 2 * args.batch_size, "data": base["data"] + " (memory)"})
             run_child({**head, "arch": "headline"})
         if not args.skip_archs:
             for arch in args.archs.split(","):

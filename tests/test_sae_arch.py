@@ -116,9 +116,7 @@ def test_chunked_topk_encode_equals_dense_reference(arch: str) -> None:
     # each selected value is the pre-activation at its latent, and the selection is a top-k set
     # (compared through values, so near-ties between duplicate random atoms cannot flip the test)
     torch.testing.assert_close(codes.values, pre.gather(1, codes.indices).clamp_min(0), rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(
-        codes.values, pre.topk(sae.k, dim=-1).values.clamp_min(0), rtol=1e-5, atol=1e-4
-    )
+    torch.testing.assert_close(codes.values, pre.topk(sae.k, dim=-1).values.clamp_min(0), rtol=1e-5, atol=1e-4)
     assert codes.indices.unique(dim=1).shape[1] == sae.k
 
 

@@ -33,9 +33,7 @@ def test_collect_train_resume_eval(tiny_model_dir, tmp_path) -> None:
     prompts = tmp_path / "p.csv"
     words = ["cat", "dog", "red", "blue", "a", "on"]
     rows = [" ".join(words[(i + j) % 6] for j in range(1 + i % 5)) for i in range(60)]
-    prompts.write_text(
-        "prompt,evaluation_seed,case_number\n" + "".join(f"{p},{i},{i}\n" for i, p in enumerate(rows))
-    )
+    prompts.write_text("prompt,evaluation_seed,case_number\n" + "".join(f"{p},{i},{i}\n" for i, p in enumerate(rows)))
     store_dir, sae_dir = tmp_path / "store", tmp_path / "sae"
     result = run(
         "sae",

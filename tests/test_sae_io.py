@@ -85,9 +85,7 @@ def test_shape_mismatch_says_which_tensor(tmp_path) -> None:
     path = save_sae(sae, tmp_path / "sae")
     cfg = json.loads((path / "cfg.json").read_text())
     (path / "cfg.json").write_text(json.dumps({**cfg, "width": WIDTH * 2}))
-    with pytest.raises(
-        SAEShapeError, match=rf"W_dec: file \({WIDTH}, {D}\) vs expected \({2 * WIDTH}, {D}\)"
-    ):
+    with pytest.raises(SAEShapeError, match=rf"W_dec: file \({WIDTH}, {D}\) vs expected \({2 * WIDTH}, {D}\)"):
         load_sae(path)
     (path / "cfg.json").write_text(json.dumps(cfg))
     state = load_file(str(path / "sae.safetensors"))

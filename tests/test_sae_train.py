@@ -108,9 +108,7 @@ def test_downstream_effect_of_splicing_into_a_text_encoder() -> None:
     parts = (comps["text_encoder"].eval(), comps["tokenizer"])
     prompts = ["a red cat", "blue dog", "a cat and a dog", "red", "dog dog cat", "a blue cat on red"] * 4
     module = "text_model.encoder.layers.1"
-    store = collect_activations(
-        parts, module, prompts, None, padding="max_length", skip_padding=False, progress=False
-    )
+    store = collect_activations(parts, module, prompts, None, padding="max_length", skip_padding=False, progress=False)
     good = train_sae(store, "topk", 64, k=8, config=config(token_budget=128 * 150, dead_after_tokens=5000))
     bad = create_sae("topk", store.d_in, 64, k=1)
     bad.b_pre.data += 5.0  # reconstructs far away

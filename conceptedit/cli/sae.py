@@ -36,21 +36,15 @@ def collect_command(
     module: Annotated[
         str, typer.Option("--module", help="Module inside the text encoder, e.g. text_model.encoder.layers.8")
     ],
-    prompts: Annotated[
-        Path, typer.Option("--prompts", help=".txt (one prompt a line) or CSV with a prompt column.")
-    ],
+    prompts: Annotated[Path, typer.Option("--prompts", help=".txt (one prompt a line) or CSV with a prompt column.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Empty folder for the activation store.")],
     model: Annotated[
         str, typer.Option("--model", "-m", help="Built-in name, diffusers folder, file or hub id.")
     ] = "shapes",
     batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 32,
-    padding: Annotated[
-        str, typer.Option(help="'longest' (batch's longest prompt) or 'max_length'.")
-    ] = "longest",
+    padding: Annotated[str, typer.Option(help="'longest' (batch's longest prompt) or 'max_length'.")] = "longest",
     keep_bos: Annotated[bool, typer.Option("--keep-bos", help="Also store the BOS position.")] = False,
-    keep_padding: Annotated[
-        bool, typer.Option("--keep-padding", help="Also store padding positions.")
-    ] = False,
+    keep_padding: Annotated[bool, typer.Option("--keep-padding", help="Also store padding positions.")] = False,
     shard_rows: Annotated[int, typer.Option(help="Rows per safetensors shard.")] = 65536,
     device: Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: best available).")] = None,
 ) -> None:
@@ -82,8 +76,7 @@ def train_command(
     arch: Annotated[
         str,
         typer.Option(
-            help="Architecture: topk, batchtopk, jumprelu, relu, mp, archetypal, "
-            "mutual_choice, feature_choice."
+            help="Architecture: topk, batchtopk, jumprelu, relu, mp, archetypal, mutual_choice, feature_choice."
         ),
     ] = "topk",
     width: Annotated[int, typer.Option(help="Number of latents.")] = 4096,
@@ -95,9 +88,7 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Seed (init and data order).")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: only at the end).")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the checkpoint in --out.")] = False,
-    opt: Annotated[
-        list[str] | None, typer.Option("--opt", help="Architecture option key=value (repeatable).")
-    ] = None,
+    opt: Annotated[list[str] | None, typer.Option("--opt", help="Architecture option key=value (repeatable).")] = None,
     device: Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: best available).")] = None,
 ) -> None:
     """Train an SAE on a store; writes cfg.json + sae.safetensors (+ trainer state) to --out."""
@@ -119,9 +110,7 @@ def train_command(
             seed=seed,
             checkpoint_every=checkpoint_every,
         )
-        trainer = SAETrainer(
-            create_sae(arch, store.d_in, width, **kw), store, cfg, checkpoint_dir=out, device=device
-        )
+        trainer = SAETrainer(create_sae(arch, store.d_in, width, **kw), store, cfg, checkpoint_dir=out, device=device)
     trainer.train()
     last = trainer.history[-1] if trainer.history else {}
     typer.echo(
@@ -140,9 +129,7 @@ def eval_command(
     """FVU, explained variance, L0 and dead-latent fraction of an SAE on stored activations."""
     from conceptedit.sae import ActivationStore, evaluate_sae, load_sae
 
-    metrics = evaluate_sae(
-        load_sae(sae_dir), ActivationStore(store_dir), max_rows=max_rows, progress=not as_json
-    )
+    metrics = evaluate_sae(load_sae(sae_dir), ActivationStore(store_dir), max_rows=max_rows, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(metrics))
         return

@@ -37,9 +37,7 @@ def create_sae(arch: str, d_in: int, width: int, **kw: Any) -> SAE:
     try:
         cls = SAE_ARCHITECTURES[arch]
     except KeyError:
-        raise ConfigError(
-            f"unknown SAE architecture {arch!r}; choose one of {sorted(SAE_ARCHITECTURES)}"
-        ) from None
+        raise ConfigError(f"unknown SAE architecture {arch!r}; choose one of {sorted(SAE_ARCHITECTURES)}") from None
     valid = set(cls.hparam_names()) | {"chunk_elems"}
     unknown = sorted(set(kw) - valid)
     if unknown:

@@ -102,9 +102,7 @@ class ArchetypalSAE(ThresholdInference, SAE):
         if self.selection == "topk":
             ((vals, idx),) = chunked_topk(xc.detach(), w, b, [(self.k, None)], self.chunk_elems)
         else:
-            vals, idx = batch_topk_select(
-                xc.detach(), w, b, self.k * xn.shape[0], 2 * self.k, self.chunk_elems
-            )
+            vals, idx = batch_topk_select(xc.detach(), w, b, self.k * xn.shape[0], 2 * self.k, self.chunk_elems)
         self._update_threshold(vals)
         v = sparse_preacts(xc, self.W_enc, self.b_enc, idx, vals)
         atoms, inv = self._atoms_for(idx)

@@ -47,9 +47,7 @@ class SparseCodes:
     width: int
 
     def to_dense(self) -> torch.Tensor:
-        out = torch.zeros(
-            self.values.shape[0], self.width, dtype=self.values.dtype, device=self.values.device
-        )
+        out = torch.zeros(self.values.shape[0], self.width, dtype=self.values.dtype, device=self.values.device)
         return out.scatter_add_(1, self.indices, self.values)
 
     def l0(self) -> torch.Tensor:

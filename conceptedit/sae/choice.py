@@ -72,9 +72,7 @@ class FeatureChoiceSAE(ThresholdInference, SAE):
     def _train_forward(self, xn: torch.Tensor, dead_mask: torch.Tensor | None) -> TrainOut:
         xc = xn - self.b_pre
         m = max(1, math.ceil(self.k * xn.shape[0] / self.width))
-        vals, idx = feature_choice_select(
-            xc.detach(), self.W_enc.detach(), self.b_enc.detach(), m, self.chunk_elems
-        )
+        vals, idx = feature_choice_select(xc.detach(), self.W_enc.detach(), self.b_enc.detach(), m, self.chunk_elems)
         self._update_threshold(vals, idx)
         v = sparse_preacts(xc, self.W_enc, self.b_enc, idx, vals)
         recon = sparse_decode(idx, v, self.dictionary(), self.chunk_elems) + self.b_pre

@@ -42,15 +42,11 @@ def _text_parts(source: Any, module: str) -> tuple[torch.nn.Module, Any, str]:
     elif hasattr(source, "text_encoder") and hasattr(source, "tokenizer"):
         encoder, tokenizer = source.text_encoder, source.tokenizer
     else:
-        raise RequestError(
-            "source must be a pipeline with text_encoder/tokenizer or a (text_encoder, tokenizer)"
-        )
+        raise RequestError("source must be a pipeline with text_encoder/tokenizer or a (text_encoder, tokenizer)")
     return encoder, tokenizer, module.removeprefix("text_encoder.")
 
 
-def _writer(
-    out: str | Path | None, d: int, shard_rows: int, meta: dict[str, Any]
-) -> ShardWriter | _MemoryWriter:
+def _writer(out: str | Path | None, d: int, shard_rows: int, meta: dict[str, Any]) -> ShardWriter | _MemoryWriter:
     return _MemoryWriter(meta) if out is None else ShardWriter(out, d, shard_rows=shard_rows, meta=meta)
 
 
@@ -115,9 +111,7 @@ def collect_activations(
         pos = torch.arange(t)[None, :].expand(b, t)
         if writer is None:
             writer = _writer(out, d, shard_rows, meta)
-        writer.add(
-            acts.float().cpu()[keep], prompt_id=pid[keep], position=pos[keep], token_id=ids.cpu()[keep]
-        )
+        writer.add(acts.float().cpu()[keep], prompt_id=pid[keep], position=pos[keep], token_id=ids.cpu()[keep])
         bar.update(len(batch))
     bar.close()
     return writer.close()

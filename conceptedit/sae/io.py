@@ -114,9 +114,7 @@ def _saelens_threshold(sae: SAE) -> torch.Tensor:
         return sae.log_threshold.exp().detach().cpu()
     th = sae.threshold.detach().cpu().float()
     if bool((th < 0).all()):
-        raise ConfigError(
-            f"this {sae.architecture} SAE has no learned inference threshold yet; train it first"
-        )
+        raise ConfigError(f"this {sae.architecture} SAE has no learned inference threshold yet; train it first")
     th = th.expand(sae.width).clone()
     th[th < 0] = float("inf")  # latents never selected in training never fire
     return th
@@ -132,9 +130,7 @@ def export_saelens(sae: SAE, path: str | Path) -> Path:
     JumpReLU, and BatchTopK / mutual choice / feature choice as JumpReLU with their learned thresholds.
     """
     if sae.architecture not in SAELENS_ARCH:
-        raise ConfigError(
-            f"SAELens has no {sae.architecture!r} architecture; exportable: {sorted(SAELENS_ARCH)}"
-        )
+        raise ConfigError(f"SAELens has no {sae.architecture!r} architecture; exportable: {sorted(SAELENS_ARCH)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     s = float(sae.input_scale)

@@ -157,9 +157,7 @@ def _gather_dot(idx: torch.Tensor, table: torch.Tensor, rhs: torch.Tensor, chunk
 
 class _SparsePreacts(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx: Any, xc: Tensor, weight: Tensor, bias: Tensor | None, idx: Tensor, vals: Tensor
-    ) -> Tensor:
+    def forward(ctx: Any, xc: Tensor, weight: Tensor, bias: Tensor | None, idx: Tensor, vals: Tensor) -> Tensor:
         ctx.save_for_backward(xc, weight, idx, vals)
         ctx.has_bias = bias is not None
         return vals.clone()

@@ -132,9 +132,7 @@ class _BaseStore:
 
         def emit_batches(bx: torch.Tensor, bi: torch.Tensor) -> Iterator:
             for s in range(0, bx.shape[0], batch_size):
-                yield (
-                    (bx[s : s + batch_size], bi[s : s + batch_size]) if with_rows else bx[s : s + batch_size]
-                )
+                yield ((bx[s : s + batch_size], bi[s : s + batch_size]) if with_rows else bx[s : s + batch_size])
 
         while epochs is None or epoch < epochs:
             gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -216,9 +214,7 @@ class ActivationStore(_BaseStore):
         self.path = Path(path)
         index_file = self.path / INDEX
         if not index_file.is_file():
-            raise RequestError(
-                f"{self.path} is not an activation store (no {INDEX}); create one with collect"
-            )
+            raise RequestError(f"{self.path} is not an activation store (no {INDEX}); create one with collect")
         index = json.loads(index_file.read_text())
         self.shards: list[dict[str, Any]] = index["shards"]
         self.d_in = int(index["d_in"])

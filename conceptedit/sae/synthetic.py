@@ -26,10 +26,7 @@ def planted_sparse_data(
     # k distinct atoms per row, drawn in row blocks so n x n_atoms random numbers never coexist
     block = max(1, (1 << 22) // n_atoms)
     support = torch.cat(
-        [
-            torch.rand(min(block, n - s), n_atoms, generator=gen).topk(k, dim=-1).indices
-            for s in range(0, n, block)
-        ]
+        [torch.rand(min(block, n - s), n_atoms, generator=gen).topk(k, dim=-1).indices for s in range(0, n, block)]
     )
     coef = 0.5 + torch.rand(n, k, generator=gen)
     x = torch.nn.functional.embedding_bag(support, atoms, per_sample_weights=coef, mode="sum")

@@ -51,8 +51,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.token_budget < self.batch_size:
             raise ConfigError(
-                "need batch_size > 0 and token_budget >= batch_size, "
-                f"got {self.batch_size}, {self.token_budget}"
+                f"need batch_size > 0 and token_budget >= batch_size, got {self.batch_size}, {self.token_budget}"
             )
         if self.b_pre_init not in ("geometric_median", "mean", "zeros"):
             raise ConfigError(f"b_pre_init must be geometric_median, mean or zeros, got {self.b_pre_init!r}")
@@ -153,9 +152,7 @@ class SAETrainer:
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == stop:
                 self.history.append(dict(stats))
-                bar.set_postfix(
-                    fvu=f"{stats['fvu']:.4f}", l0=f"{stats['l0']:.1f}", dead=f"{stats['dead']:.3f}"
-                )
+                bar.set_postfix(fvu=f"{stats['fvu']:.4f}", l0=f"{stats['l0']:.1f}", dead=f"{stats['dead']:.3f}")
             if self.checkpoint_dir and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint(self.checkpoint_dir)
         bar.close()
