@@ -39,11 +39,6 @@ def builtin_model_dir(name: str) -> Path:
     return folder
 
 
-def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
-    """``torch_dtype`` works on every diffusers release we support (newer ones warn; see _quiet)."""
-    return {"torch_dtype": dtype}
-
-
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence diffusers' deprecation notice for ``torch_dtype`` (renamed ``dtype`` in newer releases)."""
@@ -77,7 +72,7 @@ def _load_folder(folder: Path, dtype: torch.dtype, safety_checker: bool) -> Any:
     class_name = json.loads(index.read_text()).get("_class_name", "")
     try:
         return DiffusionPipeline.from_pretrained(
-            folder, local_files_only=True, **_dtype_kwargs(dtype), **_sd_kwargs(class_name, safety_checker)
+            folder, local_files_only=True, torch_dtype=dtype, **_sd_kwargs(class_name, safety_checker)
         )
     except Exception as exc:  # diffusers raises many types; the user needs one clear message
         raise ModelLoadError(f"could not load the diffusers folder {folder}: {exc}") from exc
@@ -86,7 +81,7 @@ def _load_folder(folder: Path, dtype: torch.dtype, safety_checker: bool) -> Any:
 def _load_single_file(path: Path, dtype: torch.dtype, config: str | None, offline: bool) -> Any:
     from diffusers import StableDiffusionPipeline
 
-    kwargs: dict[str, Any] = {**_dtype_kwargs(dtype), "local_files_only": offline}
+    kwargs: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": offline}
     if config:
         kwargs["config"] = config
     try:
@@ -111,7 +106,7 @@ def _load_hub(repo_id: str, dtype: torch.dtype, offline: bool, safety_checker: b
         config = DiffusionPipeline.load_config(repo_id, local_files_only=offline)
         class_name = config.get("_class_name", "")
         return DiffusionPipeline.from_pretrained(
-            repo_id, local_files_only=offline, **_dtype_kwargs(dtype), **_sd_kwargs(class_name, safety_checker)
+            repo_id, local_files_only=offline, torch_dtype=dtype, **_sd_kwargs(class_name, safety_checker)
         )
     except Exception as exc:
         mode = "offline (HF_HUB_OFFLINE=1), from the local cache only" if offline else "from the hub"

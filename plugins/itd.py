@@ -53,6 +53,7 @@ from conceptedit.hooks import get_submodule, run_until
 from conceptedit.plugin import Plugin, Progress, Request, _no_progress
 from conceptedit.registry import register_plugin
 from conceptedit.sae.collect import read_prompts
+from conceptedit.sae.io import sae_config, sae_from_state
 
 # Prompt frames for target and retain prompts when the request gives none (reference: simple
 # "a photo of {}"-style prompts per concept).
@@ -120,12 +121,6 @@ def _tokenize(pipe: Any, prompts: list[str]) -> torch.Tensor:
     return ids.input_ids.to(pipe.text_encoder.device)
 
 
-def _sae_from_state(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
-    from conceptedit.sae.io import sae_from_state
-
-    return sae_from_state(config, tensors, "itd artifact")
-
-
 class ItDEdit(ActivationHookEdit):
     """The runtime intervention: SAE + feature set F + scale + threshold τ on one text-encoder block."""
 
@@ -139,7 +134,7 @@ class ItDEdit(ActivationHookEdit):
         if "features" not in self.tensors:
             raise ArtifactError("itd edit lacks its feature set tensor 'features'")
         sae_tensors = {k.removeprefix("sae."): v for k, v in self.tensors.items() if k.startswith("sae.")}
-        self.sae = _sae_from_state(extra["sae_config"], sae_tensors).eval()
+        self.sae = sae_from_state(extra["sae_config"], sae_tensors, "itd artifact").eval()
         self.features = self.tensors["features"].long()
         self._pipe: Any = None
         self._bypass = False
@@ -263,12 +258,16 @@ class ItDPlugin(Plugin):
     paper = "Tian et al., arXiv:2503.09446 (2025)"
 
     # -- step 1: the SAE -----------------------------------------------------------------------
-    def corpus(self, pipe: Any, request: Request) -> list[str]:
-        """SAE training prompts: the config's file, else the model's shipped corpus, plus the request's."""
+    def shipped_corpus(self, pipe: Any) -> list[str]:
+        """Prompts of the config's corpus file, else of the model's shipped corpus (empty if neither)."""
         from conceptedit.loading import model_file
 
         source = self.config.corpus or model_file(pipe, "prompt_corpus")
-        prompts = read_prompts(source) if source else []
+        return read_prompts(source) if source else []
+
+    def corpus(self, corpus: list[str], request: Request) -> list[str]:
+        """SAE training prompts: the corpus (at most ``corpus_limit``, sampled) plus the request's."""
+        prompts = corpus
         if len(prompts) > self.config.corpus_limit:
             g = torch.Generator().manual_seed(self.config.seed)
             keep = torch.randperm(len(prompts), generator=g)[: self.config.corpus_limit].sort().values
@@ -288,7 +287,7 @@ class ItDPlugin(Plugin):
         }  # fmt: skip
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
-    def get_sae(self, pipe: Any, request: Request, layer: int, progress: Progress) -> Any:
+    def get_sae(self, pipe: Any, request: Request, layer: int, corpus: list[str], progress: Progress) -> Any:
         from conceptedit.sae import TrainConfig, collect_activations, load_sae, save_sae, train_sae
 
         c = self.config
@@ -297,7 +296,7 @@ class ItDPlugin(Plugin):
             if sae.d_in != pipe.text_encoder.config.hidden_size:
                 raise RequestError(f"SAE at {c.sae_path} has d_in={sae.d_in}, the text encoder {sae.d_in}")
             return sae
-        corpus = self.corpus(pipe, request)
+        corpus = self.corpus(corpus, request)
         folder = cache_root() / "itd-sae" / self.sae_cache_key(pipe, layer, corpus)
         if (folder / "cfg.json").is_file():
             return load_sae(folder)
@@ -353,16 +352,11 @@ class ItDPlugin(Plugin):
     def fit(self, pipe: Any, request: Request, progress: Progress = _no_progress) -> ItDEdit:
         self.check_pipeline(pipe)
         layer = layer_index(pipe.text_encoder, self.config.layer)
-        sae = self.get_sae(pipe, request, layer, progress).to(pipe.text_encoder.device).float().eval()
+        corpus = self.shipped_corpus(pipe)
+        sae = self.get_sae(pipe, request, layer, corpus, progress).to(pipe.text_encoder.device).float().eval()
         progress(0.8, "interpreting: selecting concept features")
-        from conceptedit.loading import model_file
-
-        corpus_file = self.config.corpus or model_file(pipe, "prompt_corpus")
-        corpus = read_prompts(corpus_file) if corpus_file else []
         targets = self.target_prompts(request)
         features = self.interpret(sae, pipe, layer, targets, self.retain_prompts(request, corpus))
-        from conceptedit.sae.io import sae_config
-
         tensors = {f"sae.{k}": v.detach().cpu().clone() for k, v in sae.state_dict().items()}
         tensors["features"] = features
         manifest = self.manifest("itd", "runtime", request, sae_config=sae_config(sae), layer=layer,

@@ -135,7 +135,7 @@ class ProbeAccuracy(Metric):
 
     def score_images(self, rows: list[ImageRow], images: list[Image.Image]) -> list[dict[str, Any]]:
         predictions = self.probe().predict(images)
-        return [{"pred": {fam: _label_of(p) for fam, p in pred.items() if fam != "probs"}} for pred in predictions]
+        return [{"pred": {fam: _label_of(p) for fam, p in pred.items()}} for pred in predictions]
 
     def compute(self, group: Group) -> dict[str, MetricResult]:
         buckets: dict[str, list[float]] = defaultdict(list)

@@ -94,25 +94,26 @@ def edit_key(edit: Edit) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _instances(cfg: EvalConfig, edits: list[EditSpec | None], targets: dict[str, list[str]]) -> dict[str, list[str]]:
-    """edit name -> the prompt-set instance names it is evaluated on."""
-    out: dict[str, list[str]] = {BASE: []}
-    for spec in edits:
-        if spec is not None:
-            out[spec.name] = []
+def plan_prompt_sets(
+    cfg: EvalConfig, targets: dict[str, list[str]]
+) -> tuple[dict[str, PromptSetInstance], dict[str, list[str]]]:
+    """Prompt-set instances (built-in sets once per distinct target list) and, per edit name (base
+    included), the instances it is evaluated on. Base covers every instance so edits compare pairwise."""
+    instances: dict[str, PromptSetInstance] = {}
+    plan: dict[str, list[str]] = {BASE: [], **{name: [] for name in targets}}
     for ps in cfg.prompt_sets:
-        if ps.builtin:
-            for spec in edits:
-                if spec is None:
-                    continue
-                name = f"{ps.name}[{'+'.join(targets[spec.name])}]"
-                out[spec.name].append(name)
-                if name not in out[BASE]:
-                    out[BASE].append(name)
-        else:
-            for key in out:
-                out[key].append(ps.name)
-    return out
+        if ps.csv:
+            instances[ps.name] = PromptSetInstance(ps.name, ps, _build_instance(ps, None))
+            for names in plan.values():
+                names.append(ps.name)
+            continue
+        for edit_name, concepts in targets.items():
+            name = f"{ps.name}[{'+'.join(concepts)}]"
+            if name not in instances:
+                instances[name] = PromptSetInstance(name, ps, _build_instance(ps, concepts))
+                plan[BASE].append(name)
+            plan[edit_name].append(name)
+    return instances, plan
 
 
 def _build_instance(ps: PromptSetSpec, targets: list[str] | None) -> list[PromptRow]:
@@ -260,23 +261,14 @@ class Evaluation:
             for item in loaded:
                 item.key = edit_key(item.edit)
             targets = {item.name: item.edit.manifest.targets for item in loaded}
-            plan = _instances(self.cfg, list(self.cfg.edits), targets)
-            instances: dict[str, PromptSetInstance] = {}
-            for ps in self.cfg.prompt_sets:
-                if ps.csv:
-                    instances[ps.name] = PromptSetInstance(ps.name, ps, _build_instance(ps, None))
-                else:
-                    for spec in self.cfg.edits:
-                        name = f"{ps.name}[{'+'.join(targets[spec.name])}]"
-                        if name not in instances:
-                            instances[name] = PromptSetInstance(name, ps, _build_instance(ps, targets[spec.name]))
+            instances, plan = plan_prompt_sets(self.cfg, targets)
             for edit in [None, *loaded]:
                 edit_name = edit.name if edit else BASE
                 items = []
                 for inst_name in plan[edit_name]:
                     inst = instances[inst_name]
                     for row in inst.rows:
-                        if ps_attack_without_concept(inst, row) and edit is not None:
+                        if inst.spec.attack and not row.concept and edit is not None:
                             row = _with_concept(row, edit.edit.manifest.targets)
                         for j in range(self.cfg.seeds_per_prompt):
                             seed = row.evaluation_seed + j
@@ -326,10 +318,6 @@ class Evaluation:
             "name": self.cfg.name, "config": self.cfg.to_dict(), "groups": out_groups,
             "unavailable": self.unavailable, "n_images": len(rows),
         }  # fmt: skip
-
-
-def ps_attack_without_concept(inst: PromptSetInstance, row: PromptRow) -> bool:
-    return inst.spec.attack and not row.concept
 
 
 def _with_concept(row: PromptRow, targets: list[str]) -> PromptRow:
