@@ -1,7 +1,8 @@
 """ItD (Interpret-then-Deactivate) on the built-in shapes model.
 
 Erases a named character, a fill style and the many-trigger-word halo concept, one at a time and
-all three at once (one SAE serves every fit, as in the paper). For each it reports
+all three at once. Each fit trains its SAE on the model corpus plus its own prompts (cached by that
+corpus, so a repeated fit reuses it). For each it reports
 
 - probe accuracy of the erased concept on prompts naming it, before → after (goal: ≤ chance), also
   on held-out sentence frames and on trigger words that were NOT used to fit;
