@@ -16,6 +16,10 @@ class BrokenPluginError(ConceptEditError):
     pass
 
 
+class DuplicateNameError(ConceptEditError, ValueError):
+    """Two different things registered under one name, in any registry (the message names both)."""
+
+
 class ConfigError(ConceptEditError, ValueError):
     pass
 

@@ -1,6 +1,15 @@
-"""The plugin registry: in-tree plugins register with ``@register_plugin``; third-party packages
-through the entry-point group ``conceptedit.plugins``. A plugin that fails to import is listed as
-broken with its error and never breaks the others. Duplicate names raise."""
+"""The registries: one shape for all of them, and the plugin registry built on it.
+
+Plugins, edit types, SAE architectures and metrics are each a :class:`Registry`: a name → object
+table filled by a decorator in-tree (or an entry point from another package); registering a
+different object under a taken name raises the same :class:`DuplicateNameError` everywhere.
+
+Plugins register with ``@register_plugin``, third-party packages through the entry-point group
+``conceptedit.plugins``. A plugin that fails to import is listed as broken with its error and never
+breaks the others. Edit types are looked up here (:func:`get_edit_type`) because an edit type is
+defined by the plugin that makes it: a miss imports the plugins first. This module imports nothing
+of conceptedit but its errors at import time, so ``edits`` and ``plugin`` can both depend on it.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +20,46 @@ import pkgutil
 import traceback
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from conceptedit.errors import BrokenPluginError, UnknownPluginError
-from conceptedit.plugin import PLUGIN_KINDS, Plugin
+from conceptedit.errors import ArtifactError, BrokenPluginError, DuplicateNameError, UnknownPluginError
+
+if TYPE_CHECKING:
+    from conceptedit.edits.base import Edit
+    from conceptedit.plugin import Plugin
+
+T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "conceptedit.plugins"
 
-_PLUGINS: dict[str, type[Plugin]] = {}
+
+def _where(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+
+
+class Registry(dict[str, T], Generic[T]):
+    """A name → object table with the behaviour every conceptedit registry shares.
+
+    Read it like a dict; add with :meth:`register`. Registering the same object again (or a class
+    with the same module and qualified name, as when a module is imported twice) is a no-op; a
+    different object under a taken name raises :class:`DuplicateNameError` naming both.
+    """
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+
+    def register(self, name: str, obj: T) -> T:
+        existing = self.get(name)
+        if existing is not None and existing is not obj and _where(existing) != _where(obj):
+            raise DuplicateNameError(f"{self.what} name {name!r} is already registered by {_where(existing)}")
+        self[name] = obj
+        return obj
+
+
+_PLUGINS: Registry[type[Plugin]] = Registry("plugin")
 _BROKEN: dict[str, str] = {}  # name (module or entry point) -> error
+EDIT_TYPES: Registry[type[Edit]] = Registry("edit type")
 _discovered = False
 
 
@@ -41,6 +81,8 @@ class PluginInfo:
 
 def register_plugin(cls: type[Plugin]) -> type[Plugin]:
     """Class decorator: check the declaration and add the plugin to the registry."""
+    from conceptedit.plugin import PLUGIN_KINDS, Plugin
+
     if not (isinstance(cls, type) and issubclass(cls, Plugin)):
         raise TypeError("@register_plugin decorates subclasses of conceptedit.Plugin")
     if not cls.name:
@@ -49,14 +91,7 @@ def register_plugin(cls: type[Plugin]) -> type[Plugin]:
         raise TypeError(f"{cls.name}: kind must be one of {PLUGIN_KINDS}, got {cls.kind!r}")
     if not dataclasses.is_dataclass(cls.Config):
         raise TypeError(f"{cls.name}: Config must be a dataclass")
-    existing = _PLUGINS.get(cls.name)
-    if existing is not None and existing is not cls:
-        if (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise ValueError(
-                f"plugin name {cls.name!r} is already registered by {existing.__module__}.{existing.__qualname__}"
-            )
-    _PLUGINS[cls.name] = cls
-    return cls
+    return _PLUGINS.register(cls.name, cls)
 
 
 def _short_error(exc: BaseException) -> str:
@@ -78,6 +113,8 @@ def _import_in_tree() -> None:
 
 
 def _load_entry_points() -> None:
+    from conceptedit.plugin import Plugin
+
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             loaded = ep.load()
@@ -136,3 +173,14 @@ def get_plugin(name: str) -> type[Plugin]:
         raise BrokenPluginError(f"plugin {name!r} failed to import: {_BROKEN[name]}")
     known = ", ".join(sorted(_PLUGINS)) or "none"
     raise UnknownPluginError(f"unknown plugin {name!r}; available: {known}")
+
+
+def get_edit_type(name: str, plugin: str = "") -> type[Edit]:
+    """The Edit class registered as ``name``, importing the plugins first if it is not known yet."""
+    cls = EDIT_TYPES.get(name)
+    if cls is None:
+        discover()
+        cls = EDIT_TYPES.get(name)
+    if cls is None:
+        raise ArtifactError(f"edit type {name!r} is unknown; install the plugin that made it ({plugin!r})")
+    return cls

@@ -144,3 +144,29 @@ def test_broken_in_tree_module_does_not_break_registry(monkeypatch: pytest.Monke
         bad.unlink()
         registry._BROKEN.pop("zz_broken_for_test", None)
         sys.modules.pop("conceptedit.plugins.zz_broken_for_test", None)
+
+
+def test_duplicate_name_is_one_error_in_every_registry():
+    from conceptedit.edits.base import EDIT_TYPES
+    from conceptedit.errors import DuplicateNameError
+    from conceptedit.eval.metrics import METRICS
+    from conceptedit.sae import SAE_ARCHITECTURES
+
+    class Other:
+        pass
+
+    for table in (registry._PLUGINS, EDIT_TYPES, METRICS, SAE_ARCHITECTURES):
+        name = next(iter(table))
+        before = table[name]
+        with pytest.raises(DuplicateNameError, match=f"{table.what} name {name!r} is already registered by"):
+            table.register(name, Other)
+        assert table[name] is before
+
+
+def test_edits_import_without_the_plugin_layer():
+    # edits -> registry must not lead back to plugin -> edits (the old import cycle)
+    import subprocess
+
+    code = "import sys, conceptedit.edits; print('conceptedit.plugin' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

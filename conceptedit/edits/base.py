@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from conceptedit.errors import ArtifactError, ModelMismatchError
 from conceptedit.fingerprint import compare, fingerprint
+from conceptedit.registry import EDIT_TYPES, get_edit_type
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -77,9 +78,6 @@ class Manifest:
         return cls(**data)
 
 
-EDIT_TYPES: dict[str, type[Edit]] = {}
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -114,11 +112,9 @@ class Edit:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.edit_type:
-            if cls.edit_type in EDIT_TYPES and EDIT_TYPES[cls.edit_type] is not cls:
-                raise ValueError(f"edit type {cls.edit_type!r} is registered twice")
             if cls.artifact_kind not in ARTIFACT_KINDS:
                 raise ValueError(f"{cls.__name__}.artifact_kind must be one of {ARTIFACT_KINDS}")
-            EDIT_TYPES[cls.edit_type] = cls
+            EDIT_TYPES.register(cls.edit_type, cls)
 
     def __init__(self, manifest: Manifest, tensors: dict[str, torch.Tensor] | None = None) -> None:
         self.manifest = manifest
@@ -209,17 +205,10 @@ class Edit:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ArtifactError(f"{manifest_path} is corrupted: {exc}") from exc
         manifest = Manifest.from_dict(data, path)
-        cls = EDIT_TYPES.get(manifest.edit_type)
-        if cls is None:
-            from conceptedit.registry import discover
-
-            discover()
-            cls = EDIT_TYPES.get(manifest.edit_type)
-        if cls is None:
-            raise ArtifactError(
-                f"{path}: edit type {manifest.edit_type!r} is unknown; install the plugin that made it "
-                f"({manifest.plugin!r})"
-            )
+        try:
+            cls = get_edit_type(manifest.edit_type, manifest.plugin)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{path}: {exc}") from None
         tensors: dict[str, torch.Tensor] = {}
         for name, digest in manifest.files.items():
             file = path / name

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from conceptedit.eval.store import ImageRow
+from conceptedit.registry import Registry
 
 BASE = "base"  # the edit name of unedited generations
 
@@ -67,14 +68,11 @@ class Metric:
         raise NotImplementedError
 
 
-METRICS: dict[str, type[Metric]] = {}
+METRICS: Registry[type[Metric]] = Registry("metric")
 
 
 def register_metric(cls: type[Metric]) -> type[Metric]:
-    if cls.name in METRICS:
-        raise ValueError(f"metric {cls.name!r} registered twice")
-    METRICS[cls.name] = cls
-    return cls
+    return METRICS.register(cls.name, cls)
 
 
 def create_metric(name: str, options: dict[str, Any] | None = None, device: torch.device | None = None) -> Metric:

@@ -20,20 +20,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from conceptedit.errors import ConfigError
+from conceptedit.registry import Registry
 from conceptedit.sae.kernels import DEFAULT_CHUNK_ELEMS, geometric_median, sparse_decode
 
-SAE_ARCHITECTURES: dict[str, type[SAE]] = {}
+SAE_ARCHITECTURES: Registry[type[SAE]] = Registry("SAE architecture")
 
 
 def register_sae(name: str) -> Callable[[type[SAE]], type[SAE]]:
     """Class decorator adding an architecture to :data:`SAE_ARCHITECTURES` (duplicates are an error)."""
 
     def deco(cls: type[SAE]) -> type[SAE]:
-        if name in SAE_ARCHITECTURES:
-            raise ConfigError(f"SAE architecture {name!r} is already registered")
         cls.architecture = name
-        SAE_ARCHITECTURES[name] = cls
-        return cls
+        return SAE_ARCHITECTURES.register(name, cls)
 
     return deco
 
