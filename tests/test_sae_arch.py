@@ -95,6 +95,23 @@ def test_forward_shapes_and_gradients(arch: str) -> None:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_eval_forward_is_the_inference_path(arch: str, planted) -> None:
+    """``sae.eval()(x)`` is ``decode(encode(x))``, row by row independent of the batch (PyTorch convention);
+    train mode keeps the differentiable training path."""
+    sae = trained(arch, planted[0], steps=4)  # learned inference thresholds for the batch-level selectors
+    x = planted[0][:64]
+    out = sae.eval()(x)
+    codes = sae.encode(x)
+    torch.testing.assert_close(out.recon, sae.decode(codes), rtol=0, atol=0)
+    torch.testing.assert_close(out.codes.to_dense(), codes.to_dense(), rtol=0, atol=0)
+    torch.testing.assert_close(sae(x[:5]).recon, out.recon[:5], rtol=1e-5, atol=1e-5)  # no batch coupling
+    assert out.aux_losses == {}
+    trained_out = sae.train()(x)
+    torch.testing.assert_close(trained_out.recon, sae.train_forward(x).recon)
+    assert trained_out.recon.requires_grad
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_chunked_encode_equals_unchunked(arch: str, planted) -> None:
     """Tiny chunks (many row and latent blocks) give exactly the codes of one big block."""
     sae = trained(arch, planted[0], steps=4)

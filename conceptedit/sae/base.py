@@ -181,7 +181,20 @@ class SAE(nn.Module):
         return (out + self.b_pre) / self.input_scale
 
     def forward(self, x: torch.Tensor) -> SAEOutput:
-        """Codes and reconstruction of raw ``x [N, d_in]`` (the training path, differentiable)."""
+        """Codes and reconstruction of raw ``x [N, d_in]``.
+
+        PyTorch convention: in eval mode this is the inference path, ``decode(encode(x))`` (per-row,
+        batch-independent codes; what SAELens reproduces); in train mode it is :meth:`train_forward`.
+        BatchTopK / mutual / feature choice select latents across the batch in training, so the two
+        paths differ for them.
+        """
+        if not self.training:
+            codes = self.encode(x)
+            return SAEOutput(codes, self.decode(codes).reshape(x.shape))
+        return self.train_forward(x)
+
+    def train_forward(self, x: torch.Tensor) -> SAEOutput:
+        """The training path on raw ``x [N, d_in]`` (differentiable, batch-level selection), any mode."""
         recon, codes, aux = self._train_forward(self._scale(x), None)
         return SAEOutput(codes, recon / self.input_scale, aux)
 
