@@ -99,7 +99,7 @@ def test_shape_mismatch_says_which_tensor(tmp_path) -> None:
 @pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu", "batchtopk", "mutual_choice", "feature_choice"])
 def test_saelens_export_reproduces_our_reconstruction(arch, tmp_path) -> None:
     sae, x = small(arch)
-    export_saelens(sae, tmp_path / "sl")
+    export_saelens(sae, tmp_path / "sl", model_name="tiny", hook_name="text_model.encoder.layers.1")
     w = load_file(str(tmp_path / "sl" / "sae_weights.safetensors"))
     cfg = json.loads((tmp_path / "sl" / "cfg.json").read_text())
     assert w["W_enc"].shape == (D, WIDTH) and w["W_dec"].shape == (WIDTH, D)
@@ -117,8 +117,42 @@ def test_saelens_export_reproduces_our_reconstruction(arch, tmp_path) -> None:
     torch.testing.assert_close(recon, ours, rtol=1e-4, atol=1e-4)
 
 
+def test_export_writes_names_as_strings_or_says_what_to_set(tmp_path) -> None:
+    """SAELens crashes on a null hook_name: the export takes the names from the arguments or ``source``,
+    and refuses (naming what to set) when neither has them."""
+    sae, _ = small("topk")
+    sae.source = {"model": None, "module": None}  # what the trainer records for a tensor (no store metadata)
+    with pytest.raises(ConfigError, match=r"model_name=.*hook_name=.*sae\.source\['module'\]"):
+        export_saelens(sae, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    sae.source = {"model": "shapes", "module": None}
+    with pytest.raises(ConfigError, match="hook_name=") as info:
+        export_saelens(sae, tmp_path / "b")
+    assert "model_name" not in str(info.value)
+    sae.source = {"model": "shapes", "module": "text_model.encoder.layers.2"}
+    cfg = json.loads((export_saelens(sae, tmp_path / "c") / "cfg.json").read_text())
+    assert (cfg["model_name"], cfg["hook_name"]) == ("shapes", "text_model.encoder.layers.2")
+    assert cfg["metadata"] == {"model_name": "shapes", "hook_name": "text_model.encoder.layers.2"}
+    cfg = json.loads((export_saelens(sae, tmp_path / "d", hook_name="h.3") / "cfg.json").read_text())
+    assert cfg["hook_name"] == "h.3" and cfg["metadata"]["hook_name"] == "h.3"
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu", "batchtopk"])
+def test_export_loads_in_real_saelens(arch, tmp_path) -> None:
+    """The export loads with the real ``sae_lens`` package (extra ``saelens``) and reproduces our codes."""
+    sae_lens = pytest.importorskip("sae_lens", reason="sae-lens not installed (pip install -e '.[saelens]')")
+    sae, x = small(arch)
+    sae.source = {"model": "shapes", "module": "text_model.encoder.layers.1"}
+    path = export_saelens(sae, tmp_path / "sl")
+    theirs = sae_lens.SAE.load_from_disk(str(path), device="cpu")
+    assert theirs.cfg.metadata.hook_name == "text_model.encoder.layers.1"
+    with torch.no_grad():
+        recon = theirs.decode(theirs.encode(x[:200]))
+    torch.testing.assert_close(recon, sae.decode(sae.encode(x[:200])).detach(), rtol=1e-4, atol=1e-4)
+
+
 def test_export_refuses_architectures_saelens_lacks(tmp_path) -> None:
     with pytest.raises(ConfigError, match="SAELens has no 'mp'"):
         export_saelens(create_sae("mp", D, WIDTH), tmp_path)
     with pytest.raises(ConfigError, match="no learned inference threshold"):
-        export_saelens(create_sae("batchtopk", D, WIDTH), tmp_path)
+        export_saelens(create_sae("batchtopk", D, WIDTH), tmp_path, model_name="m", hook_name="h")

@@ -120,7 +120,25 @@ def _saelens_threshold(sae: SAE) -> torch.Tensor:
     return th
 
 
-def export_saelens(sae: SAE, path: str | Path) -> Path:
+def _saelens_names(sae: SAE, model_name: str | None, hook_name: str | None) -> tuple[str, str]:
+    """SAELens needs both names as strings (a null ``hook_name`` crashes its loader): the arguments, else
+    ``sae.source`` (set by the trainer from the activation store), else a message saying what to set."""
+    model = model_name if model_name is not None else sae.source.get("model")
+    hook = hook_name if hook_name is not None else sae.source.get("module")
+    missing = [
+        f"{what} (pass {arg}=... or set sae.source[{key!r}], e.g. {example!r})"
+        for value, what, arg, key, example in (
+            (model, "the model's name", "model_name", "model", "shapes"),
+            (hook, "the hooked module", "hook_name", "module", "text_model.encoder.layers.2"),
+        )
+        if not isinstance(value, str) or not value
+    ]
+    if missing:
+        raise ConfigError("SAELens export needs " + " and ".join(missing))
+    return model, hook
+
+
+def export_saelens(sae: SAE, path: str | Path, *, model_name: str | None = None, hook_name: str | None = None) -> Path:
     """Write SAELens' on-disk layout: ``cfg.json`` + ``sae_weights.safetensors``.
 
     ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``, ``b_enc``, ``b_dec`` (+ ``threshold`` for
@@ -128,9 +146,12 @@ def export_saelens(sae: SAE, path: str | Path) -> Path:
     normalisation (pre-activations, hence thresholds, are unchanged by the folding):
     W_enc' = s·W_encᵀ, W_dec' = W_dec / s, b_dec = b_pre / s. Exportable: ReLU (standard), TopK,
     JumpReLU, and BatchTopK / mutual choice / feature choice as JumpReLU with their learned thresholds.
+    ``model_name`` / ``hook_name`` default to ``sae.source``; an SAE with neither is refused (SAELens
+    cannot load a null ``hook_name``).
     """
     if sae.architecture not in SAELENS_ARCH:
         raise ConfigError(f"SAELens has no {sae.architecture!r} architecture; exportable: {sorted(SAELENS_ARCH)}")
+    model, hook = _saelens_names(sae, model_name, hook_name)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     s = float(sae.input_scale)
@@ -152,9 +173,9 @@ def export_saelens(sae: SAE, path: str | Path) -> Path:
         "device": "cpu",
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
-        "model_name": sae.source.get("model"),
-        "hook_name": sae.source.get("module"),
-        "metadata": {"model_name": sae.source.get("model"), "hook_name": sae.source.get("module")},
+        "model_name": model,
+        "hook_name": hook,
+        "metadata": {"model_name": model, "hook_name": hook},
     }
     if sae.architecture == "topk":
         cfg["k"] = sae.k
