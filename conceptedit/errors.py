@@ -42,3 +42,7 @@ class ArtifactError(ConceptEditError):
 
 class ModelMismatchError(ArtifactError):
     pass
+
+
+class ArtifactWriteError(ArtifactError, OSError):
+    """Saving an artifact failed (disk full, permissions); an earlier artifact at the path is unchanged."""

@@ -4,14 +4,14 @@ saved, shared and loaded again.
 An Edit on disk is a folder: tensors in safetensors and ``manifest.json`` (plugin, config, concepts,
 base model id and fingerprints of the components it touches, library versions, file hashes).
 Loading never executes anything from the folder: the manifest's ``edit_type`` selects a class
-registered in this process, and only tensors and JSON are read.
+registered in this process, and only tensors and JSON are read, never outside the folder. File hashes
+and the manifest's own content hash detect accidents and hand edits, not forgery (``storage``).
+Saving replaces only an earlier artifact or an empty folder, never a user's files.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -21,15 +21,24 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from conceptedit.errors import ArtifactError, ModelMismatchError
+from conceptedit.edits.storage import (
+    MANIFEST,
+    check_manifest_types,
+    check_save_target,
+    data_file,
+    manifest_text,
+    read_manifest_file,
+    replace_folder,
+    sha256_file,
+    verify_digest,
+)
+from conceptedit.errors import ArtifactError, ArtifactWriteError, ConceptEditError, ModelMismatchError
 from conceptedit.fingerprint import compare, fingerprint
 from conceptedit.registry import EDIT_TYPES, get_edit_type
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifest content hash, fingerprints with scale + projection
 ARTIFACT_KINDS = ("weight_delta", "lora", "component", "runtime")
 
 Undo = Callable[[], None]
@@ -66,6 +75,7 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: Path) -> Manifest:
+        check_manifest_types(data, where)
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
@@ -76,14 +86,6 @@ class Manifest:
         if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
             raise ArtifactError(f"{where}: artifact format {data['format_version']} is newer than this conceptedit")
         return cls(**data)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def base_fingerprints(pipe: Any, components: list[str]) -> dict[str, dict[str, Any]]:
@@ -134,15 +136,30 @@ class Edit:
     def components(self) -> list[str]:
         return sorted(self.manifest.base_model.get("components", {}))
 
+    def touched_components(self) -> set[str]:
+        """Components whose weights this edit changes (weight edits name them in their tensor keys)."""
+        return set()
+
+    def depends_on(self, pipe: Any, components: list[str]) -> list[str]:
+        """The components whose fingerprints guard this edit: those the plugin named, those it changes,
+        and the text encoder(s) whenever the UNet is changed (a UNet edit is fitted to the embeddings
+        the text encoder gives the concept, so another text encoder makes it miss)."""
+        names = set(components) | self.touched_components()
+        if "unet" in names:
+            names |= {
+                n for n in ("text_encoder", "text_encoder_2") if isinstance(getattr(pipe, n, None), torch.nn.Module)
+            }
+        return sorted(names)
+
     def record_base(self, pipe: Any, components: list[str]) -> None:
-        """Store the base model id, family and fingerprints of ``components`` in the manifest."""
+        """Store the base model id, family and fingerprints of every component the edit depends on."""
         from conceptedit.families import detect_family
         from conceptedit.loading import model_id
 
         self.manifest.base_model = {
             "id": model_id(pipe),
             "family": detect_family(pipe),
-            "components": base_fingerprints(pipe, components),
+            "components": base_fingerprints(pipe, self.depends_on(pipe, components)),
         }
 
     def check_compatible(self, pipe: Any) -> None:
@@ -166,24 +183,26 @@ class Edit:
         return edit_stack(pipe).push(self)
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write the artifact atomically: a failed save leaves an earlier artifact at ``folder`` intact."""
+        """Write the artifact atomically: a failed save leaves an earlier artifact at ``folder`` intact.
+
+        ``folder`` may be new, empty or an earlier artifact; a folder holding anything else, or a
+        file, is refused (saving replaces the whole folder, so those files would be lost).
+        """
         target = Path(folder)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        check_save_target(target)
+        tmp: Path | None = None
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
             files = self._write_tensors(tmp)
-            self.manifest.files = {name: _sha256(tmp / name) for name in files}
-            (tmp / MANIFEST).write_text(json.dumps(asdict(self.manifest), indent=2, sort_keys=True))
-            if target.exists():
-                backup = target.with_name(f".{target.name}.old")
-                shutil.rmtree(backup, ignore_errors=True)
-                target.rename(backup)
-                tmp.rename(target)
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                tmp.rename(target)
+            self.manifest.files = {name: sha256_file(tmp / name) for name in files}
+            (tmp / MANIFEST).write_text(manifest_text(asdict(self.manifest)))
+            replace_folder(tmp, target)
+        except OSError as exc:
+            raise ArtifactWriteError(f"could not save the edit to {target}: {exc}") from exc
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
         return target
 
     def _write_tensors(self, folder: Path) -> list[str]:
@@ -195,33 +214,46 @@ class Edit:
 
     @staticmethod
     def load(folder: str | os.PathLike) -> Edit:
-        """Read an artifact folder, verifying file hashes; nothing in it is executed."""
+        """Read an artifact folder, verifying the manifest's and every file's hash; nothing in it is
+        executed and nothing outside it is read. Any problem is an ArtifactError."""
         path = Path(folder)
-        manifest_path = path / MANIFEST
-        if not manifest_path.is_file():
-            raise ArtifactError(f"{path} is not an edit artifact (no {MANIFEST})")
+        data = read_manifest_file(path)
+        check_manifest_types(data, path)
+        for key in ("edit_type", "plugin"):
+            if key not in data:
+                raise ArtifactError(f"{path}: manifest lacks {key!r}")
         try:
-            data = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ArtifactError(f"{manifest_path} is corrupted: {exc}") from exc
-        manifest = Manifest.from_dict(data, path)
-        try:
-            cls = get_edit_type(manifest.edit_type, manifest.plugin)
+            cls = get_edit_type(data["edit_type"], data["plugin"])
         except ArtifactError as exc:
             raise ArtifactError(f"{path}: {exc}") from None
+        manifest = Manifest.from_dict(verify_digest(data, path), path)
+        if manifest.artifact_kind != cls.artifact_kind:
+            raise ArtifactError(
+                f"{path}: edit type {manifest.edit_type!r} is a {cls.artifact_kind} edit, "
+                f"not {manifest.artifact_kind!r} as the manifest says"
+            )
         tensors: dict[str, torch.Tensor] = {}
         for name, digest in manifest.files.items():
-            file = path / name
-            if not file.is_file():
-                raise ArtifactError(f"{path}: file {name} listed in the manifest is missing")
-            if _sha256(file) != digest:
-                raise ArtifactError(f"{file} does not match its hash in the manifest: truncated or modified")
+            file = data_file(path, name, digest)
             if name.endswith(".safetensors"):
                 try:
-                    tensors.update(load_file(str(file)))
-                except (SafetensorError, OSError) as exc:
-                    raise ArtifactError(f"{file} is not a readable safetensors file: {exc}") from exc
-        return cls(manifest, tensors)
+                    loaded = load_file(str(file))
+                except Exception as exc:  # noqa: BLE001 - any parse failure of a hashed file is corruption
+                    message = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                    raise ArtifactError(f"{file} is not a readable safetensors file: {message}") from None
+                clash = sorted(set(loaded) & set(tensors))
+                if clash:
+                    raise ArtifactError(f"{file} repeats tensor {clash[0][:80]!r} of another file of the artifact")
+                tensors.update(loaded)
+        try:
+            return cls(manifest, tensors)
+        except ConceptEditError as exc:
+            raise ArtifactError(f"{path}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a subclass's checks tripping over malformed content
+            message = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise ArtifactError(
+                f"{path}: not a valid {manifest.edit_type} artifact ({type(exc).__name__}: {message})"
+            ) from None
 
     def __repr__(self) -> str:
         m = self.manifest

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from conceptedit.edits.base import Undo
-from conceptedit.edits.weights import WeightDeltaEdit, resolve_parameter
+from conceptedit.edits.weights import WeightDeltaEdit, check_weight_tensor, resolve_parameter
 from conceptedit.errors import ArtifactError, ModelMismatchError
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -39,6 +39,8 @@ class LoRAEdit(WeightDeltaEdit):
         ups = {k[: -len(".lora_B.weight")] for k in self.tensors if k.endswith(".lora_B.weight")}
         if downs != ups or len(downs) * 2 != len(self.tensors):
             raise ArtifactError("LoRA tensors must come in lora_A/lora_B pairs and nothing else")
+        for key, tensor in self.tensors.items():
+            check_weight_tensor(key, tensor)
 
     @property
     def modules(self) -> list[str]:

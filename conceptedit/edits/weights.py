@@ -22,6 +22,14 @@ def split_key(key: str) -> tuple[str, str]:
     return component, name
 
 
+def check_weight_tensor(key: str, tensor: torch.Tensor) -> None:
+    """Weights must be finite floats: a NaN or infinity would silently turn every image black."""
+    if not tensor.is_floating_point():
+        raise ArtifactError(f"tensor {key[:120]!r} must be floating point")
+    if not bool(torch.isfinite(tensor).all()):
+        raise ArtifactError(f"tensor {key[:120]!r} holds NaN or infinite values")
+
+
 def resolve_parameter(pipe: Any, key: str) -> torch.Tensor:
     component, name = split_key(key)
     module = getattr(pipe, component, None)
@@ -47,8 +55,10 @@ class WeightDeltaEdit(Edit):
     def validate(self) -> None:
         for key, tensor in self.tensors.items():
             split_key(key)
-            if not tensor.is_floating_point():
-                raise ArtifactError(f"tensor {key!r} must be floating point")
+            check_weight_tensor(key, tensor)
+
+    def touched_components(self) -> set[str]:
+        return {split_key(key)[0] for key in self.tensors}
 
     def _new_value(self, param: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
         return param.detach().float() + stored.to(param.device, torch.float32)
