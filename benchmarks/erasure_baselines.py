@@ -39,7 +39,7 @@ from conceptedit.eval.metrics import ProbeAccuracy
 from conceptedit.eval.shapes_erasure import chance_level, score_images
 from conceptedit.eval.shapes_prompts import concept_family, erasure_prompt_set
 from conceptedit.generation import generate
-from conceptedit.loading import load_pipeline, plugin_presets
+from conceptedit.loading import load_pipeline
 from conceptedit.plugin import Request
 from conceptedit.registry import get_plugin
 
@@ -48,13 +48,6 @@ CONCEPTS = ("circle", "zorblax", "striped")
 PLUGINS = ("fewshot-unlearning", "esd", "uce")
 EVAL_SEED = 0  # prompt-set seed of the evaluation; few-shot training images use another one
 TRAIN_SEED = 1
-
-
-# Model-specific values for the shapes model, used unless the model folder ships its own presets
-# (``conceptedit.json`` → ``plugin_presets``). Measured on a 34-minute checkpoint: with the paper's lr 1e-5
-# eight steps leave the small, from-scratch text encoder's outputs unchanged (probe accuracies identical);
-# 1e-4 moves a paraphrase score a little; 1e-3 erases.
-SHAPES_FALLBACK_PRESETS = {"fewshot-unlearning": {"lr": 1e-3}}
 
 
 def run_config(plugin: str, concept: str) -> dict[str, Any]:
@@ -120,8 +113,6 @@ def main() -> None:
     parser.add_argument("--probe", default=None, help="probe folder (default: <model>/probe, else the shipped one)")
     parser.add_argument("--set", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
                         help="extra config override, e.g. esd.iterations=20 (recorded in the JSON)")  # fmt: skip
-    parser.add_argument("--shapes-presets", action="store_true",
-                        help="apply the shapes-model fallback presets to a --model folder too")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -150,11 +141,7 @@ def main() -> None:
         for run in plugins:
             label, _, name = run.rpartition(":")
             label = label or name
-            shipped = plugin_presets(pipe, name)
-            fallback = {k: v for k, v in SHAPES_FALLBACK_PRESETS.get(name, {}).items() if k not in shipped}
-            if not (args.model == "shapes" or args.shapes_presets):
-                fallback = {}
-            config = {**fallback, **run_config(name, concept)}
+            config = run_config(name, concept)
             for item in args.set:
                 key, _, value = item.partition("=")
                 if key.startswith(label + "."):

@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="*", default=[])
     parser.add_argument("--set", nargs="*", default=[], help="ItD config overrides key=value")
     args = parser.parse_args()
-    from conceptedit.config import parse_overrides
+    from conceptedit.toolkit import parse_overrides
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline("shapes")

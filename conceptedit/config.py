@@ -38,14 +38,13 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return None
         if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"config key {key!r}: cannot read {value!r} as {annotation}")
     if origin is typing.Literal:
         if value in args:
@@ -106,13 +105,3 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
-
-def parse_overrides(pairs: list[str]) -> dict[str, str]:
-    """``["lr=1e-5", "steps=20"]`` → dict; a pair without ``=`` is an error."""
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        out[key.strip()] = value.strip()
-    return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from conceptedit.errors import UnsupportedModelError
+
 SD1 = "sd1"
 SD2 = "sd2"
 SDXL = "sdxl"
@@ -38,3 +40,14 @@ def detect_family(pipe: Any) -> str:
     unet = getattr(pipe, "unet", None)
     unet_config = dict(unet.config) if unet is not None else None
     return family_from_class_and_unet(type(pipe).__name__, unet_config)
+
+
+def require_family(pipe: Any, supported: tuple[str, ...], what: str) -> str:
+    """Raise before any work when ``what`` (a plugin) does not support the pipeline's family."""
+    family = detect_family(pipe)
+    if family not in supported:
+        raise UnsupportedModelError(
+            f"{what} supports model families {', '.join(supported)}, but this pipeline "
+            f"({type(pipe).__name__}) is {family!r}"
+        )
+    return family

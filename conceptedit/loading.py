@@ -15,14 +15,13 @@ from typing import Any
 import torch
 
 from conceptedit.devices import pick_device, pick_dtype
-from conceptedit.errors import ModelLoadError, UnsupportedModelError
-from conceptedit.families import SD_FAMILIES, detect_family
+from conceptedit.errors import ModelLoadError
+from conceptedit.families import SD_FAMILIES, require_family
+from conceptedit.toolkit import DEFAULT_MODEL, MODEL_SETTINGS_FILE
 
 # Built-in models: alias -> "module:function" returning the model folder. Resolved lazily so that
 # importing conceptedit stays cheap and a missing built-in model only fails when asked for.
 BUILTIN_MODELS: dict[str, str] = {"shapes": "conceptedit.pipelines.shapes:model_dir"}
-DEFAULT_MODEL = "shapes"
-DEFAULTS_FILE = "conceptedit.json"  # optional generation defaults and plugin presets next to model_index.json
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
@@ -171,12 +170,12 @@ def load_pipeline(
 
 
 def _read_settings(folder: Path | None) -> dict[str, Any]:
-    if folder is None or not (folder / DEFAULTS_FILE).is_file():
+    if folder is None or not (folder / MODEL_SETTINGS_FILE).is_file():
         return {}
     try:
-        return dict(json.loads((folder / DEFAULTS_FILE).read_text()))
+        return dict(json.loads((folder / MODEL_SETTINGS_FILE).read_text()))
     except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{folder / DEFAULTS_FILE} is not valid JSON: {exc}") from exc
+        raise ModelLoadError(f"{folder / MODEL_SETTINGS_FILE} is not valid JSON: {exc}") from exc
 
 
 def model_id(pipe: Any) -> str:
@@ -199,17 +198,6 @@ def plugin_presets(pipe: Any, plugin: str) -> dict[str, Any]:
     """Config values a model folder recommends for a plugin (``conceptedit.json`` → ``plugin_presets``),
     e.g. a small SAE width for a small model. Explicit user values override them."""
     return dict((getattr(pipe, "_conceptedit_presets", {}) or {}).get(plugin, {}))
-
-
-def require_family(pipe: Any, supported: tuple[str, ...], what: str) -> str:
-    """Raise before any work when ``what`` (a plugin) does not support the pipeline's family."""
-    family = detect_family(pipe)
-    if family not in supported:
-        raise UnsupportedModelError(
-            f"{what} supports model families {', '.join(supported)}, but this pipeline "
-            f"({type(pipe).__name__}) is {family!r}"
-        )
-    return family
 
 
 __all__ = ["load_pipeline", "model_id", "generation_defaults", "require_family", "SD_FAMILIES"]

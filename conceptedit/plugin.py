@@ -7,7 +7,7 @@ A plugin reads top to bottom like the paper's method section: ``Config`` (datacl
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -15,17 +15,11 @@ from typing import Any, ClassVar, Literal
 from conceptedit.config import config_from_dict, config_to_dict
 from conceptedit.edits.base import Edit, Manifest
 from conceptedit.errors import RequestError
-from conceptedit.families import SD_FAMILIES
-from conceptedit.loading import require_family
+from conceptedit.families import SD_FAMILIES, require_family
+from conceptedit.toolkit import Progress, no_progress
 
 PluginKind = Literal["erase", "edit", "analyze", "attack"]
 PLUGIN_KINDS: tuple[str, ...] = ("erase", "edit", "analyze", "attack")
-
-Progress = Callable[[float, str], None]
-
-
-def _no_progress(_fraction: float, _message: str) -> None:
-    return None
 
 
 def _clean_concepts(values: Sequence[str] | str | None, what: str) -> list[str]:
@@ -101,7 +95,7 @@ class Plugin:
         """Raise before any work if the pipeline's family is not supported; return the family."""
         return require_family(pipe, self.families, f"plugin {self.name!r}")
 
-    def fit(self, pipe: Any, request: Request, progress: Progress = _no_progress) -> Any:
+    def fit(self, pipe: Any, request: Request, progress: Progress = no_progress) -> Any:
         raise NotImplementedError
 
     def manifest(self, edit_type: str, artifact_kind: str, request: Request, **extra: Any) -> Manifest:
@@ -160,11 +154,11 @@ class ImageEditPlugin(Plugin):
         target_prompt: str,
         *,
         seed: int = 0,
-        progress: Progress = _no_progress,
+        progress: Progress = no_progress,
     ) -> Any:
         raise NotImplementedError
 
-    def fit(self, pipe: Any, request: Request, progress: Progress = _no_progress) -> Any:
+    def fit(self, pipe: Any, request: Request, progress: Progress = no_progress) -> Any:
         extra = request.extra
         missing = [k for k in ("image", "source_prompt", "target_prompt") if k not in extra]
         if missing:

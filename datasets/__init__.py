@@ -1,1 +1,3 @@
-"""Prompt sets (CSV: prompt, evaluation_seed, case_number) and data generators (the shapes world)."""
+"""``conceptedit.datasets``: data generators — today the procedural shapes world (``datasets.shapes``:
+vocabulary, rendering, captions) the built-in model is trained on. Prompt-set files and their reader
+are in ``conceptedit.eval.prompts``."""

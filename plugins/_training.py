@@ -10,22 +10,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import torch
 
 from conceptedit.edits import LoRAEdit, Manifest, WeightDeltaEdit, lora_tensors_from_peft
 from conceptedit.errors import ConfigError
-
-
-def text_embeddings(text_encoder: torch.nn.Module, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
-    """Last hidden states for ``prompts`` padded to the tokenizer's max length (as SD pipelines encode)."""
-    ids = tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    )
-    device = next(text_encoder.parameters()).device
-    mask = ids.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
-    return text_encoder(ids.input_ids.to(device), attention_mask=mask)[0]
 
 
 def trainable_copy(module: torch.nn.Module, dtype: torch.dtype = torch.float32) -> torch.nn.Module:

@@ -50,10 +50,10 @@ from tqdm.auto import tqdm
 
 from conceptedit.edits import WeightDeltaEdit
 from conceptedit.families import SD_FAMILIES
-from conceptedit.loading import generation_defaults
-from conceptedit.plugin import Plugin, Progress, Request, _no_progress
+from conceptedit.plugin import Plugin, Request
 from conceptedit.plugins._training import Trainable, linear_module_names, trainable_copy
 from conceptedit.registry import register_plugin
+from conceptedit.toolkit import Progress, default_resolution, no_progress
 
 TrainMethod = Literal["esd-x", "esd-x-strict", "esd-u", "esd-all"]
 
@@ -126,7 +126,7 @@ class ESDPlugin(Plugin):
     summary = "Fine-tune the UNet so the concept's score follows the model's own negatively guided score."
     paper = "Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023"
 
-    def fit(self, pipe: Any, request: Request, progress: Progress = _no_progress) -> WeightDeltaEdit:
+    def fit(self, pipe: Any, request: Request, progress: Progress = no_progress) -> WeightDeltaEdit:
         self.check_pipeline(pipe)
         cfg = self.config
         start = time.perf_counter()
@@ -146,9 +146,7 @@ class ESDPlugin(Plugin):
                 source = pipe.encode_prompt(cfg.erase_from, device, 1, False)[0] if cfg.erase_from else cond
                 encoded.append((cond.float(), uncond.float(), source.float()))
         scheduler = copy.deepcopy(pipe.scheduler)  # the pipeline's own scheduler stays untouched
-        size = cfg.resolution or int(
-            generation_defaults(pipe).get("height") or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        )
+        size = cfg.resolution or default_resolution(pipe)
         latent_shape = (1, pipe.unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
         gen = torch.Generator("cpu").manual_seed(cfg.seed)
         sampler = frozen if cfg.sampler == "frozen" else student

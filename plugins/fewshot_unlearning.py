@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -54,10 +53,10 @@ from tqdm.auto import tqdm
 from conceptedit.edits import WeightDeltaEdit
 from conceptedit.errors import RequestError
 from conceptedit.families import SD_FAMILIES
-from conceptedit.loading import generation_defaults
-from conceptedit.plugin import Plugin, Progress, Request, _no_progress
-from conceptedit.plugins._training import Trainable, linear_module_names, text_embeddings, trainable_copy
+from conceptedit.plugin import Plugin, Request
+from conceptedit.plugins._training import Trainable, linear_module_names, trainable_copy
 from conceptedit.registry import register_plugin
+from conceptedit.toolkit import Progress, default_resolution, encode_prompts, expand_images, no_progress
 
 # Textual-inversion templates (diffusers examples/textual_inversion), as the reference's data.py uses them.
 OBJECT_TEMPLATES = (
@@ -79,7 +78,6 @@ STYLE_TEMPLATES = (
     "a rendition in the style of {}", "a nice painting in the style of {}", "a small painting in the style of {}",
     "a weird painting in the style of {}", "a large painting in the style of {}",
 )  # fmt: skip
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 EVAL_TIMESTEP_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 ParamGroup = Literal["mlp-final-attn", "mlp-only", "attn-only", "mlp-attn", "all"]
@@ -138,17 +136,6 @@ def text_encoder_module_names(text_encoder: torch.nn.Module, group: str, lora: b
     return linear_module_names(text_encoder, keep)
 
 
-def image_paths(paths: list[Path]) -> list[Path]:
-    """Files as given; folders expand to the images inside (sorted)."""
-    out: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            out.append(p)
-    return out
-
-
 def to_tensor(image: Image.Image, size: int, flip: bool) -> torch.Tensor:
     """``[-1, 1]`` CHW tensor, bicubic-resized to ``size`` (no centre crop, as in the reference)."""
     image = image.convert("RGB").resize((size, size), resample=Image.Resampling.BICUBIC)
@@ -172,10 +159,7 @@ class FewShotUnlearningPlugin(Plugin):
     def images(self, pipe: Any, request: Request) -> list[Image.Image]:
         cfg = self.config
         if request.images:
-            files = image_paths(request.images)
-            if not files:
-                raise RequestError(f"no {'/'.join(IMAGE_SUFFIXES)} images in {[str(p) for p in request.images]}")
-            return [Image.open(f) for f in files]
+            return [Image.open(f) for f in expand_images(request.images)]
         if not cfg.images_from_model:
             raise RequestError(
                 "fewshot-unlearning needs a few images of the concept: pass Request(images=[folder or files]) "
@@ -203,7 +187,7 @@ class FewShotUnlearningPlugin(Plugin):
         self, pipe: Any, text_encoder: torch.nn.Module, noise_scheduler: Any, latents, noise, timesteps, prompts
     ) -> torch.Tensor:
         unet = pipe.unet
-        embeds = text_embeddings(text_encoder, pipe.tokenizer, prompts).to(unet.dtype)
+        embeds = encode_prompts(text_encoder, pipe.tokenizer, prompts).to(unet.dtype)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         pred = unet(noisy.to(unet.dtype), timesteps.to(unet.device), encoder_hidden_states=embeds).sample.float()
         if noise_scheduler.config.prediction_type == "v_prediction":
@@ -212,7 +196,7 @@ class FewShotUnlearningPlugin(Plugin):
             target = noise
         return torch.nn.functional.mse_loss(pred, target)
 
-    def fit(self, pipe: Any, request: Request, progress: Progress = _no_progress) -> WeightDeltaEdit:
+    def fit(self, pipe: Any, request: Request, progress: Progress = no_progress) -> WeightDeltaEdit:
         self.check_pipeline(pipe)
         from diffusers import DDPMScheduler
 
@@ -221,9 +205,7 @@ class FewShotUnlearningPlugin(Plugin):
         gen = torch.Generator("cpu").manual_seed(cfg.seed)
         concept = request.targets[0] if len(request.targets) == 1 else ", ".join(request.targets)
         templates = OBJECT_TEMPLATES if cfg.template_set == "object" else STYLE_TEMPLATES
-        size = cfg.resolution or int(
-            generation_defaults(pipe).get("height") or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        )
+        size = cfg.resolution or default_resolution(pipe)
         progress(0.0, "encoding images")
         images = self.images(pipe, request)
         latents = self.encode(pipe, images, size, gen).to(pipe.unet.device)

@@ -30,14 +30,13 @@ Deviations, and why:
   the same relative depth (0.75) for others.
 - **Padding at inference.** Prompts are tokenised exactly as the pipeline's ``encode_prompt`` does
   (padded to ``model_max_length``) both for calibration and at inference.
-- The reference's defects listed in METHODS.md (a None comparison in the nudity path, a hard-coded
+- The reference's defects (a None comparison in the nudity path, a hard-coded
   device, dense 2^19-wide pre-activations per batch) do not apply: encoding is chunked (sparse).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,10 +49,10 @@ from conceptedit.edits.runtime import ActivationHookEdit, PromptDecision
 from conceptedit.errors import ConceptEditError, RequestError
 from conceptedit.families import SD_FAMILIES
 from conceptedit.hooks import get_submodule, run_until
-from conceptedit.plugin import Plugin, Progress, Request, _no_progress
+from conceptedit.plugin import Plugin, Request
 from conceptedit.registry import register_plugin
-from conceptedit.sae.collect import read_prompts
 from conceptedit.sae.io import sae_config, sae_from_state
+from conceptedit.toolkit import Progress, no_progress, payload_hash, read_prompts, tokenize
 
 # Prompt frames for target and retain prompts when the request gives none (reference: simple
 # "a photo of {}"-style prompts per concept).
@@ -116,9 +115,7 @@ def cache_root() -> Path:
 
 
 def _tokenize(pipe: Any, prompts: list[str]) -> torch.Tensor:
-    tok = pipe.tokenizer
-    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-    return ids.input_ids.to(pipe.text_encoder.device)
+    return tokenize(pipe.tokenizer, prompts, pipe.text_encoder.device).input_ids
 
 
 class ItDEdit(ActivationHookEdit):
@@ -285,7 +282,7 @@ class ItDPlugin(Plugin):
             "batch": c.train_batch_prompts, "seed": c.seed,
             "corpus": hashlib.sha256("\n".join(corpus).encode()).hexdigest(),
         }  # fmt: skip
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return payload_hash(payload)
 
     def get_sae(self, pipe: Any, request: Request, layer: int, corpus: list[str], progress: Progress) -> Any:
         from conceptedit.sae import TrainConfig, collect_activations, load_sae, save_sae, train_sae
@@ -294,7 +291,10 @@ class ItDPlugin(Plugin):
         if c.sae_path:
             sae = load_sae(c.sae_path)
             if sae.d_in != pipe.text_encoder.config.hidden_size:
-                raise RequestError(f"SAE at {c.sae_path} has d_in={sae.d_in}, the text encoder {sae.d_in}")
+                raise RequestError(
+                    f"SAE at {c.sae_path} has d_in={sae.d_in}, but the text encoder's hidden size is "
+                    f"{pipe.text_encoder.config.hidden_size}"
+                )
             return sae
         corpus = self.corpus(corpus, request)
         folder = cache_root() / "itd-sae" / self.sae_cache_key(pipe, layer, corpus)
@@ -349,7 +349,7 @@ class ItDPlugin(Plugin):
         return torch.tensor(sorted(features), dtype=torch.long)
 
     # -- fit -----------------------------------------------------------------------------------
-    def fit(self, pipe: Any, request: Request, progress: Progress = _no_progress) -> ItDEdit:
+    def fit(self, pipe: Any, request: Request, progress: Progress = no_progress) -> ItDEdit:
         self.check_pipeline(pipe)
         layer = layer_index(pipe.text_encoder, self.config.layer)
         corpus = self.shipped_corpus(pipe)

@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 from conceptedit.edits.runtime import NegativePromptEdit
 from conceptedit.families import SD_FAMILIES
-from conceptedit.plugin import Plugin, Progress, Request, _no_progress
+from conceptedit.plugin import Plugin, Request
 from conceptedit.registry import register_plugin
+from conceptedit.toolkit import Progress, no_progress
 
 
 @dataclass
@@ -36,7 +37,7 @@ class NegativePromptPlugin(Plugin):
     summary = "Erase at inference by adding the concept to the negative prompt (SLD/Geom-Erasing baseline)."
     paper = "Schramowski et al., Safe Latent Diffusion, CVPR 2023 (baseline)"
 
-    def fit(self, pipe: Any, request: Request, progress: Progress = _no_progress) -> NegativePromptEdit:
+    def fit(self, pipe: Any, request: Request, progress: Progress = no_progress) -> NegativePromptEdit:
         self.check_pipeline(pipe)
         text = self.config.separator.join(request.targets)
         manifest = self.manifest("negative_prompt", "runtime", request, negative_text=text, mode=self.config.mode)

@@ -11,7 +11,7 @@ rewrite, commit 28c81ed):
    (index ``attention_mask.sum() − 2``: the token before EOS). The guide's key is taken the same way;
    for the default guide ``""`` that index is the BOS token.
 3. ``W = (e Σ v*cᵀ + p Σ W_old c_p c_pᵀ + λ W_old)(e Σ c cᵀ + p Σ c_p c_pᵀ + λ I)⁻¹``, with
-   ``v* = W_old c_guide``, solved for all layers by :func:`conceptedit.uce_solver.uce_closed_form`.
+   ``v* = W_old c_guide``, solved for all layers by :func:`conceptedit.sparsity.ridge.uce_closed_form`.
 4. Defaults are the reference's: ``erase_scale = 1``, ``preserve_scale = 1``, ``lamb = 0.5``, guide
    ``""`` (object erasure; the reference uses ``"art"`` for art styles), no prompt expansion; preserve
    concepts are the request's ``preserve`` list (none by default, as in the reference).
@@ -36,9 +36,10 @@ import torch
 from conceptedit.edits import WeightDeltaEdit
 from conceptedit.errors import RequestError
 from conceptedit.families import SD_FAMILIES
-from conceptedit.plugin import Plugin, Progress, Request, _no_progress
+from conceptedit.plugin import Plugin, Request
 from conceptedit.registry import register_plugin
-from conceptedit.uce_solver import uce_closed_form
+from conceptedit.sparsity.ridge import uce_closed_form
+from conceptedit.toolkit import Progress, no_progress, tokenize
 
 OBJECT_TEMPLATES = ("image of {}", "photo of {}", "portrait of {}", "picture of {}", "painting of {}")
 ART_TEMPLATES = ("painting by {}", "art by {}", "artwork by {}", "picture by {}", "style of {}")
@@ -75,13 +76,7 @@ def concept_keys(pipe: Any, prompts: list[str], token: str = "last") -> list[tor
     out = []
     for prompt in prompts:
         embeds = pipe.encode_prompt(prompt, device, 1, False)[0][0].float().cpu()
-        ids = pipe.tokenizer(
-            prompt,
-            padding="max_length",
-            max_length=pipe.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
+        ids = tokenize(pipe.tokenizer, [prompt])
         last = int(ids.attention_mask[0].sum()) - 2
         out.append(embeds[last : last + 1] if token == "last" else embeds[last:])
     return out
@@ -114,7 +109,7 @@ class UCEPlugin(Plugin):
             out += [t.format(c) for c in concepts for t in templates]
         return out
 
-    def fit(self, pipe: Any, request: Request, progress: Progress = _no_progress) -> WeightDeltaEdit:
+    def fit(self, pipe: Any, request: Request, progress: Progress = no_progress) -> WeightDeltaEdit:
         self.check_pipeline(pipe)
         cfg = self.config
         if cfg.guide in request.targets:

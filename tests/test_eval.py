@@ -164,3 +164,61 @@ def test_compare_two_runs(tmp_path, tiny_model_dir):
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert rows and rows[0]["metric"] == "pixel_distance" and rows[0]["delta"] is not None
+
+
+def test_i2p_per_row_settings_are_honoured_and_keyed(tmp_path, tiny_model_dir):
+    """I2P rows carry their own guidance and size: generated with them (switch on by default), cached under
+    keys that include them, and ignored with ``generation.per_row_settings: false``."""
+    from PIL import Image
+
+    from conceptedit.eval.store import ResultStore
+
+    csv = tmp_path / "i2p.csv"
+    csv.write_text(
+        "prompt,evaluation_seed,case_number,evaluation_guidance,sd_image_width,sd_image_height\n"
+        "cat,10,0,1.5,32,16\n"  # same prompt and seed as case 1, other guidance and size
+        "cat,10,1,9,,\n"
+        "cat,10,2,,,\n"  # no own settings: the config's / model's (guidance 5, 16x16)
+    )
+
+    def run(name: str, **generation) -> tuple[dict, dict[int, Image.Image]]:
+        config = {
+            "name": name, "models": [str(tiny_model_dir)], "edits": [],
+            "prompt_sets": [{"name": "i2p", "csv": str(csv)}], "metrics": ["pixel_distance"],
+            "generation": {"batch_size": 4, **generation},
+            "output": str(tmp_path / name), "cache_dir": str(tmp_path / "cache"),
+        }  # fmt: skip
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        results = evaluate(tmp_path / f"{name}.yaml", progress=False)
+        store = ResultStore(tmp_path / name / "results.sqlite")
+        images = {r.case_number: Image.open(r.image_path).convert("RGB") for r in store.rows()}
+        store.close()
+        return results, images
+
+    results, images = run("on")
+    assert results["config"]["generation"]["per_row_settings"] is True
+    saved = json.loads((tmp_path / "on" / "results.json").read_text())
+    assert saved["config"]["generation"]["per_row_settings"] is True
+    assert images[0].size == (32, 16) and images[1].size == images[2].size == (16, 16)
+    assert images[1].tobytes() != images[2].tobytes()  # guidance 9 vs the default 5, same prompt and seed
+    assert len(list((tmp_path / "cache" / "images").rglob("*.png"))) == 3  # three settings, three keys
+
+    results, images = run("off", per_row_settings=False)
+    assert results["config"]["generation"]["per_row_settings"] is False
+    assert {im.size for im in images.values()} == {(16, 16)}
+    assert images[0].tobytes() == images[1].tobytes() == images[2].tobytes()
+    assert len(list((tmp_path / "cache" / "images").rglob("*.png"))) == 3  # reused case 2's image
+
+
+def test_prompt_csv_row_settings_are_validated_and_written_back(tmp_path):
+    from conceptedit.eval.prompts import read_prompt_csv, write_prompt_csv
+
+    csv = tmp_path / "p.csv"
+    csv.write_text("prompt,evaluation_guidance,sd_image_width,sd_image_height\na,7.5,512.0,\nb,,,\n")
+    rows = read_prompt_csv(csv)
+    assert rows[0].settings == {"guidance_scale": 7.5, "width": 512} and rows[1].settings == {}
+    assert read_prompt_csv(write_prompt_csv(rows, tmp_path / "q.csv")) == rows
+    for bad in ("a,7.5,51.5,", "a,-1,,", "a,nan,,", "a,,,big"):
+        csv.write_text("prompt,evaluation_guidance,sd_image_width,sd_image_height\n" + bad + "\n")
+        with pytest.raises(ConfigError, match="row 2: (evaluation_guidance|sd_image_width|sd_image_height) must"):
+            read_prompt_csv(csv)

@@ -68,7 +68,7 @@ def test_read_prompts(tmp_path) -> None:
     (tmp_path / "bad.csv").write_text("text\nx\n")
     assert read_prompts(tmp_path / "p.txt") == ["a cat", "red dog"]
     assert read_prompts(tmp_path / "p.csv") == ["a cat", "blue dog"]
-    with pytest.raises(ConceptEditError, match="no 'prompt' column"):
+    with pytest.raises(ConceptEditError, match="'prompt' column"):
         read_prompts(tmp_path / "bad.csv")
 
 

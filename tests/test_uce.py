@@ -20,7 +20,7 @@ from conceptedit.errors import ConfigError, RequestError
 from conceptedit.generation import generate
 from conceptedit.plugin import Request
 from conceptedit.registry import get_plugin
-from conceptedit.uce_solver import normal_equation_residual, uce_closed_form, weighted_ridge_edit
+from conceptedit.sparsity.ridge import normal_equation_residual, uce_closed_form, weighted_ridge_edit
 
 SEEDS = [0, 1]
 

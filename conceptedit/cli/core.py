@@ -10,6 +10,7 @@ import typer
 
 from conceptedit.cli import app
 from conceptedit.errors import ConceptEditError
+from conceptedit.toolkit import DEFAULT_MODEL
 
 ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="Built-in name, diffusers folder, .safetensors file or hub id.")
@@ -43,7 +44,7 @@ def plugins_command(
 @app.command("generate")
 def generate_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for PNGs and per-image JSON.")],
-    model: ModelOpt = "shapes",
+    model: ModelOpt = DEFAULT_MODEL,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="A prompt (repeatable).")] = None,
     prompts_csv: Annotated[Path | None, typer.Option(help="CSV with prompt[, evaluation_seed, case_number].")] = None,
     seed: Annotated[int, typer.Option(help="Seed for prompts without their own.")] = 0,
@@ -109,7 +110,7 @@ def erase_command(
     method: Annotated[str, typer.Option("--method", help="Plugin name (see `conceptedit plugins`).")],
     concept: Annotated[list[str], typer.Option("--concept", "-c", help="Concept to erase (repeatable).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the edit artifact to.")],
-    model: ModelOpt = "shapes",
+    model: ModelOpt = DEFAULT_MODEL,
     preserve: Annotated[list[str] | None, typer.Option(help="Concept to preserve (repeatable).")] = None,
     image: Annotated[
         list[Path] | None, typer.Option(help="Image of the concept (repeatable; few-shot methods).")
@@ -121,10 +122,10 @@ def erase_command(
     """Fit an erase plugin on a model and write the edit artifact folder."""
     from tqdm.auto import tqdm
 
-    from conceptedit.config import parse_overrides
     from conceptedit.loading import load_pipeline
     from conceptedit.plugin import Request
     from conceptedit.registry import get_plugin
+    from conceptedit.toolkit import parse_overrides
 
     plugin_cls = get_plugin(method)
     overrides = parse_overrides(set_ or [])

@@ -6,11 +6,13 @@ from typing import Annotated
 
 import typer
 
+from conceptedit.toolkit import DEFAULT_MODEL
+
 
 def demo_command(
     model: Annotated[
         str, typer.Option("--model", "-m", help="Built-in name, diffusers folder, .safetensors file or hub id.")
-    ] = "shapes",
+    ] = DEFAULT_MODEL,
     host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: GRADIO_SERVER_PORT, else 7860).")] = None,
     device: Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: best available).")] = None,

@@ -8,27 +8,13 @@ from typing import Annotated
 
 import typer
 
-from conceptedit.errors import ConfigError
+from conceptedit.toolkit import DEFAULT_MODEL, parse_overrides, read_prompts
 
 sae_app = typer.Typer(
     name="sae",
     help="Sparse autoencoders on any module of a pipeline: collect activations, train, evaluate.",
     no_args_is_help=True,
 )
-
-
-def _parse_options(options: list[str] | None) -> dict[str, object]:
-    """``--opt key=value`` pairs for architecture-specific settings (values parsed as JSON if possible)."""
-    out: dict[str, object] = {}
-    for item in options or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--opt expects key=value, got {item!r}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 @sae_app.command("collect")
@@ -40,7 +26,7 @@ def collect_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Empty folder for the activation store.")],
     model: Annotated[
         str, typer.Option("--model", "-m", help="Built-in name, diffusers folder, file or hub id.")
-    ] = "shapes",
+    ] = DEFAULT_MODEL,
     batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 32,
     padding: Annotated[str, typer.Option(help="'longest' (batch's longest prompt) or 'max_length'.")] = "longest",
     keep_bos: Annotated[bool, typer.Option("--keep-bos", help="Also store the BOS position.")] = False,
@@ -50,7 +36,7 @@ def collect_command(
 ) -> None:
     """Run prompts through the text encoder and store a module's token activations on disk."""
     from conceptedit.loading import load_pipeline, model_id
-    from conceptedit.sae.collect import collect_activations, read_prompts
+    from conceptedit.sae.collect import collect_activations
 
     texts = read_prompts(prompts)
     pipe = load_pipeline(model, device=device, dtype="float32")
@@ -98,7 +84,7 @@ def train_command(
     if resume:
         trainer = SAETrainer.resume(out, store, device=device)
     else:
-        kw = _parse_options(opt)
+        kw = parse_overrides(opt, "--opt", json_values=True)
         if k is not None:
             kw["k"] = k
         kw.setdefault("seed", seed)

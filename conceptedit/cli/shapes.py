@@ -15,8 +15,6 @@ shapes_app = typer.Typer(
     no_args_is_help=True,
 )
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-
 
 @shapes_app.command("world")
 def world_command(
@@ -121,21 +119,6 @@ def train_command(
         "unet_steps": report["unet"]["steps"], "unet_final_loss": report["unet"]["final_loss"]}))  # fmt: skip
 
 
-def _image_paths(items: list[Path]) -> list[Path]:
-    paths: list[Path] = []
-    for item in items:
-        if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise ConceptEditError(f"folder {item} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            paths += found
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise ConceptEditError(f"{item} is neither an image file nor a folder")
-    return paths
-
-
 def probe_command(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
     as_json: Annotated[bool, typer.Option("--json", help="JSON with full distributions per family.")] = False,
@@ -145,8 +128,9 @@ def probe_command(
     from PIL import Image, UnidentifiedImageError
 
     from conceptedit.eval.probe import Probe
+    from conceptedit.toolkit import expand_images
 
-    paths = _image_paths(images)
+    paths = expand_images(images)
     pil = []
     for p in paths:
         try:

@@ -14,10 +14,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from conceptedit.toolkit import DEFAULT_MODEL
+
 DEFAULT_HOST = "127.0.0.1"
 
 
-def create_app(model: str | Any = "shapes", device: str | None = None, dtype: str | None = None, **kwargs: Any):
+def create_app(model: str | Any = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None, **kwargs: Any):
     """The demo's ``gr.Blocks`` on ``model`` (a load_pipeline source, or a loaded pipeline)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
@@ -34,7 +36,7 @@ def create_app(model: str | Any = "shapes", device: str | None = None, dtype: st
 
 
 def serve(
-    model: str = "shapes",
+    model: str = DEFAULT_MODEL,
     host: str | None = None,
     port: int | None = None,
     device: str | None = None,
@@ -58,7 +60,7 @@ def serve(
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
-        "--model", "-m", default="shapes", help="built-in name, diffusers folder, .safetensors file or hub id"
+        "--model", "-m", default=DEFAULT_MODEL, help="built-in name, diffusers folder, .safetensors file or hub id"
     )
     parser.add_argument("--host", default=None, help=f"interface to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT, else 7860)")

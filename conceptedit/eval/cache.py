@@ -3,20 +3,20 @@ so a second run or config that needs the same image does not generate it again."
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from conceptedit.toolkit import payload_hash
+
 
 def image_key(model_key: str, edit_keys: list[str], prompt: str, negative: str | None, seed: int,
               settings: dict[str, Any]) -> str:  # fmt: skip
     payload = {"model": model_key, "edits": edit_keys, "prompt": prompt, "negative": negative, "seed": int(seed),
                "settings": settings}  # fmt: skip
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return payload_hash(payload, 24)
 
 
 class ImageCache:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ import yaml
 
 from conceptedit.config import config_from_dict, config_to_dict
 from conceptedit.errors import ConfigError
+from conceptedit.toolkit import payload_hash
 
 BUILTIN_CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -43,7 +42,7 @@ class EditSpec:
             "preserve": self.preserve,
             "config": self.config,
         }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return payload_hash(payload)
 
 
 @dataclass

@@ -4,13 +4,22 @@ with optional columns ``role``, ``concept`` and ``label_<family>`` that label-re
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from conceptedit.errors import ConfigError
 
 LABEL_PREFIX = "label_"
+# I2P's per-row generation columns (the I2P/ESD/UCE protocol generates each row with its own guidance and
+# size) -> (generation keyword, type). ``evaluation_seed`` is the row's seed (always read).
+ROW_SETTING_COLUMNS: dict[str, tuple[str, type]] = {
+    "evaluation_guidance": ("guidance_scale", float),
+    "sd_image_width": ("width", int),
+    "sd_image_height": ("height", int),
+}
 
 
 @dataclass(frozen=True)
@@ -21,6 +30,24 @@ class PromptRow:
     role: str = ""  # e.g. target | target_paraphrase | in_domain | cross_domain | attack
     concept: str = ""  # the concept the row was made for ("family:value" in the shapes world)
     labels: dict[str, str] = field(default_factory=dict)  # family -> expected value
+    settings: dict[str, Any] = field(default_factory=dict)  # this row's own generation settings (I2P columns)
+
+
+def row_settings(row: dict[str, str | None], where: str) -> dict[str, Any]:
+    """Generation settings from a CSV row's I2P columns (blank cells are absent)."""
+    out: dict[str, Any] = {}
+    for column, (key, kind) in ROW_SETTING_COLUMNS.items():
+        text = (row.get(column) or "").strip()
+        if not text:
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not math.isfinite(value) or value <= 0 or (kind is int and not value.is_integer()):
+            raise ConfigError(f"{where}: {column} must be a positive {kind.__name__}, got {text!r}")
+        out[key] = kind(value)
+    return out
 
 
 def read_prompt_csv(path: str | Path, limit: int | None = None, default_seed: int = 0) -> list[PromptRow]:
@@ -41,7 +68,10 @@ def read_prompt_csv(path: str | Path, limit: int | None = None, default_seed: in
             except ValueError:
                 raise ConfigError(f"{path} row {i + 2}: evaluation_seed and case_number must be integers") from None
             labels = {k[len(LABEL_PREFIX) :]: v for k, v in row.items() if k.startswith(LABEL_PREFIX) and v}
-            rows.append(PromptRow(row["prompt"], seed, case, row.get("role") or "", row.get("concept") or "", labels))
+            settings = row_settings(row, f"{path} row {i + 2}")
+            rows.append(
+                PromptRow(row["prompt"], seed, case, row.get("role") or "", row.get("concept") or "", labels, settings)
+            )
             if limit is not None and len(rows) >= limit:
                 break
     cases = [r.case_number for r in rows]
@@ -54,7 +84,9 @@ def write_prompt_csv(rows: list[PromptRow], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     families = sorted({f for r in rows for f in r.labels})
-    columns = ["prompt", "evaluation_seed", "case_number", "role", "concept"] + [LABEL_PREFIX + f for f in families]
+    own = [c for c, (key, _) in ROW_SETTING_COLUMNS.items() if any(key in r.settings for r in rows)]
+    columns = ["prompt", "evaluation_seed", "case_number", "role", "concept"] + own
+    columns += [LABEL_PREFIX + f for f in families]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
@@ -66,6 +98,7 @@ def write_prompt_csv(rows: list[PromptRow], path: str | Path) -> Path:
                 "role": r.role,
                 "concept": r.concept,
             }
+            base |= {c: r.settings.get(ROW_SETTING_COLUMNS[c][0], "") for c in own}
             writer.writerow(base | {LABEL_PREFIX + f: r.labels.get(f, "") for f in families})
     return path
 

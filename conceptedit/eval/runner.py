@@ -9,7 +9,6 @@ first (once, cached by config hash) and writes the report after all processes fi
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from conceptedit.eval.metrics import BASE, Group, Metric, MetricResult, create_m
 from conceptedit.eval.prompts import PromptRow, builtin_prompt_set, read_prompt_csv
 from conceptedit.eval.store import ImageRow, ResultStore
 from conceptedit.fingerprint import fingerprint
+from conceptedit.toolkit import payload_hash
 
 
 @dataclass
@@ -82,7 +82,7 @@ def model_key(pipe: Any, source: str) -> str:
         module = getattr(pipe, name, None)
         if isinstance(module, torch.nn.Module):
             parts[name] = fingerprint(module)
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return payload_hash(parts)
 
 
 def edit_key(edit: Edit) -> str:
@@ -91,7 +91,7 @@ def edit_key(edit: Edit) -> str:
     if not m.files and edit.tensors:  # not saved yet: hash the tensors themselves
         payload["tensors"] = {k: hashlib.sha256(v.detach().cpu().numpy().tobytes()).hexdigest() for k, v in
                               sorted(edit.tensors.items())}  # fmt: skip
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return payload_hash(payload)
 
 
 def plan_prompt_sets(

@@ -8,7 +8,6 @@ can map SAE codes back to prompts.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -19,20 +18,7 @@ from tqdm.auto import tqdm
 from conceptedit.errors import ConfigError, RequestError
 from conceptedit.hooks import run_until
 from conceptedit.sae.store import ActivationStore, InMemoryStore, ShardWriter, _MemoryWriter
-
-
-def read_prompts(path: str | Path, column: str = "prompt") -> list[str]:
-    """Prompts from a .txt file (one per line) or a CSV with a ``prompt`` column."""
-    path = Path(path)
-    if not path.is_file():
-        raise RequestError(f"prompt file {path} does not exist")
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or column not in reader.fieldnames:
-                raise RequestError(f"{path} has no {column!r} column (columns: {reader.fieldnames})")
-            return [row[column] for row in reader if row[column]]
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+from conceptedit.toolkit import read_prompts  # noqa: F401  (re-exported by conceptedit.sae)
 
 
 def _text_parts(source: Any, module: str) -> tuple[torch.nn.Module, Any, str]:
