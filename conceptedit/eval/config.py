@@ -70,6 +70,9 @@ class GenerationSpec:
     width: int | None = None
     negative_prompt: str | None = None
     batch_size: int = 16
+    # honour a CSV row's own evaluation_guidance / sd_image_width / sd_image_height (I2P protocol) over the
+    # values above; rows without them use the values above
+    per_row_settings: bool = True
 
     def settings(self) -> dict[str, Any]:
         keys = ("num_inference_steps", "guidance_scale", "height", "width")

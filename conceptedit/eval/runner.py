@@ -9,7 +9,7 @@ first (once, cached by config hash) and writes the report after all processes fi
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +125,7 @@ def _build_instance(ps: PromptSetSpec, targets: list[str] | None) -> list[Prompt
         rows = builtin_prompt_set(ps.builtin)(targets, ps.per_role, 0)
         rows = rows[: ps.limit] if ps.limit else rows
     if ps.attack:
-        rows = [PromptRow(r.prompt, r.evaluation_seed, r.case_number, r.role or "attack", r.concept, r.labels)
-                for r in rows]  # fmt: skip
+        rows = [replace(r, role=r.role or "attack") for r in rows]
     return rows
 
 
@@ -200,7 +199,11 @@ class Evaluation:
         from conceptedit.generation import generate, generation_settings
 
         gen = self.cfg.generation
-        settings = generation_settings(pipe, **gen.settings())
+        common = generation_settings(pipe, **gen.settings())
+
+        def settings_of(row: PromptRow) -> dict[str, Any]:  # per-row I2P settings win when switched on
+            return {**common, **row.settings} if gen.per_row_settings else common
+
         edit_name = edit.name if edit else BASE
         edit_keys = [edit.key] if edit else []
         handle = edit.edit.apply(pipe) if edit else None
@@ -208,16 +211,24 @@ class Evaluation:
             bar = tqdm(total=len(items), desc=f"{model}/{edit_name}", disable=not self.progress, unit="img")
             for start in range(0, len(items), gen.batch_size):
                 chunk = items[start : start + gen.batch_size]
-                keys = [image_key(mkey, edit_keys, r.prompt, gen.negative_prompt, s, settings) for _, r, s in chunk]
+                row_settings = [settings_of(r) for _, r, _ in chunk]
+                keys = [
+                    image_key(mkey, edit_keys, r.prompt, gen.negative_prompt, s, st)
+                    for (_, r, s), st in zip(chunk, row_settings, strict=True)
+                ]
                 images = [self.cache.get(k) for k in keys]
                 missing = [i for i, im in enumerate(images) if im is None]
-                if missing:
-                    prompts = [chunk[i][1].prompt for i in missing]
-                    seeds = [chunk[i][2] for i in missing]
+                by_settings: dict[str, list[int]] = {}  # one generate call per distinct settings
+                for i in missing:
+                    by_settings.setdefault(repr(sorted(row_settings[i].items())), []).append(i)
+                for group in by_settings.values():
+                    prompts = [chunk[i][1].prompt for i in group]
+                    seeds = [chunk[i][2] for i in group]
                     made = generate(
-                        pipe, prompts, seeds, batch_size=len(missing), negative_prompt=gen.negative_prompt, **settings
-                    )
-                    for i, image in zip(missing, made, strict=True):
+                        pipe, prompts, seeds, batch_size=len(group), negative_prompt=gen.negative_prompt,
+                        **row_settings[group[0]],
+                    )  # fmt: skip
+                    for i, image in zip(group, made, strict=True):
                         self.cache.put(keys[i], image)
                         images[i] = image
                 rows = [
@@ -328,7 +339,7 @@ def _with_concept(row: PromptRow, targets: list[str]) -> PromptRow:
         family, value = concept_family(targets[0])
     except (ConceptEditError, ImportError):
         return row
-    return PromptRow(row.prompt, row.evaluation_seed, row.case_number, row.role, f"{family}:{value}", row.labels)
+    return replace(row, concept=f"{family}:{value}")
 
 
 def evaluate(config: EvalConfig | str | Path, progress: bool = True) -> dict[str, Any] | None:
