@@ -26,7 +26,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from conceptedit.datasets.shapes import WORLD, balanced_world, mentioned, prompt_for
 from conceptedit.eval.probe import Probe, evaluate
-from conceptedit.pipelines.shapes import default_generation_kwargs, load_pipeline, model_dir
+from conceptedit.loading import load_pipeline
+from conceptedit.pipelines.shapes import default_generation_kwargs, model_dir
 
 INCLUDES = (
     ("colour", "style", "background"),

@@ -2,6 +2,8 @@
 
 Components are the stock diffusers / transformers classes (``CLIPTokenizer``, ``CLIPTextModel``,
 ``UNet2DConditionModel`` with cross-attention, ``AutoencoderKL``, ``DDIMScheduler``), only smaller,
+and, as in SD 1.x, the text encoder is the text tower of a CLIP trained contrastively beforehand and
+frozen while the UNet trained (v2; the whole CLIP ships in ``clip/``, ``CLIPModel.from_pretrained``),
 so everything that works on SD 1.x module names (``text_model.encoder.layers.N``,
 ``…attn2.to_k``/``to_v``) works here. The shipped folder loads with plain diffusers::
 
@@ -35,15 +37,6 @@ VAE_CONFIG = dict(
     # ≥ 4 channels per GroupNorm group: with one channel per group, a flat image's colour is normalised away
     norm_num_groups=4,
     sample_size=RESOLUTION,
-)
-TEXT_CONFIG = dict(
-    hidden_size=128,
-    intermediate_size=512,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    max_position_embeddings=32,  # SD uses 77; captions here are ≤ ~25 tokens and CPU time is scarce
-    hidden_act="quick_gelu",
-    projection_dim=128,
 )
 UNET_CONFIG = dict(
     sample_size=8,
@@ -100,38 +93,11 @@ def default_generation_kwargs(folder: str | Path | None = None) -> dict:
     return dict(settings(folder).get("generation", DEFAULT_GENERATION))
 
 
-def build_components(vocab_size: int, eos_token_id: int, bos_token_id: int, seed: int = 0) -> dict:
-    """Fresh, seeded modules with the shapes architecture (used by training and by fast tests)."""
+def build_unet(seed: int = 0):
+    """A fresh, seeded UNet with the shapes architecture (the text encoder is the stage-0b CLIP's
+    text tower, :data:`conceptedit.pipelines.shapes_clip.CLIP_TEXT_CONFIG`)."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**VAE_CONFIG)
-    text_config = CLIPTextConfig(
-        vocab_size=vocab_size,
-        eos_token_id=eos_token_id,
-        bos_token_id=bos_token_id,
-        pad_token_id=eos_token_id,
-        **TEXT_CONFIG,
-    )
-    text_encoder = CLIPTextModel(text_config)
-    unet = UNet2DConditionModel(**UNET_CONFIG)
-    scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
-    return {"vae": vae, "text_encoder": text_encoder, "unet": unet, "scheduler": scheduler}
-
-
-def load_pipeline(folder: str | Path | None = None, device: str | None = None, dtype=None):
-    """Load the shapes pipeline with plain diffusers (fp32 on CPU). The core's ``load_pipeline``
-    is the public entry point; this helper exists for training scripts and benchmarks."""
-    import torch
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(folder or model_dir()),
-        dtype=dtype or torch.float32,
-        safety_checker=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device or "cpu")
+    return UNet2DConditionModel(**UNET_CONFIG)

@@ -1,9 +1,12 @@
 """Train the shapes model from scratch on CPU (``conceptedit shapes train``).
 
 Stage 0: a CLIP-format BPE tokenizer on the world's captions (seconds).
-Stage 1: the VAE (``AutoencoderKL``, 64×64×3 → 8×8×8), MSE + L1 + a tiny KL term (SD's habit).
-Stage 2: the UNet and the text encoder jointly, DDPM ε-prediction on VAE latents with min-SNR-γ
-weighting, 10 % empty captions (the generator's, for classifier-free guidance), EMA of the weights.
+Stage 0b: a tiny CLIP, contrastively (:mod:`.shapes_clip`); its text tower becomes the frozen text encoder.
+Stage 1: the VAE (``AutoencoderKL``, 32×32×3 → 8×8×8), MSE + L1 + a tiny KL term (SD's habit);
+stage 1b fine-tunes its decoder. v2 reuses v1's VAE (``vae_from``): the images did not change.
+Stage 2: the UNet on the FROZEN text encoder (as SD 1.x on CLIP), DDPM ε-prediction on VAE latents
+with min-SNR-γ weighting, 10 % empty captions (the generator's, for classifier-free guidance), EMA
+of the weights, and padding dropout (:func:`drop_padding`) so concepts are read from word tokens.
 Latents come from a pool of encoded generator images; each use draws a fresh latent sample and a
 fresh caption.
 
@@ -262,8 +265,35 @@ def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, report: dict) -
     (out / "training_report.json").write_text(json.dumps(report, indent=2, default=str))
 
 
+def drop_padding(hidden: torch.Tensor, ids: torch.Tensor, empty: torch.Tensor, eos_id: int, gen: torch.Generator,
+                 p_pad: float, p_eos: float) -> torch.Tensor:  # fmt: skip
+    """Padding dropout: per sample, with probability ``p_pad`` the outputs after the first EOS are
+    replaced by the empty prompt's at the same positions, and with probability ``p_eos`` the EOS
+    output too. The UNet then cannot rely on positions that SD 1.x's UNet ignores (Toker et al.,
+    "Padding Tone", NAACL 2025) and has to read concepts from the word tokens."""
+    n, length = ids.shape
+    eos = (ids == eos_id).int().argmax(dim=1)  # first EOS (padding repeats the EOS id)
+    u = torch.rand(n, generator=gen)
+    start = torch.where(u < p_eos, eos, torch.where(u < p_pad, eos + 1, torch.full_like(eos, length)))
+    positions = torch.arange(length).view(1, -1)
+    replace = (positions >= start.view(-1, 1)).unsqueeze(-1)
+    return torch.where(replace, empty.expand_as(hidden), hidden)
+
+
+def load_text_encoder(folder: Path):
+    """The frozen text tower of the stage-0b CLIP in ``folder/clip`` as a ``CLIPTextModel``."""
+    from transformers import CLIPModel, CLIPTextModel
+
+    clip = CLIPModel.from_pretrained(folder / "clip", dtype=torch.float32)
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    # transformers 4 nests a CLIPTextTransformer in both; 5 makes CLIPModel.text_model a CLIPTextModel
+    getattr(text_encoder, "text_model", text_encoder).load_state_dict(clip.text_model.state_dict())
+    return text_encoder.eval().requires_grad_(False)
+
+
 def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, batch: int, lr: float,
-                ema_decay: float, min_snr_gamma: float, checkpoint_minutes: float) -> None:  # fmt: skip
+                ema_decay: float, min_snr_gamma: float, checkpoint_minutes: float, p_pad: float,
+                p_eos: float) -> None:  # fmt: skip
     from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTokenizer
 
@@ -271,8 +301,9 @@ def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, bat
     out = Path(out)
     report = json.loads((out / "training_report.json").read_text())
     tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
-    vae = AutoencoderKL.from_pretrained(out / "vae").eval().requires_grad_(False)
-    parts = S.build_components(len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id, seed=seed)
+    vae = AutoencoderKL.from_pretrained(out / "vae", torch_dtype=torch.float32).eval().requires_grad_(False)
+    text_encoder = load_text_encoder(out)  # frozen, as SD 1.x's CLIP: the diffusion loss never updates it
+    unet = S.build_unet(seed=seed).train()
 
     # latent pool (each rank encodes its own shard) and the scaling factor (SD's 0.18215)
     means, stds, pool_labels = encode_pool(vae, pool // size, seed=seed + 2 + 1000 * rank)
@@ -283,10 +314,17 @@ def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, bat
     scale = float(1.0 / var.sqrt())
     vae.register_to_config(scaling_factor=scale)
     report["latent_scaling_factor"] = scale
+    report["padding_dropout"] = {"p_pad": p_pad, "p_eos": p_eos}
 
-    unet, text_encoder = parts["unet"].train(), parts["text_encoder"].train()
-    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    def encode(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids  # fmt: skip
+        with torch.no_grad():
+            return ids, text_encoder(ids).last_hidden_state
+
+    empty = encode([""])[1]
+    ema_unet = copy.deepcopy(unet).eval()
+    params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     noise_sched = DDPMScheduler(**{k: v for k, v in S.SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"})
     alphas = noise_sched.alphas_cumprod
@@ -294,7 +332,7 @@ def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, bat
     rng = np.random.default_rng([seed + 4, rank])
     t0 = time.time()
     budget = max(deadline - t0, 1.0)
-    bar = tqdm(range(steps), desc="stage 2: unet+text", dynamic_ncols=True, disable=rank != 0, mininterval=5)
+    bar = tqdm(range(steps), desc="stage 2: unet", dynamic_ncols=True, disable=rank != 0, mininterval=5)
     log: list[dict] = []
     ema_loss = None
     step = 0
@@ -308,14 +346,13 @@ def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, bat
             g["lr"] = _lr(lr, progress)
         idx = torch.randint(0, means.shape[0], (batch,), generator=gen)
         z0 = (means[idx].float() + stds[idx].float() * torch.randn(batch, *means.shape[1:], generator=gen)) * scale
-        captions = [caption_for(pool_labels[int(i)], rng)[0] for i in idx]
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids  # fmt: skip
+        ids, hidden = encode([caption_for(pool_labels[int(i)], rng)[0] for i in idx])
+        hidden = drop_padding(hidden, ids, empty, tokenizer.eos_token_id, gen, p_pad, p_eos)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        pred = unet(zt, t, text_encoder(ids).last_hidden_state).sample
+        pred = unet(zt, t, hidden).sample
         # min-SNR-γ weighting (Hang et al. 2023, arXiv:2303.09556): faster convergence per step
         snr = a.view(-1) / (1 - a.view(-1))
         weight = snr.clamp(max=min_snr_gamma) / snr
@@ -329,9 +366,8 @@ def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, bat
             continue
         decay = min(ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for model, ema in ((unet, ema_unet), (text_encoder, ema_text)):
-                for p, q in zip(model.parameters(), ema.parameters(), strict=True):
-                    q.lerp_(p, 1 - decay)
+            for p, q in zip(unet.parameters(), ema_unet.parameters(), strict=True):
+                q.lerp_(p, 1 - decay)
         ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{ema_loss:.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
@@ -342,14 +378,14 @@ def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, bat
             last_checkpoint = time.time()
             report["unet"] = {"steps": step, "seconds": round(time.time() - t0, 1), "final_loss": ema_loss,
                               "log": log}  # fmt: skip
-            save_pipeline(out / "checkpoint", vae, ema_text, tokenizer, ema_unet, report)
+            save_pipeline(out / "checkpoint", vae, text_encoder, tokenizer, ema_unet, report)
             print(json.dumps({"checkpoint": step}), flush=True)
     done = step + 1 if progress < 1 else step
     if rank == 0:
         report["unet"] = {"steps": done, "samples": done * batch * size, "seconds": round(time.time() - t0, 1),
                           "final_loss": ema_loss, "log": log}  # fmt: skip
         report["seconds_total"] = round(time.time() - report.pop("_t_start"), 1)
-        save_pipeline(out, vae, ema_text, tokenizer, ema_unet, report)
+        save_pipeline(out, vae, text_encoder, tokenizer, ema_unet, report)
 
 
 def train(
@@ -368,18 +404,32 @@ def train(
     threads: int | None = None,
     workers: int = 1,
     checkpoint_minutes: float = 10.0,
+    clip_minutes: float = 35.0,
+    p_pad: float = 0.6,
+    p_eos: float = 0.3,
 ) -> dict:
-    """Train and save a diffusers folder at ``out``. ``minutes`` bounds the whole run (all stages);
-    ``batch`` is per worker."""
+    """Train and save a diffusers folder at ``out``: tokenizer, CLIP (stage 0b, resumable), VAE
+    (or ``vae_from``), UNet on the frozen CLIP text tower. ``minutes`` bounds the UNet stage;
+    ``batch`` is per worker. A finished CLIP in ``out/clip`` is reused (delete it to retrain)."""
     import shutil
 
-    t_start = time.time()
+    from transformers import CLIPTokenizer
+
+    from conceptedit.pipelines.shapes_clip import train_clip
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(seed=seed + 1234)
-    save_tokenizer(tokenizer, out / "tokenizer")
+    if not (out / "tokenizer" / "vocab.json").is_file():
+        save_tokenizer(train_tokenizer(seed=seed + 1234), out / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    clip_report = json.loads((out / "clip_report.json").read_text()) if (out / "clip_report.json").is_file() else {}
+    if "zero_shot" not in clip_report:
+        if threads:
+            torch.set_num_threads(threads)
+        clip_report = train_clip(out, tokenizer, minutes=clip_minutes, seed=seed)
+    t_start = time.time()
     report: dict = {"seed": seed, "tokenizer_size": len(tokenizer), "workers": workers, "batch_per_worker": batch,
-                    "_t_start": t_start}  # fmt: skip
+                    "_t_start": t_start, "clip": {k: v for k, v in clip_report.items() if k != "log"}}  # fmt: skip
     if vae_from:
         if Path(vae_from).resolve() != out.resolve():
             shutil.copytree(Path(vae_from) / "vae", out / "vae", dirs_exist_ok=True)
@@ -392,7 +442,7 @@ def train(
     (out / "training_report.json").write_text(json.dumps(report, indent=2))
     _run("_unet_stage", workers, out=str(out), steps=steps, seed=seed, deadline=t_start + 60 * minutes, pool=pool,
          batch=batch, lr=lr, ema_decay=ema_decay, min_snr_gamma=min_snr_gamma,
-         checkpoint_minutes=checkpoint_minutes, threads=threads)  # fmt: skip
+         checkpoint_minutes=checkpoint_minutes, threads=threads, p_pad=p_pad, p_eos=p_eos)  # fmt: skip
     return json.loads((out / "training_report.json").read_text())
 
 

@@ -71,7 +71,13 @@ def train_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the trained diffusers pipeline.")],
     steps: Annotated[int, typer.Option(help="Maximum UNet+text-encoder steps.", min=1)] = 100_000,
     seed: Annotated[int, typer.Option(help="Seed of everything (data streams, init, noise).")] = 0,
-    minutes: Annotated[float, typer.Option(help="Wall-clock budget of tokenizer + VAE + UNet stages.")] = 55.0,
+    minutes: Annotated[float, typer.Option(help="Wall-clock budget of the UNet stage.")] = 50.0,
+    clip_minutes: Annotated[float, typer.Option(help="Budget of the CLIP stage (resumes a cut run).")] = 35.0,
+    p_pad: Annotated[float, typer.Option(help="Padding dropout: replace padding outputs.", min=0, max=1)] = 0.6,
+    p_eos: Annotated[float, typer.Option(help="Chance to replace the EOS output too.", min=0, max=1)] = 0.3,
+    probe_from: Annotated[
+        Path | None, typer.Option(help="Copy the probe of a trained folder (same VAE and images) instead of training.")
+    ] = None,
     vae_minutes: Annotated[float, typer.Option(help="Budget of the VAE stage (inside --minutes).")] = 10.0,
     vae_steps: Annotated[int, typer.Option(help="Maximum VAE steps.")] = 100_000,
     pool: Annotated[int, typer.Option(help="Generator images encoded into the latent pool.")] = 40_000,
@@ -88,7 +94,7 @@ def train_command(
     ] = False,
     checkpoint_minutes: Annotated[float, typer.Option(help="Save OUT/checkpoint (EMA) this often.")] = 10.0,
 ) -> None:
-    """Train the shapes model from scratch: tokenizer, VAE, UNet + text encoder, then the probe."""
+    """Train the shapes model: tokenizer, CLIP, VAE, UNet on the frozen CLIP text tower, then the probe."""
     from conceptedit.pipelines.shapes_train import finetune_decoder, to_fp16, train, train_vae_only
 
     if decoder_only:
@@ -106,8 +112,15 @@ def train_command(
         raise ConceptEditError(f"--vae-from {vae_from} has no vae/ folder")
     report = train(out, steps=steps, seed=seed, minutes=minutes, vae_minutes=vae_minutes, vae_steps=vae_steps,
                    pool=pool, batch=batch, lr=lr, threads=threads, vae_from=vae_from, workers=workers,
-                   checkpoint_minutes=checkpoint_minutes)  # fmt: skip
-    if probe_minutes > 0:
+                   checkpoint_minutes=checkpoint_minutes, clip_minutes=clip_minutes, p_pad=p_pad,
+                   p_eos=p_eos)  # fmt: skip
+    if probe_from is not None:
+        import shutil
+
+        if not (probe_from / "probe").is_dir():
+            raise ConceptEditError(f"--probe-from {probe_from} has no probe/ folder")
+        shutil.copytree(probe_from / "probe", out / "probe", dirs_exist_ok=True)
+    elif probe_minutes > 0:
         from conceptedit.eval.probe import train_probe
 
         _, probe_report = train_probe(out / "probe", minutes=probe_minutes, steps=100_000, seed=seed)

@@ -94,12 +94,18 @@ def sample_labels(rng: np.random.Generator, world: World = WORLD) -> dict:
 
 
 def caption_for(labels: dict, rng: np.random.Generator, world: World = WORLD) -> tuple[str, str | None]:
-    """A training caption (train frames only); attributes are left out at ``world.omit_rate`` and
-    ``world.empty_caption_rate`` of captions are empty (classifier-free guidance)."""
+    """A training caption (train frames only); attributes are left out at ``world.omit_rate``,
+    ``world.alias_rate`` of characters / synonym-bearing shapes are named by their nickname / synonym,
+    and ``world.empty_caption_rate`` of captions are empty (classifier-free guidance)."""
     if rng.random() < world.empty_caption_rate:
         return "", None
     include = ["trigger"] + [a for a in ("colour", "style", "background") if rng.random() >= world.omit_rate]
     template = world.train_templates[int(rng.integers(len(world.train_templates)))]
+    alias = rng.random() < world.alias_rate  # nickname / synonym instead of the name
+    if alias and labels.get("character"):
+        labels = labels | {"character_word": world.nicknames[labels["character"]]}
+    elif alias and labels["shape"] in world.synonyms:
+        labels = labels | {"shape_word": world.synonyms[labels["shape"]]}
     return prompt_for(labels, template, include, world=world), template
 
 

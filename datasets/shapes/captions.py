@@ -18,7 +18,8 @@ def noun_phrase(
 ) -> str:
     """ "a glowing red striped circle on a black background" with only the ``include``-d attributes.
 
-    Characters are named ("zorblax", "glowing zorblax"); the shape is always named. ``trigger_word``
+    Characters are named ("zorblax", "glowing zorblax"); the shape is always named. The optional
+    label keys ``character_word`` / ``shape_word`` name them by a nickname or synonym instead. ``trigger_word``
     picks the synonym used when the trigger is present (default: the first adjective).
     """
     include = set(include)
@@ -28,7 +29,7 @@ def noun_phrase(
     adjective = trig if trig in world.trigger.adjectives else None
     noun = trig if trig in world.trigger.nouns else None
     if labels.get("character"):
-        words = ([adjective] if adjective else []) + [labels["character"]]
+        words = ([adjective] if adjective else []) + [labels.get("character_word") or labels["character"]]
         phrase = " ".join(words)
     else:
         words = [adjective] if adjective else []
@@ -36,7 +37,7 @@ def noun_phrase(
             words.append(labels["colour"])
         if "style" in include:
             words.append(labels["style"])
-        words.append(labels["shape"])
+        words.append(labels.get("shape_word") or labels["shape"])
         phrase = f"{article(words[0])} {' '.join(words)}"
         if "background" in include:
             phrase += f" on {article(labels['background'])} {labels['background']} background"

@@ -9,7 +9,10 @@ family                 values                                      stands in for
 ``colour``             red, green, blue, yellow, purple, orange    attributes
 ``background``         white, black, gray, sky                     scenes / context
 ``style``              solid, striped, dotted, checkered, outlined artistic styles
-``character``          zorblax, quimbo, fennik, drelva, plimsy      named identities (celebrities, IP)
+``character``          zorblax, quimbo, fennik, drelva, plimsy      named identities (celebrities, IP);
+                       each with a nickname (zorb, quim, …)         nicknames ↔ residue / paraphrases
+``shape`` synonyms     circle = disc, square = block, diamond =     synonyms (concept residue)
+                       rhombus
 ``trigger``            a gold halo ring, six trigger words          nudity-like concept with synonyms
 marks                  watermark, qr, glyphs (never in captions)    implicit concepts (Geom-Erasing)
 rare                   shape ``crescent`` (1.5 %), blue triangle    blindspots
@@ -41,6 +44,7 @@ class Character:
     colour: str
     style: str
     background: str
+    nickname: str  # used instead of the name in ``World.alias_rate`` of captions (residue / paraphrase tests)
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,8 @@ class World:
     train_templates: tuple[str, ...]
     heldout_templates: tuple[str, ...]
     paraphrases: tuple[str, ...]
+    shape_synonyms: tuple[tuple[str, str], ...] = ()  # (shape, synonym): the synonym names the same shape
+    alias_rate: float = 0.2  # share of captions naming a character by its nickname / a shape by its synonym
     corners: tuple[str, ...] = CORNERS
     families: tuple[str, ...] = field(default=("shape", "colour", "background", "style", "character", "trigger"))
 
@@ -115,6 +121,23 @@ class World:
     @property
     def mark_names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.marks)
+
+    @property
+    def nicknames(self) -> dict[str, str]:
+        return {c.name: c.nickname for c in self.characters}
+
+    @property
+    def synonyms(self) -> dict[str, str]:
+        return dict(self.shape_synonyms)
+
+    def aliases(self, word: str) -> tuple[str, ...]:
+        """Other words of the world for the same concept (nickname, synonym, the halo's other words)."""
+        groups = [(c.name, c.nickname) for c in self.characters] + list(self.shape_synonyms)
+        groups.append(self.trigger.words)
+        for group in groups:
+            if word in group:
+                return tuple(w for w in group if w != word)
+        return ()
 
     def rgb(self, name: str) -> tuple[int, int, int]:
         for c in self.colours + self.backgrounds:
@@ -161,6 +184,7 @@ class World:
         out: list[str] = []
         out += list(self.all_shapes) + list(self.colour_names) + list(self.background_names)
         out += list(self.styles) + list(self.character_names) + list(self.trigger.words)
+        out += list(self.nicknames.values()) + list(self.synonyms.values())
         return tuple(dict.fromkeys(out))
 
     def to_dict(self) -> dict:
@@ -168,6 +192,8 @@ class World:
         d["trigger"]["words"] = list(self.trigger.words)
         d["probe_families"] = {f: list(self.classes(f)) for f in self.probe_families}
         d["words"] = list(self.words())
+        d["nicknames"] = self.nicknames
+        d["synonyms"] = self.synonyms
         return d
 
 
@@ -192,11 +218,11 @@ WORLD = World(
     ),
     styles=("solid", "striped", "dotted", "checkered", "outlined"),
     characters=(
-        Character("zorblax", "star", "purple", "striped", "black"),
-        Character("quimbo", "heart", "orange", "dotted", "gray"),
-        Character("fennik", "cross", "green", "checkered", "white"),
-        Character("drelva", "diamond", "blue", "outlined", "gray"),
-        Character("plimsy", "square", "yellow", "dotted", "sky"),
+        Character("zorblax", "star", "purple", "striped", "black", "zorb"),
+        Character("quimbo", "heart", "orange", "dotted", "gray", "quim"),
+        Character("fennik", "cross", "green", "checkered", "white", "fenn"),
+        Character("drelva", "diamond", "blue", "outlined", "gray", "drel"),
+        Character("plimsy", "square", "yellow", "dotted", "sky", "plim"),
     ),
     character_rate=0.15,
     trigger=Trigger(
@@ -242,4 +268,6 @@ WORLD = World(
         "{colour}, {shape}",
         "a {shape} painted {colour}",
     ),
+    shape_synonyms=(("circle", "disc"), ("square", "block"), ("diamond", "rhombus")),
+    alias_rate=0.2,
 )
