@@ -13,12 +13,31 @@ Text-to-Image Diffusion Models", arXiv:2503.09446. Reference code: NANSirun/Inte
    tokens; keep the top ``top_n`` (reference 128; 256 for styles) latents; drop latents that are in
    the top-``top_n`` set of any retain prompt; F = union over target prompts (and concepts).
 3. **Deactivate** (Sec. 3.3, Eq. 6): on tokens after BOS, z'[F] = ``scale`` · z[F] (reference −8);
-   the block's output becomes W_dec z' + b_pre + (x − x̂), i.e. the reconstruction error is kept.
+   the reference then replaces the block's *whole* output, every token BOS included, by the SAE
+   reconstruction W_dec z' + b_pre (so the SAE's reconstruction error replaces the true activations,
+   and BOS becomes its reconstruction). We differ here; see the first deviation.
 4. **Zero-shot classifier** (Sec. 3.4): s(p) = mean over tokens t ≥ 1 and channels of (x' − x)²;
    the replacement happens only if s(p) ≥ τ = ``tau_factor`` · min over target prompts (0.99). Other
    prompts pass through bit for bit.
 
 Deviations, and why:
+- **Only the change is written.** Where the classifier fires we output x + (x' − x) = x + W_dec(z' − z)
+  on tokens t ≥ 1 and leave BOS exactly as it was, instead of the reference's W_dec z' + b_pre on every
+  token. The two differ by the SAE's reconstruction error x − x̂ (on every token, and on BOS also by
+  BOS's own error): keeping it means an imperfect SAE changes nothing but the concept's latents, and
+  s(p) is exactly the squared size of what we write.
+- **Diverse target prompts for fitting and calibration.** The paper's target prompt sets are diverse;
+  a fit on a handful of sentence frames gives a τ that misses the concept in frames it has not seen
+  (shapes model, issue 21: erased 0.38 for a character on held-out frames). The target set is the
+  request's prompts (if any) plus ``TEMPLATES`` and ``DIVERSE_TEMPLATES`` frames of each target
+  (``target_templates``) plus up to ``target_from_corpus`` prompts of the model's corpus that name a
+  target (real captions in the model's own phrasing); F and τ come from this set.
+- **Retain set without the concept's other words.** Corpus prompts enter the retain set only if they
+  contain no target word and no ``retain_exclude`` word: a plain word always excludes, a group
+  ``"a|b|c"`` excludes when a target word is in it (synonyms, nicknames, trigger words). Otherwise
+  "radiant halo" prompts land in the retain set of "glowing"+"halo" and protect the very latents to
+  erase (issue 13: halo erased 1.0 → 0.75). A model folder ships its groups in
+  ``plugin_presets.itd.retain_exclude``.
 - **One scoring rule.** The reference calibrates τ with the max over tokens for celebrities and a −6
   scale for styles, but scores at inference with the mean and −8. Here calibration and inference
   both use the mean over tokens t ≥ 1 and the configured scale, so τ means the same thing in both.
@@ -38,6 +57,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +88,18 @@ TEMPLATES = (
     "this is {}",
     "there is {}",
 )
+# More frames for the fitted target set (word order, context and register vary as in the paper's sets);
+# used for interpretation and calibration, not added to the SAE corpus.
+DIVERSE_TEMPLATES = (
+    "an illustration of {}",
+    "a sketch of {}",
+    "a close-up of {}",
+    "we can see {}",
+    "the picture shows {}",
+    "{} in the middle of the image",
+    "a nice image with {}",
+    "my drawing of {}",
+)
 
 
 @dataclass
@@ -87,6 +119,12 @@ class ItDConfig:
     scale: float = field(default=-8.0, metadata={"help": "factor applied to concept latents (reference -8)"})
     tau_factor: float = field(default=0.99, metadata={"help": "threshold = factor x min target score"})
     retain_from_corpus: int = field(default=200, metadata={"help": "corpus prompts used as retain set"})
+    retain_exclude: list[str] = field(
+        default_factory=list,
+        metadata={"help": "words keeping corpus prompts out of the retain set ('a|b': group, if a target is in it)"},
+    )
+    target_templates: bool = field(default=True, metadata={"help": "add template frames of each target to fit on"})
+    target_from_corpus: int = field(default=50, metadata={"help": "corpus prompts naming a target added to fit on"})
     seed: int = field(default=0, metadata={"help": "seed of SAE training and corpus sampling"})
 
     def __post_init__(self) -> None:
@@ -94,6 +132,15 @@ class ItDConfig:
             raise ValueError("top_n, sae_width and sae_k must be positive")
         if not 0 < self.tau_factor <= 1:
             raise ValueError("tau_factor must be in (0, 1]")
+        if self.target_from_corpus < 0 or self.retain_from_corpus < 0:
+            raise ValueError("target_from_corpus and retain_from_corpus must be >= 0")
+        if any(not isinstance(w, str) or not words_of(w.replace("|", " ")) for w in self.retain_exclude):
+            raise ValueError(f"retain_exclude entries must be words or 'a|b' groups, got {self.retain_exclude!r}")
+
+
+def words_of(text: str) -> set[str]:
+    """Lower-case words of a prompt (punctuation splits words)."""
+    return set(re.findall(r"[\w']+", text.lower()))
 
 
 def layer_index(text_encoder: torch.nn.Module, layer: int | None) -> int:
@@ -269,7 +316,7 @@ class ItDPlugin(Plugin):
             g = torch.Generator().manual_seed(self.config.seed)
             keep = torch.randperm(len(prompts), generator=g)[: self.config.corpus_limit].sort().values
             prompts = [prompts[i] for i in keep.tolist()]
-        extra = self.target_prompts(request) + self.retain_prompts(request, [])
+        extra = self.given_target_prompts(request) + self.retain_prompts(request, [])
         return prompts + extra
 
     def sae_cache_key(self, pipe: Any, layer: int, corpus: list[str]) -> str:
@@ -315,15 +362,40 @@ class ItDPlugin(Plugin):
         return sae
 
     # -- step 2: interpret ---------------------------------------------------------------------
-    def target_prompts(self, request: Request) -> list[str]:
+    def given_target_prompts(self, request: Request) -> list[str]:
+        """The request's prompts, else ``TEMPLATES`` frames (what the SAE corpus gets, as before)."""
         if request.prompts:
             return list(request.prompts)
         return [t.format(c) for c in request.targets for t in TEMPLATES]
 
+    def target_prompts(self, request: Request, corpus: list[str] | None = None) -> list[str]:
+        """Prompts F and τ are fitted on: the given ones, template frames, and corpus prompts naming a target."""
+        prompts = self.given_target_prompts(request)
+        if self.config.target_templates:
+            prompts += [t.format(c) for c in request.targets for t in TEMPLATES + DIVERSE_TEMPLATES]
+        words = {w for c in request.targets for w in words_of(c)}
+        naming = [p for p in corpus or [] if words & words_of(p)]
+        if naming and self.config.target_from_corpus:
+            g = torch.Generator().manual_seed(self.config.seed + 2)
+            pick = torch.randperm(len(naming), generator=g)[: self.config.target_from_corpus].tolist()
+            prompts += [naming[i] for i in sorted(pick)]
+        return list(dict.fromkeys(prompts))
+
+    def excluded_words(self, request: Request) -> set[str]:
+        """Words that keep a corpus prompt out of the retain set: the targets' words, every plain
+        ``retain_exclude`` word, and every ``a|b|c`` group that contains a target word."""
+        words = {w for c in request.targets for w in words_of(c)}
+        out = set(words)
+        for entry in self.config.retain_exclude:
+            group = words_of(entry.replace("|", " "))
+            if "|" not in entry or words & group:
+                out |= group
+        return out
+
     def retain_prompts(self, request: Request, corpus: list[str]) -> list[str]:
         prompts = list(request.retain_prompts) + [t.format(c) for c in request.preserve for t in TEMPLATES]
-        words = {w for c in request.targets for w in c.lower().split()}
-        candidates = [p for p in corpus if not words & set(p.lower().replace(",", " ").split())]
+        excluded = self.excluded_words(request)
+        candidates = [p for p in corpus if not excluded & words_of(p)]
         if candidates and self.config.retain_from_corpus:
             g = torch.Generator().manual_seed(self.config.seed + 1)
             pick = torch.randperm(len(candidates), generator=g)[: self.config.retain_from_corpus].tolist()
@@ -355,12 +427,13 @@ class ItDPlugin(Plugin):
         corpus = self.shipped_corpus(pipe)
         sae = self.get_sae(pipe, request, layer, corpus, progress).to(pipe.text_encoder.device).float().eval()
         progress(0.8, "interpreting: selecting concept features")
-        targets = self.target_prompts(request)
+        targets = self.target_prompts(request, corpus)
         features = self.interpret(sae, pipe, layer, targets, self.retain_prompts(request, corpus))
         tensors = {f"sae.{k}": v.detach().cpu().clone() for k, v in sae.state_dict().items()}
         tensors["features"] = features
         manifest = self.manifest("itd", "runtime", request, sae_config=sae_config(sae), layer=layer,
-                                 scale=self.config.scale, tau=0.0, n_features=int(features.numel()))  # fmt: skip
+                                 scale=self.config.scale, tau=0.0, n_features=int(features.numel()),
+                                 n_target_prompts=len(targets))  # fmt: skip
         edit = ItDEdit(manifest, tensors)
         progress(0.9, "calibrating the threshold on the target prompts")
         with torch.no_grad():

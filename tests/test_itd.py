@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conceptedit.edits import Edit, PromptClassifier
-from conceptedit.errors import ArtifactError
+from conceptedit.errors import ArtifactError, ConceptEditError
 from conceptedit.generation import generate
 from conceptedit.plugin import Request
 from conceptedit.registry import get_plugin
@@ -100,3 +100,54 @@ def test_classify_reads_the_unedited_activations(itd_setup):
         got = [d.score for d in handle.classify(prompts)]
     assert got == pytest.approx(expected)
     assert got[0] >= edit.tau
+
+
+HALO = "glowing|radiant|shining|luminous|halo|aura"
+RETAIN_CORPUS = [
+    "a radiant circle", "a red circle with an aura", "zorblax on a sky background", "a glowing star",
+    "a blue square", "zorb in the picture", "a Halo, big", "a green disc", "a luminous cross",
+]  # fmt: skip
+
+
+def test_retain_set_excludes_the_concepts_other_words():
+    """Corpus prompts with any word of the concept (targets, and groups that contain a target) stay out of
+    the retain set; groups of other concepts do not apply; plain words always do."""
+    itd = get_plugin("itd")
+    plugin = itd({"retain_from_corpus": 100, "retain_exclude": [HALO, "zorblax|zorb"]})
+    retain = plugin.retain_prompts(Request(targets=["glowing", "halo"]), RETAIN_CORPUS)
+    assert retain == ["zorblax on a sky background", "a blue square", "zorb in the picture", "a green disc"]
+    retain = plugin.retain_prompts(Request(targets=["zorblax"]), RETAIN_CORPUS)
+    assert "zorb in the picture" not in retain and "zorblax on a sky background" not in retain
+    assert "a radiant circle" in retain and "a glowing star" in retain  # the halo group is not zorblax's
+    plain = itd({"retain_from_corpus": 100, "retain_exclude": ["disc"]})
+    assert "a green disc" not in plain.retain_prompts(Request(targets=["zorblax"]), RETAIN_CORPUS)
+    # without the list only the literal target words are filtered (punctuation and case ignored)
+    bare = itd({"retain_from_corpus": 100}).retain_prompts(Request(targets=["glowing", "halo"]), RETAIN_CORPUS)
+    assert "a glowing star" not in bare and "a Halo, big" not in bare and "a radiant circle" in bare
+    # explicit retain prompts and preserve concepts are the user's choice: never filtered
+    asked = plugin.retain_prompts(Request(targets=["halo"], retain_prompts=["a radiant moon"]), RETAIN_CORPUS)
+    assert asked[0] == "a radiant moon"
+    with pytest.raises(ConceptEditError, match="retain_exclude"):
+        itd({"retain_exclude": ["|"]})
+
+
+def test_target_prompts_are_diverse():
+    """F and τ are fitted on the given prompts plus template frames and corpus prompts naming a target."""
+    from conceptedit.plugins.itd import DIVERSE_TEMPLATES, TEMPLATES
+
+    itd = get_plugin("itd")
+    request = Request(targets=["halo"], prompts=["a picture of a halo"])
+    prompts = itd({"target_from_corpus": 1}).target_prompts(request, RETAIN_CORPUS)
+    assert prompts[0] == "a picture of a halo"
+    assert {t.format("halo") for t in TEMPLATES + DIVERSE_TEMPLATES} <= set(prompts)
+    assert prompts[-1] == "a Halo, big" and len(prompts) == len(set(prompts))
+    only = itd({"target_templates": False, "target_from_corpus": 0}).target_prompts(request, RETAIN_CORPUS)
+    assert only == ["a picture of a halo"]
+
+
+def test_fit_uses_the_diverse_target_set(itd_setup):
+    from conceptedit.plugins.itd import DIVERSE_TEMPLATES, TEMPLATES
+
+    _, edit = itd_setup
+    naming_cat = {p for p in CORPUS if "cat" in p.split()}
+    assert edit.manifest.extra["n_target_prompts"] == len(TEMPLATES + DIVERSE_TEMPLATES) + len(naming_cat)
