@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
+
+from conceptedit.errors import ConfigError
+from conceptedit.validate import check_seed
+
+DEVICES = ("cpu", "cuda", "cuda:N", "mps")
+
+
+def _available() -> list[str]:
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """A device this machine has; anything else is one line listing the valid values."""
+    if isinstance(device, torch.device):
+        return device
+    text = str(device).strip().lower()
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", text):
+        raise ConfigError(f"unknown device {str(device)[:40]!r}; use one of {', '.join(DEVICES)}")
+    available = _available()
+    if text not in available:
+        raise ConfigError(f"device {text!r} is not available on this machine; available: {', '.join(available)}")
+    return torch.device(text)
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
-        return torch.device(device)
+        return check_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)
@@ -34,11 +64,11 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     if dtype is None:
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     try:
-        return _DTYPES[dtype.lower()]
+        return _DTYPES[str(dtype).strip().lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+        raise ConfigError(f"unknown dtype {str(dtype)[:40]!r}; use one of {', '.join(sorted(_DTYPES))}") from None
 
 
 def generator_for(seed: int) -> torch.Generator:
     """A CPU generator: the same seed gives the same initial noise on every device."""
-    return torch.Generator("cpu").manual_seed(int(seed))
+    return torch.Generator("cpu").manual_seed(check_seed(seed))

@@ -23,6 +23,20 @@ from conceptedit.toolkit import DEFAULT_MODEL, MODEL_SETTINGS_FILE
 # importing conceptedit stays cheap and a missing built-in model only fails when asked for.
 BUILTIN_MODELS: dict[str, str] = {"shapes": "conceptedit.pipelines.shapes:model_dir"}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")  # torch/pickle formats: reading one can run code
+PICKLE_HINT = (
+    "pickled weights can run arbitrary code when they are read, so they are refused by default; convert them "
+    "to safetensors, or pass allow_pickle=True (CLI: --allow-pickle) if you trust where the files come from"
+)
+
+
+def _refuse_pickled_folder(folder: Path) -> None:
+    """Raise when a component folder of a diffusers pipeline has pickled weights and no safetensors."""
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = [f for f in sub.iterdir() if f.is_file()]
+        pickled = sorted(f.name for f in files if f.suffix.lower() in PICKLE_SUFFIXES)
+        if pickled and not any(f.suffix.lower() == ".safetensors" for f in files):
+            raise ModelLoadError(f"{sub} holds only pickled weights ({', '.join(pickled[:3])}): {PICKLE_HINT}")
 
 
 def builtin_model_dir(name: str) -> Path:
@@ -59,7 +73,7 @@ def _sd_kwargs(class_name: str, safety_checker: bool) -> dict[str, Any]:
     return {}
 
 
-def _load_folder(folder: Path, dtype: torch.dtype, safety_checker: bool) -> Any:
+def _load_folder(folder: Path, dtype: torch.dtype, safety_checker: bool, allow_pickle: bool = False) -> Any:
     from diffusers import DiffusionPipeline
 
     index = folder / "model_index.json"
@@ -68,11 +82,20 @@ def _load_folder(folder: Path, dtype: torch.dtype, safety_checker: bool) -> Any:
             f"{folder} is a folder but not a diffusers pipeline (no model_index.json); "
             "pass a diffusers folder, a .safetensors checkpoint or a hub id"
         )
-    class_name = json.loads(index.read_text()).get("_class_name", "")
+    try:
+        index_data = json.loads(index.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise ModelLoadError(f"{index} is not valid JSON: {' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(index_data, dict):
+        raise ModelLoadError(f"{index} must be a JSON object")
+    class_name = str(index_data.get("_class_name", ""))
+    if not allow_pickle:
+        _refuse_pickled_folder(folder)
     try:
         return DiffusionPipeline.from_pretrained(
-            folder, local_files_only=True, torch_dtype=dtype, **_sd_kwargs(class_name, safety_checker)
-        )
+            folder, local_files_only=True, torch_dtype=dtype, use_safetensors=None if allow_pickle else True,
+            **_sd_kwargs(class_name, safety_checker),
+        )  # fmt: skip
     except Exception as exc:  # diffusers raises many types; the user needs one clear message
         raise ModelLoadError(f"could not load the diffusers folder {folder}: {exc}") from exc
 
@@ -98,15 +121,16 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | None, offlin
         raise ModelLoadError(f"could not load the checkpoint file {path}: {exc}.{hint}") from exc
 
 
-def _load_hub(repo_id: str, dtype: torch.dtype, offline: bool, safety_checker: bool) -> Any:
+def _load_hub(repo_id: str, dtype: torch.dtype, offline: bool, safety_checker: bool, allow_pickle: bool) -> Any:
     from diffusers import DiffusionPipeline
 
     try:
         config = DiffusionPipeline.load_config(repo_id, local_files_only=offline)
         class_name = config.get("_class_name", "")
         return DiffusionPipeline.from_pretrained(
-            repo_id, local_files_only=offline, torch_dtype=dtype, **_sd_kwargs(class_name, safety_checker)
-        )
+            repo_id, local_files_only=offline, torch_dtype=dtype, use_safetensors=None if allow_pickle else True,
+            **_sd_kwargs(class_name, safety_checker),
+        )  # fmt: skip
     except Exception as exc:
         mode = "offline (HF_HUB_OFFLINE=1), from the local cache only" if offline else "from the hub"
         raise ModelLoadError(
@@ -125,13 +149,16 @@ def load_pipeline(
     offline: bool | None = None,
     config: str | None = None,
     safety_checker: bool = False,
+    allow_pickle: bool = False,
 ) -> Any:
     """Load a text-to-image pipeline from a built-in name, a diffusers folder, a single
     ``.safetensors``/``.ckpt`` file or a hub id, and move it to ``device`` (cuda > mps > cpu).
 
     ``offline`` defaults to ``HF_HUB_OFFLINE``. ``config`` is the architecture folder/id that
     ``from_single_file`` needs for single files when the hub is unreachable. The safety checker is
-    off by default: erasure evaluation needs to see what the model really generates.
+    off by default: erasure evaluation needs to see what the model really generates. Weights are read
+    from safetensors only; pickled weights (``.ckpt``, ``.bin``, ``.pt``) can run code when read and are
+    refused unless ``allow_pickle=True``.
     """
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
@@ -143,20 +170,22 @@ def load_pipeline(
     with _quiet():
         if text in BUILTIN_MODELS:
             folder = builtin_model_dir(text)
-            pipe = _load_folder(folder, torch_dtype, safety_checker)
+            pipe = _load_folder(folder, torch_dtype, safety_checker, allow_pickle)
             model_id, defaults_dir = text, folder
         elif path.is_dir():
-            pipe = _load_folder(path, torch_dtype, safety_checker)
+            pipe = _load_folder(path, torch_dtype, safety_checker, allow_pickle)
             model_id, defaults_dir = str(path.resolve()), path
         elif path.is_file():
             if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
                 raise ModelLoadError(f"{path} is a file but not a checkpoint; expected one of {SINGLE_FILE_SUFFIXES}")
+            if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
+                raise ModelLoadError(f"{path} is a pickled checkpoint: {PICKLE_HINT}")
             pipe = _load_single_file(path, torch_dtype, config, offline_mode)
             model_id, defaults_dir = str(path.resolve()), None
         elif path.suffix.lower() in SINGLE_FILE_SUFFIXES or text.startswith((".", "/", "~")):
             raise ModelLoadError(f"model path {text!r} does not exist")
         else:
-            pipe = _load_hub(text, torch_dtype, offline_mode, safety_checker)
+            pipe = _load_hub(text, torch_dtype, offline_mode, safety_checker, allow_pickle)
             model_id, defaults_dir = text, None
     pipe = pipe.to(torch_device)
     pipe._conceptedit_model_id = model_id
@@ -192,6 +221,13 @@ def model_file(pipe: Any, key: str) -> str | None:
     """A data file a model folder ships (``conceptedit.json`` → ``files``), e.g. ``prompt_corpus``."""
     path = (getattr(pipe, "_conceptedit_files", {}) or {}).get(key)
     return path if path and Path(path).is_file() else None
+
+
+def model_files(pipe: Any) -> dict[str, str]:
+    """Every file or folder a model folder ships that exists (``conceptedit.json`` → ``files``), as
+    paths keyed like ``files``, e.g. ``{"clip": ".../clip"}``; empty for hub ids and single files."""
+    files = getattr(pipe, "_conceptedit_files", {}) or {}
+    return {key: path for key, path in sorted(files.items()) if Path(path).exists()}
 
 
 def model_files(pipe: Any) -> dict[str, str]:

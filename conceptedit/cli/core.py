@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -17,6 +17,13 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: best available).")]
 DtypeOpt = Annotated[str | None, typer.Option(help="float32, float16 or bfloat16 (default: fp16 on GPU, fp32 on CPU).")]
+AllowPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle",
+        help="Also load pickled weights (.ckpt/.bin/.pt), which can run code when read; only for files you trust.",
+    ),
+]
 
 
 @app.command("plugins")
@@ -57,52 +64,43 @@ def generate_command(
     batch_size: Annotated[int, typer.Option(help="Images per pipeline call.")] = 8,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    allow_pickle: AllowPickleOpt = False,
 ) -> None:
-    """Generate images (PNG + metadata JSON each), optionally with edits applied."""
+    """Generate images (PNG + metadata JSON each), optionally with edits applied. Each batch is written
+    as it finishes; run the same command again to resume (images already there are skipped)."""
     from conceptedit.edits import Edit
     from conceptedit.eval.prompts import read_prompt_csv
-    from conceptedit.generation import generate, generation_settings
-    from conceptedit.loading import load_pipeline, model_id
+    from conceptedit.generation import check_request, write_images
+    from conceptedit.loading import load_pipeline
+    from conceptedit.validate import check_generation_settings
 
     rows = [(p, seed, i) for i, p in enumerate(prompt or [])]
     if prompts_csv is not None:
         rows += [(r.prompt, r.evaluation_seed, r.case_number) for r in read_prompt_csv(prompts_csv, default_seed=seed)]
     if not rows:
         raise ConceptEditError("nothing to generate: pass --prompt or --prompts-csv")
+    if out.exists() and not out.is_dir():
+        raise ConceptEditError(f"--out {out} is a file, not a folder")
+    check_request([r[0] for r in rows], [r[1] for r in rows], batch_size)  # before loading anything
+    check_generation_settings({"num_inference_steps": steps, "guidance_scale": guidance})
     edits = [Edit.load(p) for p in (edit or [])]
-    pipe = load_pipeline(model, device=device, dtype=dtype)
+    pipe = load_pipeline(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
     pipe.set_progress_bar_config(disable=True)
     handles = [e.apply(pipe) for e in edits]
-    settings = generation_settings(pipe, num_inference_steps=steps, guidance_scale=guidance)
-    images = generate(
-        pipe,
-        [r[0] for r in rows],
-        [r[1] for r in rows],
-        batch_size=batch_size,
-        negative_prompt=negative_prompt,
-        progress=True,
-        **settings,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    for (text, row_seed, case), image in zip(rows, images, strict=True):
-        stem = f"{case:04d}_seed{row_seed}"
-        image.save(out / f"{stem}.png")
-        meta: dict[str, Any] = {
-            "prompt": text,
-            "seed": row_seed,
-            "case_number": case,
-            "model": model_id(pipe),
-            "negative_prompt": negative_prompt,
-            "settings": settings,
-            "edits": [
-                {"path": str(p), "plugin": e.manifest.plugin, "targets": e.manifest.targets}
-                for p, e in zip(edit or [], edits, strict=True)
-            ],
-        }
-        (out / f"{stem}.json").write_text(json.dumps(meta, indent=2))
-    for handle in reversed(handles):
-        handle.remove()
-    typer.echo(f"wrote {len(images)} images to {out}")
+    edit_meta = [
+        {"path": str(p), "plugin": e.manifest.plugin, "targets": e.manifest.targets, "config": e.manifest.config}
+        for p, e in zip(edit or [], edits, strict=True)
+    ]
+    try:
+        written, skipped = write_images(
+            pipe, rows, out, extra_meta={"edits": edit_meta}, batch_size=batch_size, negative_prompt=negative_prompt,
+            progress=True, num_inference_steps=steps, guidance_scale=guidance,
+        )  # fmt: skip
+    finally:
+        for handle in reversed(handles):
+            handle.remove()
+    kept = f" ({skipped} already there with the same settings)" if skipped else ""
+    typer.echo(f"wrote {written} images to {out}{kept}")
 
 
 @app.command("erase")
@@ -118,6 +116,7 @@ def erase_command(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    allow_pickle: AllowPickleOpt = False,
 ) -> None:
     """Fit an erase plugin on a model and write the edit artifact folder."""
     from tqdm.auto import tqdm
@@ -131,7 +130,7 @@ def erase_command(
     overrides = parse_overrides(set_ or [])
     plugin_cls(overrides)  # validate the config before loading the model
     request = Request(targets=concept, preserve=preserve or [], images=image or [])
-    pipe = load_pipeline(model, device=device, dtype=dtype)
+    pipe = load_pipeline(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
     plugin = plugin_cls.for_pipeline(pipe, overrides)
     pipe.set_progress_bar_config(disable=True)
     with tqdm(total=100, desc=f"fit {method}", unit="%") as bar:

@@ -4,6 +4,7 @@ with optional columns ``role``, ``concept`` and ``label_<family>`` that label-re
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from conceptedit.errors import ConfigError
+from conceptedit.validate import check_int, check_seed, read_text
 
 LABEL_PREFIX = "label_"
 # I2P's per-row generation columns (the I2P/ESD/UCE protocol generates each row with its own guidance and
@@ -50,34 +52,89 @@ def row_settings(row: dict[str, str | None], where: str) -> dict[str, Any]:
     return out
 
 
-def read_prompt_csv(path: str | Path, limit: int | None = None, default_seed: int = 0) -> list[PromptRow]:
-    """Rows of a prompt CSV; only ``prompt`` is required (seeds default to ``default_seed``, case numbers
-    to the row index)."""
+def read_csv_rows(path: str | Path, required: str = "prompt") -> list[tuple[int, dict[str, str]]]:
+    """``(line number, row)`` pairs of a UTF-8 CSV with a header row containing ``required``.
+
+    Checked so that nothing is read silently wrong: a byte-order mark is accepted, other encodings are
+    an error; a row with more fields than the header, a quoted field spanning lines or a quote that is
+    never closed (which would swallow the rest of the file) is an error naming its line. Blank lines
+    are skipped; missing trailing fields read as empty.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"prompt CSV {path} not found")
-    rows: list[PromptRow] = []
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or "prompt" not in reader.fieldnames:
-            raise ConfigError(f"{path} needs a 'prompt' column (found {reader.fieldnames})")
-        for i, row in enumerate(reader):
-            try:
-                seed = int(row.get("evaluation_seed") or default_seed)
-                case = int(row.get("case_number") or i)
-            except ValueError:
-                raise ConfigError(f"{path} row {i + 2}: evaluation_seed and case_number must be integers") from None
-            labels = {k[len(LABEL_PREFIX) :]: v for k, v in row.items() if k.startswith(LABEL_PREFIX) and v}
-            settings = row_settings(row, f"{path} row {i + 2}")
-            rows.append(
-                PromptRow(row["prompt"], seed, case, row.get("role") or "", row.get("concept") or "", labels, settings)
+        raise ConfigError(f"prompt CSV {path} not found" + (" (it is a folder)" if path.is_dir() else ""))
+    text = read_text(path, "prompt CSV")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    out: list[tuple[int, dict[str, str]]] = []
+    header: list[str] | None = None
+    while True:
+        line = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            reason = str(exc)
+            if "end of data" in reason:
+                reason = "a quote is never closed"
+            elif "field limit" in reason:
+                reason = f"a field is longer than {csv.field_size_limit():,} characters (a quote that is never closed?)"
+            raise ConfigError(f"{path} line {line}: {reason}") from None
+        if reader.line_num != line and any("\n" in f or "\r" in f for f in fields):
+            raise ConfigError(
+                f"{path} lines {line}-{reader.line_num}: a quoted field spans several lines (a quote that is not "
+                "closed?); prompts cannot contain line breaks"
             )
-            if limit is not None and len(rows) >= limit:
-                break
-    cases = [r.case_number for r in rows]
-    if len(set(cases)) != len(cases):
-        raise ConfigError(f"{path}: case_number values must be unique")
+        if not any(f.strip() for f in fields):
+            continue
+        if header is None:
+            header = [f.strip() for f in fields]
+            if required not in header:
+                raise ConfigError(f"{path} needs a {required!r} column (found {', '.join(header)[:200]})")
+            continue
+        if len(fields) > len(header):
+            raise ConfigError(
+                f"{path} line {line}: {len(fields)} fields but the header has {len(header)}; "
+                "quote a prompt that contains commas"
+            )
+        out.append((line, dict(zip(header, fields + [""] * (len(header) - len(fields)), strict=True))))
+    if header is None:
+        raise ConfigError(f"{path} is empty; it needs a header row with a {required!r} column")
+    return out
+
+
+def read_prompt_csv(path: str | Path, limit: int | None = None, default_seed: int = 0) -> list[PromptRow]:
+    """Rows of a prompt CSV; only ``prompt`` is required (seeds default to ``default_seed``, case numbers
+    to the row index). Seeds must be in ``[0, 2**63)``, case numbers >= 0 and unique."""
+    path = Path(path)
+    rows: list[PromptRow] = []
+    seen: dict[int, int] = {}
+    for i, (line, row) in enumerate(read_csv_rows(path)):
+        try:
+            seed = check_seed(_integer(row.get("evaluation_seed"), default_seed), "evaluation_seed")
+            case = check_int("case_number", _integer(row.get("case_number"), i), 0)
+        except ConfigError as exc:
+            raise ConfigError(f"{path} line {line}: {exc}") from None
+        if case in seen:
+            raise ConfigError(f"{path} line {line}: case_number {case} is already used on line {seen[case]}")
+        seen[case] = line
+        labels = {k[len(LABEL_PREFIX) :]: v for k, v in row.items() if k.startswith(LABEL_PREFIX) and v}
+        settings = row_settings(row, f"{path} line {line}")
+        rows.append(
+            PromptRow(row["prompt"], seed, case, row.get("role") or "", row.get("concept") or "", labels, settings)
+        )
+        if limit is not None and len(rows) >= limit:
+            break
     return rows
+
+
+def _integer(text: str | None, default: int) -> int:
+    if text is None or not text.strip():
+        return default
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ConfigError(f"expected an integer, got {text.strip()[:40]!r}") from None
 
 
 def write_prompt_csv(rows: list[PromptRow], path: str | Path) -> Path:
