@@ -54,9 +54,11 @@ class Request:
         if not self.targets:
             raise RequestError("no target concept given; name at least one concept to erase or edit")
         self.preserve = _clean_concepts(self.preserve, "preserve")
-        overlap = set(self.targets) & set(self.preserve)
+        # the tokenizer lowercases, so "Cat" and "cat" are the same concept to the model
+        preserved = {p.casefold() for p in self.preserve}
+        overlap = sorted(t for t in self.targets if t.casefold() in preserved)
         if overlap:
-            raise RequestError(f"concepts {sorted(overlap)} are both targets and preserved")
+            raise RequestError(f"concepts {overlap} are both targets and preserved (compared ignoring case)")
         self.images = [Path(p) for p in self.images]
         missing = [str(p) for p in self.images if not p.exists()]
         if missing:

@@ -61,17 +61,17 @@ TrainMethod = Literal["esd-x", "esd-x-strict", "esd-u", "esd-all"]
 @dataclass
 class ESDConfig:
     train_method: TrainMethod = field(default="esd-x", metadata={"help": "which UNet layers train"})
-    iterations: int = field(default=200, metadata={"help": "optimiser steps (one image each)"})
+    iterations: int = field(default=200, metadata={"min": 1, "help": "optimiser steps (one image each)"})
     lr: float = field(default=5e-5, metadata={"help": "Adam learning rate"})
     negative_guidance: float = field(default=2.0, metadata={"help": "η of the negatively guided target"})
     guidance_scale: float = field(default=3.0, metadata={"help": "CFG scale when sampling x_t"})
-    num_inference_steps: int = field(default=50, metadata={"help": "sampling schedule length for x_t"})
+    num_inference_steps: int = field(default=50, metadata={"min": 1, "help": "sampling schedule length for x_t"})
     erase_from: str | None = field(default=None, metadata={"help": "prompt whose prediction is edited"})
     sampler: Literal["frozen", "trained"] = field(default="frozen", metadata={"help": "model that samples x_t"})
-    resolution: int | None = field(default=None, metadata={"help": "sampling size (default: the model's)"})
+    resolution: int | None = field(default=None, metadata={"min": 1, "help": "sampling size (default: the model's)"})
     seed: int = field(default=0, metadata={"help": "seeds timesteps, noise and LoRA init"})
     artifact: Literal["weight_delta", "lora"] = field(default="weight_delta", metadata={"help": "artifact kind"})
-    lora_rank: int = field(default=4, metadata={"help": "rank when artifact=lora"})
+    lora_rank: int = field(default=4, metadata={"min": 1, "help": "rank when artifact=lora"})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
 
     def __post_init__(self) -> None:

@@ -92,19 +92,19 @@ class FewShotConfig:
     betas: tuple[float, float] = field(default=(0.9, 0.98), metadata={"help": "Adam betas"})
     eps: float = field(default=1e-6, metadata={"help": "Adam epsilon"})
     weight_decay: float = field(default=1e-8, metadata={"help": "weight decay"})
-    batch_size: int = field(default=2, metadata={"help": "images per step"})
-    epochs: int = field(default=4, metadata={"help": "passes over the images"})
+    batch_size: int = field(default=2, metadata={"min": 1, "help": "images per step"})
+    epochs: int = field(default=4, metadata={"min": 1, "help": "passes over the images"})
     early_stop_margin: float | None = field(
         default=None, metadata={"help": "stop once the concept's loss rose by this fraction (None: never)"}
     )
     images_from_model: bool = field(default=False, metadata={"help": "no images given: use the model's own"})
-    n_images: int = field(default=4, metadata={"help": "images generated when images_from_model"})
+    n_images: int = field(default=4, metadata={"min": 1, "help": "images generated when images_from_model"})
     image_seeds: list[int] | None = field(default=None, metadata={"help": "their seeds (default 0..n-1)"})
     image_prompt: str = field(default="a photo of {}", metadata={"help": "their prompt, {} = concept"})
-    resolution: int | None = field(default=None, metadata={"help": "image size (default: the model's)"})
+    resolution: int | None = field(default=None, metadata={"min": 1, "help": "image size (default: the model's)"})
     seed: int = field(default=0, metadata={"help": "seeds every random draw of the fit"})
     artifact: Literal["weight_delta", "lora"] = field(default="weight_delta", metadata={"help": "artifact kind"})
-    lora_rank: int = field(default=4, metadata={"help": "rank when artifact=lora"})
+    lora_rank: int = field(default=4, metadata={"min": 1, "help": "rank when artifact=lora"})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
 
     def __post_init__(self) -> None:

@@ -107,18 +107,20 @@ class ItDConfig:
     layer: int | None = field(default=None, metadata={"help": "text-encoder block index (None: 8 of 12 or same depth)"})
     sae_path: str | None = field(default=None, metadata={"help": "reuse a saved SAE folder instead of training"})
     sae_arch: str = field(default="topk", metadata={"help": "SAE architecture (reference: topk)"})
-    sae_width: int = field(default=2**19, metadata={"help": "SAE latents (reference 2^19)"})
-    sae_k: int = field(default=64, metadata={"help": "active latents per token (reference 64)"})
-    train_tokens: int = field(default=20_000_000, metadata={"help": "SAE training budget in tokens"})
+    sae_width: int = field(default=2**19, metadata={"min": 1, "help": "SAE latents (reference 2^19)"})
+    sae_k: int = field(default=64, metadata={"min": 1, "help": "active latents per token (reference 64)"})
+    train_tokens: int = field(default=20_000_000, metadata={"min": 1, "help": "SAE training budget in tokens"})
     train_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate (reference 1e-4)"})
-    train_warmup_steps: int = field(default=1000, metadata={"help": "linear warm-up steps (reference 1000)"})
-    train_batch_prompts: int = field(default=50, metadata={"help": "prompts per SAE batch (reference 50)"})
+    train_warmup_steps: int = field(default=1000, metadata={"min": 0, "help": "linear warm-up steps (reference 1000)"})
+    train_batch_prompts: int = field(default=50, metadata={"min": 1, "help": "prompts per SAE batch (reference 50)"})
     corpus: str | None = field(default=None, metadata={"help": "prompt file for SAE training (txt or CSV)"})
-    corpus_limit: int = field(default=50_000, metadata={"help": "at most this many corpus prompts"})
-    top_n: int = field(default=128, metadata={"help": "latents kept per target prompt (reference 128; 256 styles)"})
+    corpus_limit: int = field(default=50_000, metadata={"min": 1, "help": "at most this many corpus prompts"})
+    top_n: int = field(
+        default=128, metadata={"min": 1, "help": "latents kept per target prompt (reference 128; 256 styles)"}
+    )
     scale: float = field(default=-8.0, metadata={"help": "factor applied to concept latents (reference -8)"})
     tau_factor: float = field(default=0.99, metadata={"help": "threshold = factor x min target score"})
-    retain_from_corpus: int = field(default=200, metadata={"help": "corpus prompts used as retain set"})
+    retain_from_corpus: int = field(default=200, metadata={"min": 0, "help": "corpus prompts used as retain set"})
     retain_exclude: list[str] = field(
         default_factory=list,
         metadata={"help": "words keeping corpus prompts out of the retain set ('a|b': group, if a target is in it)"},
@@ -130,6 +132,8 @@ class ItDConfig:
     def __post_init__(self) -> None:
         if self.top_n <= 0 or self.sae_width <= 0 or self.sae_k <= 0:
             raise ValueError("top_n, sae_width and sae_k must be positive")
+        if self.sae_k > self.sae_width:
+            raise ValueError(f"sae_k ({self.sae_k}) cannot exceed sae_width ({self.sae_width})")
         if not 0 < self.tau_factor <= 1:
             raise ValueError("tau_factor must be in (0, 1]")
         if self.target_from_corpus < 0 or self.retain_from_corpus < 0:

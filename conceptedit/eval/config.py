@@ -9,8 +9,9 @@ from typing import Any
 import yaml
 
 from conceptedit.config import config_from_dict, config_to_dict
-from conceptedit.errors import ConfigError
+from conceptedit.errors import ConceptEditError, ConfigError
 from conceptedit.toolkit import payload_hash
+from conceptedit.validate import check_float, check_int, read_text, short
 
 BUILTIN_CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -60,6 +61,9 @@ class PromptSetSpec:
     def __post_init__(self) -> None:
         if (self.csv is None) == (self.builtin is None):
             raise ConfigError(f"prompt set {self.name!r}: give exactly one of 'csv' or 'builtin'")
+        check_int(f"prompt set {self.name!r}: per_role", self.per_role, 1)
+        if self.limit is not None:
+            check_int(f"prompt set {self.name!r}: limit", self.limit, 1)
 
 
 @dataclass
@@ -73,6 +77,14 @@ class GenerationSpec:
     # honour a CSV row's own evaluation_guidance / sd_image_width / sd_image_height (I2P protocol) over the
     # values above; rows without them use the values above
     per_row_settings: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("num_inference_steps", "height", "width"):
+            if getattr(self, key) is not None:
+                check_int(key, getattr(self, key), 1)
+        if self.guidance_scale is not None:
+            check_float("guidance_scale", self.guidance_scale)
+        check_int("batch_size", self.batch_size, 1)
 
     def settings(self) -> dict[str, Any]:
         keys = ("num_inference_steps", "guidance_scale", "height", "width")
@@ -100,12 +112,22 @@ class EvalConfig:
     grid_cases: int = 6  # base-vs-edited pairs shown per edit in the report
 
     def __post_init__(self) -> None:
+        check_run_name(self.name)
+        if not isinstance(self.models, list) or not all(isinstance(m, str) and m.strip() for m in self.models):
+            raise ConfigError(f"'models' must be a list of model names or paths, got {short(self.models)}")
         if not self.models:
             raise ConfigError("config needs at least one model under 'models'")
+        check_int("seeds_per_prompt", self.seeds_per_prompt, 1)
+        check_int("grid_cases", self.grid_cases, 0)
+        for key in ("output", "cache_dir", "device"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                raise ConfigError(f"'{key}' must be text, got {short(getattr(self, key))}")
+        if self.device is not None:
+            from conceptedit.devices import check_device
+
+            check_device(self.device)
         if not self.prompt_sets:
             raise ConfigError("config needs at least one prompt set under 'prompt_sets'")
-        if self.seeds_per_prompt < 1:
-            raise ConfigError("seeds_per_prompt must be >= 1")
         for kind, items in (("edit", self.edits), ("prompt set", self.prompt_sets)):
             names = [i.name for i in items]
             if len(set(names)) != len(names):
@@ -123,9 +145,43 @@ class EvalConfig:
         return config_to_dict(self)
 
 
+def check_run_name(name: Any) -> str:
+    """A run name is one folder name under the runs folder: no separators, no '..', nothing hidden."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"'name' must be a non-empty text, got {short(name)}")
+    if "/" in name or "\\" in name or name.startswith(".") or len(name) > 100 or name != name.strip():
+        raise ConfigError(
+            f"'name' {short(name, 60)} must be a plain folder name (no '/', '\\', leading '.', at most 100 "
+            "characters): the run is written to runs/eval/<name>; use 'output' for another folder"
+        )
+    return name
+
+
+def _check_edit(spec: EditSpec, where: str) -> None:
+    """A plugin to fit: its config and request are checked now, not after the models are loaded."""
+    if spec.plugin is None:
+        return
+    from conceptedit.plugin import Request
+    from conceptedit.registry import get_plugin
+
+    try:
+        get_plugin(spec.plugin)(spec.config)
+        Request(targets=spec.concepts, preserve=spec.preserve)
+    except ConceptEditError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _items(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{where} must be a list, got {short(value)}")
+    return value
+
+
 def _section(cls: type, value: Any, where: str) -> Any:
     if not isinstance(value, dict):
-        raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        raise ConfigError(f"{where} must be a mapping, got {short(value)}")
     try:
         return config_from_dict(cls, value)
     except ConfigError as exc:
@@ -140,12 +196,18 @@ def parse_config(data: dict[str, Any], where: str = "config") -> EvalConfig:
     if isinstance(models, str):
         models = [models]
     data["models"] = models or []
-    data["edits"] = [_section(EditSpec, e, f"{where}: edits[{i}]") for i, e in enumerate(data.get("edits") or [])]
+    data["edits"] = [
+        _section(EditSpec, e, f"{where}: edits[{i}]")
+        for i, e in enumerate(_items(data.get("edits"), f"{where}: edits"))
+    ]
+    for i, spec in enumerate(data["edits"]):
+        _check_edit(spec, f"{where}: edits[{i}]")
     data["prompt_sets"] = [
-        _section(PromptSetSpec, p, f"{where}: prompt_sets[{i}]") for i, p in enumerate(data.get("prompt_sets") or [])
+        _section(PromptSetSpec, p, f"{where}: prompt_sets[{i}]")
+        for i, p in enumerate(_items(data.get("prompt_sets"), f"{where}: prompt_sets"))
     ]
     metrics = []
-    for i, m in enumerate(data.get("metrics") or []):
+    for i, m in enumerate(_items(data.get("metrics"), f"{where}: metrics")):
         metrics.append(MetricSpec(name=m) if isinstance(m, str) else _section(MetricSpec, m, f"{where}: metrics[{i}]"))
     data["metrics"] = metrics
     if "generation" in data:
@@ -157,6 +219,8 @@ def parse_config(data: dict[str, Any], where: str = "config") -> EvalConfig:
     try:
         return EvalConfig(**data)
     except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 
@@ -174,8 +238,52 @@ def load_config(source: str | Path) -> EvalConfig:
                 f"config {source!r} is neither a file nor a built-in config ({', '.join(builtin_configs())})"
             )
         path = builtin
+    return parse_config(read_yaml(read_text(path, "config"), str(path)), str(path))
+
+
+#: a config expands to at most this many values once aliases are followed (a real one has hundreds)
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], visiting: set[int], where: str) -> int:
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in visiting:
+        raise ConfigError(f"{where}: a YAML alias refers to itself")
+    visiting.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    size = 1
+    for child in children:
+        size += _expanded_size(child, memo, visiting, where)
+        if size > MAX_YAML_NODES:
+            raise ConfigError(
+                f"{where}: the YAML expands to more than {MAX_YAML_NODES:,} values through aliases (&anchor/*alias); "
+                "write the values out"
+            )
+    visiting.discard(key)
+    memo[key] = size
+    return size
+
+
+def read_yaml(text: str, where: str) -> Any:
+    """Safe YAML (no tags that build objects) with a budget: a "billion laughs" document (aliases of
+    aliases) or absurd nesting fails at once with one line, before anything expands it."""
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(path.read_text())
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set(), where)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    return parse_config(data, str(path))
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(exc).split())[:300]}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: the YAML is nested too deeply") from None
+    finally:
+        loader.dispose()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conceptedit.errors import ConceptEditError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     model TEXT NOT NULL, edit TEXT NOT NULL, prompt_set TEXT NOT NULL,
@@ -68,8 +70,18 @@ class ResultStore:
         cur = self.conn.execute("SELECT model, edit, prompt_set, case_number, seed FROM images")
         return {tuple(r) for r in cur.fetchall()}  # type: ignore[misc]
 
+    def check_present(self) -> None:
+        """SQLite keeps writing to a deleted file (its open handle survives), so results would vanish
+        silently: stop with a clear error when the database is gone."""
+        if not self.path.is_file():
+            raise ConceptEditError(
+                f"the results database {self.path} disappeared (was the output folder deleted or moved?); "
+                "stopped so that no results go to a deleted file; run the same command to start again"
+            )
+
     def add(self, rows: list[ImageRow]) -> None:
         """Insert finished rows in one transaction; a row already present is kept as it was."""
+        self.check_present()
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.executemany(
@@ -105,6 +117,7 @@ class ResultStore:
         return int(self.conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
 
     def set_meta(self, key: str, value: Any) -> None:
+        self.check_present()
         with self.conn:
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
