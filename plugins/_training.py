@@ -16,6 +16,21 @@ import torch
 from conceptedit.edits import LoRAEdit, Manifest, WeightDeltaEdit, lora_tensors_from_peft
 from conceptedit.errors import ConfigError
 
+# LoRA trains factors, not weights: B starts at zero and Adam moves every entry of B and A by about the
+# lr per step, so B·A changes each weight by roughly lr · sqrt(rank) · |A| (|A| ~ 1/sqrt(fan_in)), an order
+# of magnitude less than full fine-tuning at the same lr. peft/diffusers LoRA scripts therefore train at
+# 10-100x the full-model lr (e.g. 1e-4 vs 1e-5-ish). Measured on the shapes model
+# (benchmarks/lora_vs_full.py): at the same lr, few-shot LoRA changes "a picture of zorblax" by 0.16/255
+# against a complete erasure by the weight delta; at 10x lr it erases like the full mode.
+LORA_LR_FACTOR = 10.0
+
+
+def learning_rate(lr: float, artifact: str, lora_lr: float | None) -> float:
+    """The optimiser's lr: ``lr`` for weight deltas; ``lora_lr`` (default ``LORA_LR_FACTOR · lr``) for LoRA."""
+    if artifact != "lora":
+        return lr
+    return lora_lr if lora_lr is not None else LORA_LR_FACTOR * lr
+
 
 def trainable_copy(module: torch.nn.Module, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A frozen float32 deep copy of ``module`` (fp16 weights do not train well); nothing shared."""

@@ -69,6 +69,8 @@ def test_esd_lora_artifact_and_options(tiny_pipe, tmp_path):
     cfg = dict(FAST, artifact="lora", train_method="esd-x-strict", sampler="trained", erase_from="a dog")
     edit = get_plugin("esd")(cfg).fit(tiny_pipe, Request(targets=["cat"]))
     assert isinstance(edit, LoRAEdit)
+    assert edit.manifest.extra["lr"] == 1e-2  # LoRA's own lr: 10 x the full mode's unless lora_lr is set
+    assert get_plugin("esd")(dict(cfg, lora_lr=3e-4)).config.lora_lr == 3e-4
     assert edit.modules and all(m.endswith(("attn2.to_k", "attn2.to_v")) for m in edit.modules)
     assert_same_state(before_state, full_state(tiny_pipe))
     edit.save(tmp_path / "lora")
@@ -89,6 +91,8 @@ def test_esd_config_is_strict():
         plugin(train_method="esd-z")
     with pytest.raises(ConfigError):
         plugin(iterations=0)
+    with pytest.raises(ConfigError, match="lora_lr"):
+        plugin(lora_lr=-1.0)
     assert plugin().config.iterations == 200 and plugin().config.lr == 5e-5
     assert plugin().config.negative_guidance == 2.0
 

@@ -93,6 +93,30 @@ def test_images_from_a_folder_lora_and_early_stop(tiny_pipe, tmp_path):
     assert isinstance(Edit.load(tmp_path / "lora"), LoRAEdit)
 
 
+def test_lora_trains_at_its_own_lr_and_moves_the_encoder_like_the_full_mode(tiny_pipe):
+    """LoRA factors start at B = 0 and move B·A far less than full fine-tuning at the same lr (issue 21: the
+    LoRA barely erased); at its default ``lora_lr`` (10 x lr) the concept's text embedding moves about as
+    much as with the weight delta."""
+    from conceptedit.toolkit import encode_prompts
+
+    def moved(**cfg) -> tuple[float, float]:
+        edit = get_plugin("fewshot-unlearning")({**FAST, **cfg}).fit(tiny_pipe, Request(targets=["cat"]))
+        with torch.no_grad():
+            before = encode_prompts(tiny_pipe.text_encoder, tiny_pipe.tokenizer, ["a cat"])
+            with edit.apply(tiny_pipe):
+                after = encode_prompts(tiny_pipe.text_encoder, tiny_pipe.tokenizer, ["a cat"])
+        return float((after - before).norm()), edit.manifest.extra["lr"]
+
+    full, full_lr = moved()
+    lora, lora_lr = moved(artifact="lora")
+    same, same_lr = moved(artifact="lora", lora_lr=1e-3)
+    assert (full_lr, lora_lr, same_lr) == (1e-3, 1e-2, 1e-3)
+    assert same < 0.3 * full, (same, full)  # the old behaviour: LoRA at the full-mode lr hardly moves
+    assert lora > 0.5 * full, (lora, full)
+    with pytest.raises(ConfigError, match="lora_lr"):
+        get_plugin("fewshot-unlearning")({"lora_lr": 0})
+
+
 def test_fewshot_validation(tiny_pipe):
     plugin = get_plugin("fewshot-unlearning")
     with pytest.raises(RequestError, match="images"):
