@@ -35,7 +35,9 @@ Deviations, and why:
   Euler-type schedulers).
 - The artifact is a weight delta of the trained parameters (the reference saves their new values), or,
   with ``artifact: lora``, rank-``lora_rank`` LoRA factors trained on the same layers instead of the
-  full weights (not in the reference).
+  full weights (not in the reference). Rank 4, alpha = rank; the LoRA trains at ``lora_lr``, by default
+  10 × ``lr`` (5e-4): LoRA factors move the weights an order of magnitude less than full fine-tuning at
+  the same lr (``plugins/_training.py``; measured with ``benchmarks/lora_vs_full.py``).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from tqdm.auto import tqdm
 from conceptedit.edits import WeightDeltaEdit
 from conceptedit.families import SD_FAMILIES
 from conceptedit.plugin import Plugin, Request
-from conceptedit.plugins._training import Trainable, linear_module_names, trainable_copy
+from conceptedit.plugins._training import Trainable, learning_rate, linear_module_names, trainable_copy
 from conceptedit.registry import register_plugin
 from conceptedit.toolkit import Progress, default_resolution, no_progress
 
@@ -73,12 +75,13 @@ class ESDConfig:
     artifact: Literal["weight_delta", "lora"] = field(default="weight_delta", metadata={"help": "artifact kind"})
     lora_rank: int = field(default=4, metadata={"min": 1, "help": "rank when artifact=lora"})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
+    lora_lr: float | None = field(default=None, metadata={"help": "lr when artifact=lora (default: 10 x lr)"})
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.num_inference_steps < 1 or self.lora_rank < 1:
             raise ValueError("iterations, num_inference_steps and lora_rank must be >= 1")
-        if self.lr <= 0:
-            raise ValueError("lr must be > 0")
+        if self.lr <= 0 or (self.lora_lr is not None and self.lora_lr <= 0):
+            raise ValueError("lr and lora_lr must be > 0")
 
 
 def esd_module_names(unet: torch.nn.Module, train_method: str) -> list[str]:
@@ -137,7 +140,8 @@ class ESDPlugin(Plugin):
             student, "unet", esd_module_names(student, cfg.train_method), cfg.artifact, cfg.lora_rank,
             cfg.lora_alpha, cfg.seed,
         )  # fmt: skip
-        optimizer = torch.optim.Adam(trainable.parameters, lr=cfg.lr)
+        lr = learning_rate(cfg.lr, cfg.artifact, cfg.lora_lr)
+        optimizer = torch.optim.Adam(trainable.parameters, lr=lr)
 
         with torch.no_grad():
             encoded = []
@@ -180,6 +184,7 @@ class ESDPlugin(Plugin):
             cfg.artifact,
             request,
             trained_layers=len(esd_module_names(frozen, cfg.train_method)),
+            lr=lr,
             loss_first=losses[0],
             loss_last=losses[-1],
             fit_seconds=round(time.perf_counter() - start, 3),
