@@ -210,6 +210,17 @@ def test_fit_and_compare_on_the_same_pipeline(model):
     first_original = np.asarray(result.original[0][0])
     assert not np.array_equal(first_original, np.asarray(result.edited[0][0])), "the edit changed nothing"
     assert applied_edits(model.pipe) == [], "the edits must be removed after generating"
+    # the galleries are exactly the model without and with the stack at the same prompts and seeds
+    from conceptedit.generation import generate
+
+    prompts, seeds = ["a red cat"] * 2 + ["a blue dog"] * 2, [0, 1, 0, 1]
+    plain = generate(model.pipe, prompts, seeds, **result.settings)
+    with edit.apply(model.pipe):
+        expected = generate(model.pipe, prompts, seeds, **result.settings)
+    for (got, _), want in zip(result.edited, expected, strict=True):
+        assert np.array_equal(np.asarray(got), np.asarray(want)), "edited gallery is not the stack at these seeds"
+    for (got, _), want in zip(result.original, plain, strict=True):
+        assert np.array_equal(np.asarray(got), np.asarray(want)), "original gallery is not the model at these seeds"
     again = engine.compare(model, [], "a red cat", "0")
     assert np.array_equal(first_original, np.asarray(again.original[0][0])), "the pipeline was not restored"
     assert again.edited == [] and "empty" in again.note
@@ -294,7 +305,7 @@ def test_user_errors_are_concept_edit_errors(model):
 
 
 def test_ui_turns_errors_into_messages_and_keeps_running(fake_plugins, model):
-    from conceptedit.demo.ui import _run
+    from conceptedit.demo.ui import run_action as _run
 
     with pytest.warns(UserWarning, match="no target concept"):
         result, message = _run("fit", engine.fit_erase, model, "negative-prompt", {}, "")

@@ -1,0 +1,82 @@
+"""The functions behind the demo's UI, without Gradio, one module per tab or concern:
+
+- :mod:`.model`: the one shared pipeline (``DemoModel``) and ``applied`` (a stack for one request);
+- :mod:`.plugins`: registered plugins of a kind, their descriptions, instances from form values;
+- :mod:`.inputs`: concepts, prompts and seeds read strictly, prompts suggested after a fit;
+- :mod:`.stack`: the per-session stack of edits (push, remove, table, save, load);
+- :mod:`.erase`, :mod:`.inspection`, :mod:`.image_edit`, :mod:`.analysis`: each tab's work;
+- :mod:`.tables`: Markdown tables.
+
+One pipeline serves every tab and every user: edits are applied through their handles for the
+duration of one request and removed afterwards (``DemoModel.lock`` keeps requests from
+interleaving), so between requests the pipeline is always the original model. Every user error is a
+:class:`ConceptEditError` whose message the UI shows as is. This package's namespace re-exports
+them all, so the UI and the tests use ``engine.<name>``.
+"""
+
+from __future__ import annotations
+
+from conceptedit.registry import PluginInfo, get_plugin
+from conceptedit.toolkit import Progress
+
+from .analysis import analyze, report_figures, report_markdown
+from .erase import DISPLAY_MIN_SIDE, MAX_STEPS, Comparison, compare, fit_erase, for_display
+from .image_edit import edit_image
+from .inputs import (
+    MAX_PROMPTS,
+    MAX_SEEDS,
+    PROMPT_TEMPLATES,
+    default_prompts,
+    parse_concepts,
+    parse_prompts,
+    parse_seeds,
+)
+from .inspection import Inspection, inspect_stack
+from .model import DemoModel, applied
+from .plugins import broken_plugins, describe_plugin, make_plugin, plugin_choices, plugin_info, plugins_of, usable
+from .stack import StackEntry, changed_settings, find, load_entry, push, remove, save_entry, stack_choices, stack_table
+from .tables import markdown_table
+
+__all__ = [
+    "DISPLAY_MIN_SIDE",
+    "MAX_PROMPTS",
+    "MAX_SEEDS",
+    "MAX_STEPS",
+    "PROMPT_TEMPLATES",
+    "Comparison",
+    "DemoModel",
+    "Inspection",
+    "PluginInfo",
+    "Progress",
+    "StackEntry",
+    "analyze",
+    "applied",
+    "broken_plugins",
+    "changed_settings",
+    "compare",
+    "default_prompts",
+    "describe_plugin",
+    "edit_image",
+    "find",
+    "fit_erase",
+    "for_display",
+    "get_plugin",
+    "inspect_stack",
+    "load_entry",
+    "make_plugin",
+    "markdown_table",
+    "parse_concepts",
+    "parse_prompts",
+    "parse_seeds",
+    "plugin_choices",
+    "plugin_info",
+    "plugins_of",
+    "push",
+    "remove",
+    "report_figures",
+    "report_markdown",
+    "save_entry",
+    "stack_choices",
+    "stack_table",
+    "usable",
+]

@@ -1,0 +1,70 @@
+"""The Edit-an-image tab (shown when an ``edit`` plugin is installed): one image under an instruction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from .. import engine
+from ..engine import DemoModel
+from .common import HEAVY, failed, gallery, ok, plugin_picker, run_action, wire_picker
+
+
+def edit_tab(model: DemoModel) -> None:
+    gr.Markdown(
+        "### Edit one image\nUpload an image (or leave it empty to generate the source prompt), say what it "
+        "shows and what it should show."
+    )
+    with gr.Row():
+        with gr.Column(scale=2):
+            dropdown, info, forms = plugin_picker("edit", include_broken=False, tab="edit")
+            image = gr.Image(label="Image (optional)", type="pil", sources=["upload", "clipboard"])
+            source = gr.Textbox(label="Source prompt (what the image shows)", elem_id="edit-source")
+            target = gr.Textbox(label="Target prompt (what it should show)", elem_id="edit-target")
+            concepts = gr.Textbox(label="Concept(s) to edit (optional; default: the target prompt)")
+            seed = gr.Number(value=0, precision=0, label="Seed")
+            button = gr.Button("Edit", variant="primary", interactive=engine.usable(dropdown.value), elem_id="edit-run")
+        with gr.Column(scale=3):
+            message = gr.Markdown(elem_id="edit-message")
+            shown = gallery("Source → edited", "gallery-edit")
+    wire_picker(dropdown, info, forms, button)
+
+    def run(
+        name: str,
+        img: Any,
+        src: str,
+        tgt: str,
+        concept_text: str,
+        seed_value: Any,
+        *widget_values: Any,
+        progress: gr.Progress = gr.Progress(),
+    ) -> list[Any]:
+        values = forms.values(name, widget_values)
+        result, error = run_action(
+            "image edit",
+            engine.edit_image,
+            model,
+            name,
+            values,
+            img,
+            src,
+            tgt,
+            concept_text,
+            seed_value,
+            progress=progress,
+        )
+        if error:
+            return failed(error, 2)
+        source_image, outputs = result
+        images = [(engine.for_display(source_image), f"source: {src}")]
+        images += [(engine.for_display(o), f"edited: {tgt}") for o in outputs]
+        return [ok(f"edited with {name}"), images]
+
+    button.click(
+        run,
+        [dropdown, image, source, target, concepts, seed, *forms.components],
+        [message, shown],
+        concurrency_id=HEAVY,
+        api_name="edit_image",
+    )
