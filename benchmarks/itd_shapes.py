@@ -8,13 +8,18 @@ corpus, so a repeated fit reuses it). For each it reports
   on held-out sentence frames and on trigger words that were NOT used to fit;
 - probe accuracy of every other family on prompts without the concept (goal: drop ≤ 2 points) and of
   the concept's own family on its other members (in-domain);
-- the zero-shot classifier's precision and recall on prompts with and without the concept;
+- the zero-shot classifier's precision and recall on prompts with and without the concept, and on
+  sentence frames it was not fitted on (held-out frames, paraphrases, unfitted trigger words);
+- with ``--compare``: the same for the plugin's previous behaviour (fitted and calibrated on the
+  training-frame prompts only, retain set filtered by the literal target words only) beside the
+  current one (diverse target prompts + ``retain_exclude``), sharing one SAE per scenario;
 - the generation-time overhead of the applied edit (goal ≤ 2 %), measured side by side;
 - with ``--widths``: the erasure quality per SAE width (to find the smallest width that keeps it).
 
 Prints one JSON document, writes ``benchmarks/results/itd_shapes.json`` and a PNG grid.
 
     python benchmarks/itd_shapes.py                       # ~10 min on 2 CPU cores
+    python benchmarks/itd_shapes.py --scenarios character trigger --compare --per-role 6
     python benchmarks/itd_shapes.py --widths 512 1024 2048 4096 --per-role 6
 """
 
@@ -46,6 +51,16 @@ SCENARIOS: dict[str, list[str]] = {
     "all_three": ["zorblax", "outlined", *FIT_TRIGGER_WORDS],
 }
 EVAL_CONCEPT = {"zorblax": "zorblax", "outlined": "outlined", "glowing": "glowing", "halo": "glowing"}
+# The previous fit: target prompts = the request's (training frames) only, retain filter = target words only.
+PREVIOUS = {"target_templates": False, "target_from_corpus": 0, "retain_exclude": []}
+
+
+def world_retain_exclude() -> list[str]:
+    """The world's word groups for ``retain_exclude`` (benchmark only; a model folder ships its own in
+    ``plugin_presets.itd.retain_exclude``): each character with its nickname, each shape with its synonym,
+    the halo's trigger words."""
+    groups = [(c.name, c.nickname) for c in WORLD.characters] + list(WORLD.shape_synonyms)
+    return ["|".join(g) for g in groups] + ["|".join(WORLD.trigger.words)]
 
 
 def fit_prompts(targets: list[str], per_concept: int = 20) -> list[str]:
@@ -64,13 +79,23 @@ def classifier_scores(edit: Any, pipe: Any, concepts: list[str], per_role: int) 
             (positives if row.role in ("target", "target_paraphrase") else negatives).append(row.prompt)
     held_out_words = [w for w in WORLD.trigger.words if w not in FIT_TRIGGER_WORDS]
     held_out = [p for p in positives if any(w in p.split() for w in held_out_words)]
+    unseen = []  # positives in frames the fit did not see: held-out frames, paraphrases, other trigger words
+    for concept in dict.fromkeys(EVAL_CONCEPT[c] for c in concepts):
+        unseen += [r.prompt for r in erasure_prompt_set([concept], per_role, seed=7) if r.role == "target_paraphrase"]
     with edit.apply(pipe) as handle:
         pos = handle.classify(positives)
         neg = handle.classify(negatives)
         held = handle.classify(held_out) if held_out else []
+        new = handle.classify(unseen) if unseen else []
     tp = sum(d.fired for d in pos)
     fp = sum(d.fired for d in neg)
+    tp_new = sum(d.fired for d in new)
     return {
+        "unseen_frames": {
+            "precision": round(tp_new / max(1, tp_new + fp), 4),
+            "recall": round(tp_new / max(1, len(new)), 4),
+            "n_positive": len(new),
+        },
         "precision": round(tp / max(1, tp + fp), 4),
         "recall": round(tp / max(1, len(pos)), 4),
         "false_positive_rate": round(fp / max(1, len(neg)), 4),
@@ -152,6 +177,8 @@ def main() -> None:
     parser.add_argument("--per-role", type=int, default=12)
     parser.add_argument("--widths", type=int, nargs="*", default=[])
     parser.add_argument("--set", nargs="*", default=[], help="ItD config overrides key=value")
+    parser.add_argument("--scenarios", nargs="*", default=list(SCENARIOS), choices=list(SCENARIOS))
+    parser.add_argument("--compare", action="store_true", help="also fit the previous behaviour (see docstring)")
     args = parser.parse_args()
     from conceptedit.toolkit import parse_overrides
 
@@ -160,16 +187,32 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     plugin_cls = get_plugin("itd")
     overrides = parse_overrides(args.set)
+    if not plugin_cls.for_pipeline(pipe, overrides).config.retain_exclude:  # neither shipped nor given
+        overrides["retain_exclude"] = world_retain_exclude()
     metric = ProbeAccuracy()
     out: dict[str, Any] = {"config": {**plugin_cls.for_pipeline(pipe, overrides).config.__dict__}, "scenarios": {}}
     sections = []
-    for name, targets in SCENARIOS.items():
+    for name, targets in ((n, SCENARIOS[n]) for n in args.scenarios):
+        if args.compare:
+            previous = plugin_cls.for_pipeline(pipe, {**overrides, **PREVIOUS})
+            start = time.perf_counter()
+            edit = previous.fit(pipe, Request(targets=targets, prompts=fit_prompts(targets)))
+            result = {"targets": targets, "fit_s": round(time.perf_counter() - start, 2),
+                      "n_features": len(edit.features), "tau": edit.tau, "erasure": {}}  # fmt: skip
+            for concept in dict.fromkeys(EVAL_CONCEPT[t] for t in targets):
+                scores = erasure(pipe, edit, concept, args.per_role, metric)
+                scores.pop("_images")
+                result["erasure"][concept] = scores
+            result["classifier"] = classifier_scores(edit, pipe, targets, args.per_role)
+            out.setdefault("previous", {})[name] = result
+            print(json.dumps({f"{name} (previous fit)": result}, indent=1), flush=True)
         plugin = plugin_cls.for_pipeline(pipe, overrides)
         start = time.perf_counter()
         edit = plugin.fit(pipe, Request(targets=targets, prompts=fit_prompts(targets)))
         fit_s = time.perf_counter() - start
         result: dict[str, Any] = {"targets": targets, "fit_s": round(fit_s, 2), "n_features": len(edit.features),
-                                  "tau": edit.tau, "erasure": {}}  # fmt: skip
+                                  "tau": edit.tau, "n_target_prompts": edit.manifest.extra["n_target_prompts"],
+                                  "erasure": {}}  # fmt: skip
         for concept in dict.fromkeys(EVAL_CONCEPT[t] for t in targets):
             scores = erasure(pipe, edit, concept, args.per_role, metric)
             rows, before, after = scores.pop("_images")
