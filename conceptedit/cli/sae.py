@@ -114,7 +114,10 @@ def eval_command(
 ) -> None:
     """FVU, explained variance, L0 and dead-latent fraction of an SAE on stored activations."""
     from conceptedit.sae import ActivationStore, evaluate_sae, load_sae
+    from conceptedit.validate import check_int
 
+    if max_rows is not None:
+        check_int("--max-rows", max_rows, 1)
     metrics = evaluate_sae(load_sae(sae_dir), ActivationStore(store_dir), max_rows=max_rows, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(metrics))

@@ -140,26 +140,34 @@ def probe_command(
     """Read every shapes-world concept family off images with the shipped probe."""
     from PIL import Image, UnidentifiedImageError
 
-    from conceptedit.eval.probe import Probe
+    from conceptedit.eval.probe import Probe, image_kind_warning
     from conceptedit.toolkit import expand_images
 
     paths = expand_images(images)
-    pil = []
+    probe = Probe.load(probe_path)
+    pil, warnings = [], {}
     for p in paths:
         try:
             with Image.open(p) as im:
+                warning = image_kind_warning(im, probe.image_size)
                 pil.append(im.convert("RGB"))
         except (UnidentifiedImageError, OSError) as exc:
             raise ConceptEditError(f"cannot read image {p}: {exc}") from None
-    probe = Probe.load(probe_path)
+        if warning:
+            warnings[str(p)] = warning
+            typer.secho(f"warning: {p}: {warning}", fg=typer.colors.YELLOW, err=True)
     predictions = probe.predict(pil)
     if as_json:
-        rows = [{"path": str(p), "predictions": pred} for p, pred in zip(paths, predictions, strict=True)]
+        rows = [
+            {"path": str(p), "predictions": pred, **({"warning": warnings[str(p)]} if str(p) in warnings else {})}
+            for p, pred in zip(paths, predictions, strict=True)
+        ]
         typer.echo(json.dumps(rows, indent=2))
         return
     for p, pred in zip(paths, predictions, strict=True):
         parts = [f"{fam}={v['label']} ({v['prob']:.2f})" for fam, v in pred.items()]
-        typer.echo(f"{p}: " + ", ".join(parts))
+        flag = " [warning: not the model's kind of image, labels are guesses]" if str(p) in warnings else ""
+        typer.echo(f"{p}: " + ", ".join(parts) + flag)
 
 
 def register(app: typer.Typer) -> None:

@@ -59,6 +59,20 @@ class ProbeNet(nn.Module):
         return {name: head(h) for name, head in self.heads.items()}
 
 
+def image_kind_warning(image: Image.Image, size: int) -> str | None:
+    """Why ``image`` is not the kind the probe was trained on (an RGB square at the model's resolution
+    or the world's 2x render), or None. Labels of other images are guesses, so callers warn."""
+    w, h = image.size
+    problems = []
+    if image.mode != "RGB":
+        problems.append(f"mode {image.mode} (not RGB)")
+    if w != h or w not in (size, 2 * size):
+        problems.append(f"size {w}x{h} (the probe reads {size}x{size} or {2 * size}x{2 * size} renders)")
+    if not problems:
+        return None
+    return "not an image of the shapes world's kind: " + ", ".join(problems) + "; its labels are guesses"
+
+
 def _to_batch(images: Any, size: int) -> torch.Tensor:
     """PIL images, uint8 (N,H,W,3)/(N,3,H,W) arrays or tensors, or float tensors in [0, 1] →
     float (N, 3, size, size) in [-1, 1]. Larger images are area-averaged (as the model's training

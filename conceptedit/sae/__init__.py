@@ -30,6 +30,7 @@ from conceptedit.sae.io import export_saelens, load_sae, save_sae
 from conceptedit.sae.metrics import downstream_effect, evaluate_sae
 from conceptedit.sae.store import ActivationStore, InMemoryStore
 from conceptedit.sae.trainer import SAETrainer, TrainConfig, train_sae
+from conceptedit.validate import check_float, check_int, check_seed
 
 
 def create_sae(arch: str, d_in: int, width: int, **kw: Any) -> SAE:
@@ -42,6 +43,18 @@ def create_sae(arch: str, d_in: int, width: int, **kw: Any) -> SAE:
     unknown = sorted(set(kw) - valid)
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown} for SAE {arch!r}; valid: {sorted(valid)}")
+    check_int("d_in", d_in, 1)
+    check_int("width", width, 1)
+    for key, value in kw.items():
+        if key in ("k", "k_aux"):
+            if check_int(key, value, 1) > width:
+                raise ConfigError(
+                    f"{key}={value} is larger than the SAE width {width}: a code cannot use more latents than exist"
+                )
+        elif key == "seed":
+            check_seed(value)
+        elif isinstance(value, float):
+            check_float(key, value)
     return cls(d_in, width, **kw)
 
 

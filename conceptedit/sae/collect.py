@@ -19,6 +19,7 @@ from conceptedit.errors import ConfigError, RequestError
 from conceptedit.hooks import run_until
 from conceptedit.sae.store import ActivationStore, InMemoryStore, ShardWriter, _MemoryWriter
 from conceptedit.toolkit import read_prompts  # noqa: F401  (re-exported by conceptedit.sae)
+from conceptedit.validate import check_int
 
 
 def _text_parts(source: Any, module: str) -> tuple[torch.nn.Module, Any, str]:
@@ -63,6 +64,7 @@ def collect_activations(
     """
     if padding not in ("longest", "max_length"):
         raise ConfigError(f"padding must be 'longest' or 'max_length', got {padding!r}")
+    batch_size, shard_rows = check_int("batch_size", batch_size, 1), check_int("shard_rows", shard_rows, 1)
     encoder, tokenizer, name = _text_parts(source, module)
     prompts = list(prompts)
     if not prompts:

@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from conceptedit.errors import ConfigError, RequestError
+from conceptedit.validate import check_int
 
 INDEX = "index.json"
 RECORD_KEYS = ("prompt_id", "position", "token_id")
@@ -266,6 +267,7 @@ class ShardWriter:
         meta: dict[str, Any] | None = None,
     ) -> None:
         self.out = Path(out)
+        shard_rows = check_int("shard_rows", shard_rows, 1)  # 0 would write empty shards forever
         if (self.out / INDEX).exists():
             raise RequestError(f"{self.out} already holds an activation store; choose an empty folder")
         self.out.mkdir(parents=True, exist_ok=True)

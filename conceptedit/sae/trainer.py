@@ -22,6 +22,7 @@ from conceptedit.errors import ConfigError, RequestError
 from conceptedit.sae.base import SAE, SAE_ARCHITECTURES
 from conceptedit.sae.io import load_sae, save_sae
 from conceptedit.sae.store import InMemoryStore, _BaseStore
+from conceptedit.validate import check_float, check_int, check_seed, short
 
 STATE_FILE = "trainer_state.json"
 TENSORS_FILE = "trainer_state.safetensors"
@@ -49,6 +50,18 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("token_budget", "batch_size", "init_rows", "dead_after_tokens", "log_every"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "checkpoint_every"):
+            check_int(name, getattr(self, name), 0)
+        if self.buffer_rows is not None:
+            check_int("buffer_rows", self.buffer_rows, 1)
+        check_seed(self.seed)
+        check_float("lr", self.lr, above=0.0)
+        check_float("adam_eps", self.adam_eps, above=0.0)
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= check_float(name, getattr(self, name)) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.batch_size <= 0 or self.token_budget < self.batch_size:
             raise ConfigError(
                 f"need batch_size > 0 and token_budget >= batch_size, got {self.batch_size}, {self.token_budget}"
@@ -62,6 +75,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"training options must be a mapping, got {type(data).__name__}")
         valid = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - valid)
         if unknown:
@@ -220,13 +235,22 @@ class SAETrainer:
     ) -> SAETrainer:
         """Rebuild a trainer from :meth:`save_checkpoint`; ``train()`` then continues where it stopped."""
         path = Path(path)
-        if not (path / STATE_FILE).is_file():
-            raise RequestError(f"{path} holds no trainer checkpoint ({STATE_FILE} missing)")
-        state = json.loads((path / STATE_FILE).read_text())
+        state = _read_state(path)
         sae = load_sae(path, device="cpu")
-        trainer = cls(sae, store, TrainConfig.from_dict(state["config"]), checkpoint_dir=path, device=device)
+        try:
+            config = TrainConfig.from_dict(state["config"])
+        except (ConfigError, TypeError) as exc:
+            raise ConfigError(f"{path / STATE_FILE}: config: {exc}") from None
+        if state["step"] > config.total_steps:
+            raise ConfigError(
+                f"{path / STATE_FILE}: step {state['step']} is past the run's {config.total_steps} steps "
+                "(corrupted checkpoint?)"
+            )
+        trainer = cls(sae, store, config, checkpoint_dir=path, device=device)
+        if not (path / TENSORS_FILE).is_file():
+            raise RequestError(f"{path} holds no {TENSORS_FILE}; the checkpoint is incomplete")
         tensors = load_file(str(path / TENSORS_FILE))
-        trainer.step = int(state["step"])
+        trainer.step = state["step"]
         trainer.history = list(state["history"])
         trainer._initialised = bool(state["initialised"])
         trainer.since_fired = tensors["since_fired"].to(trainer.device)
@@ -239,6 +263,30 @@ class SAETrainer:
                     "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"].to(trainer.device),
                 }
         return trainer
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """``trainer_state.json``, checked: a corrupted or absurd file is one line, not a hang or garbage."""
+    file = path / STATE_FILE
+    if not file.is_file():
+        raise RequestError(f"{path} holds no trainer checkpoint ({STATE_FILE} missing)")
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{file} is not valid JSON ({' '.join(str(exc).split())[:120]}); the checkpoint is corrupted"
+        ) from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"{file} must be a JSON object; the checkpoint is corrupted")
+    missing = sorted({"step", "config", "adam_steps", "history", "initialised"} - set(state))
+    if missing:
+        raise ConfigError(f"{file} lacks {', '.join(missing)}; the checkpoint is corrupted")
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ConfigError(f"{file}: step must be a non-negative integer, got {short(step)}")
+    if not isinstance(state["history"], list) or not isinstance(state["adam_steps"], dict):
+        raise ConfigError(f"{file}: history must be a list and adam_steps a mapping")
+    return state
 
 
 def train_sae(
