@@ -121,6 +121,7 @@ def erase_command(
     """Fit an erase plugin on a model and write the edit artifact folder."""
     from tqdm.auto import tqdm
 
+    from conceptedit.edits.storage import check_save_target
     from conceptedit.loading import load_pipeline
     from conceptedit.plugin import Request
     from conceptedit.registry import get_plugin
@@ -129,6 +130,7 @@ def erase_command(
     plugin_cls = get_plugin(method)
     overrides = parse_overrides(set_ or [])
     plugin_cls(overrides)  # validate the config before loading the model
+    check_save_target(out)  # refuse a user's folder or file before the fit, not after
     request = Request(targets=concept, preserve=preserve or [], images=image or [])
     pipe = load_pipeline(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
     plugin = plugin_cls.for_pipeline(pipe, overrides)

@@ -19,7 +19,7 @@ import os
 import shutil
 import stat
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from conceptedit.errors import ArtifactError
@@ -59,11 +59,14 @@ def _inside(folder: Path, name: str) -> Path:
     """``folder / name`` if it resolves to a regular file inside ``folder`` (symlinks followed), else raise."""
     if not isinstance(name, str) or not name or len(name) > 255 or "\x00" in name or "\\" in name:
         raise ArtifactError(f"{folder}: manifest lists a file name that is not a plain relative path")
-    pure = PurePosixPath(name)
-    if pure.is_absolute() or ":" in pure.parts[0] or any(p in ("", ".", "..") for p in name.split("/")):
+    parts = name.split("/")
+    if ":" in parts[0] or any(p in ("", ".", "..") for p in parts):  # absolute ("/x" has an empty first part)
         raise ArtifactError(f"{folder}: manifest file name {name[:80]!r} must stay inside the artifact folder")
-    root = folder.resolve()
-    path = (root / name).resolve()
+    try:
+        root = folder.resolve()
+        path = (root / name).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        raise ArtifactError(f"{folder}: {name[:80]!r} is a symlink loop") from None
     if not path.is_relative_to(root):
         raise ArtifactError(f"{folder}: {name[:80]!r} resolves outside the artifact folder (a symlink?); refused")
     try:
