@@ -128,11 +128,12 @@ def test_entry_point_plugins_are_discovered_and_broken_ones_listed(fake_distribu
         get_plugin("fake-broken")
 
 
-def test_broken_in_tree_module_does_not_break_registry(monkeypatch: pytest.MonkeyPatch):
+def test_broken_in_tree_module_does_not_break_registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     import conceptedit.plugins as package
 
-    broken_dir = Path(package.__path__[0])
-    bad = broken_dir / "zz_broken_for_test.py"
+    # the broken module lives in a temporary folder added to the package's path, never in the installed package
+    monkeypatch.setattr(package, "__path__", [*package.__path__, str(tmp_path)])
+    bad = tmp_path / "zz_broken_for_test.py"
     bad.write_text("raise RuntimeError('boom at import')\n")
     try:
         registry.discover(refresh=True)
@@ -141,7 +142,6 @@ def test_broken_in_tree_module_does_not_break_registry(monkeypatch: pytest.Monke
         assert "boom at import" in infos["zz_broken_for_test"].error
         assert infos["negative-prompt"].status == "ok"
     finally:
-        bad.unlink()
         registry._BROKEN.pop("zz_broken_for_test", None)
         sys.modules.pop("conceptedit.plugins.zz_broken_for_test", None)
 

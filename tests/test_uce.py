@@ -8,8 +8,6 @@ prompt. (Locality without a preserve list is measured on the shapes model by the
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -90,9 +88,7 @@ def test_weighted_ridge_edit_rejects_bad_shapes():
 def test_uce_erases_keeps_preserved_and_round_trips(tiny_pipe, tmp_path):
     before_state = full_state(tiny_pipe)
     base_cat, base_dog = images(tiny_pipe, "a cat"), images(tiny_pipe, "a dog")
-    started = time.perf_counter()
     edit = get_plugin("uce")().fit(tiny_pipe, Request(targets=["cat"], preserve=["dog"]))
-    assert time.perf_counter() - started < 5
     assert_same_state(before_state, full_state(tiny_pipe))  # fit leaves the pipeline as it was
     assert isinstance(edit, WeightDeltaEdit) and edit.manifest.plugin == "uce"
     assert edit.tensors and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in edit.tensors)
