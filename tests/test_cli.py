@@ -75,6 +75,25 @@ def test_erase_then_generate_with_the_edit(tiny_model_dir, tmp_path):
     assert meta["prompt"] == "a red cat" and meta["seed"] == 3 and meta["edits"][0]["plugin"] == "negative-prompt"
     assert (out / "0007_seed3.png").is_file() and (out / "0000_seed0.png").is_file()
 
+    # the files hold what the edit applied in-process gives at the same seeds (one batch, as the CLI does)
+    import numpy as np
+    from PIL import Image
+
+    from conceptedit.edits import Edit
+    from conceptedit.generation import generate
+    from conceptedit.loading import load_pipeline
+
+    pipe = load_pipeline(str(tiny_model_dir), device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    prompts, seeds = ["a blue dog", "a red cat"], [0, 3]
+    plain = generate(pipe, prompts, seeds)
+    with Edit.load(edit_dir).apply(pipe):
+        edited = generate(pipe, prompts, seeds)
+    for name, expected, unedited in zip(("0000_seed0.png", "0007_seed3.png"), edited, plain, strict=True):
+        written = np.asarray(Image.open(out / name).convert("RGB"))
+        assert np.array_equal(written, np.asarray(expected)), f"{name} is not the edited image"
+        assert not np.array_equal(written, np.asarray(unedited)), f"{name}: the edit changed nothing"
+
 
 @pytest.mark.parametrize(
     ("args", "message"),

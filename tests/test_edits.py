@@ -56,7 +56,13 @@ def make_lora_edit(pipe) -> LoRAEdit:
 
 
 def make_component_edit(pipe) -> ComponentEdit:
-    tensors = {k: v * 1.5 for k, v in component_state(pipe, "text_encoder").items() if v.dim() == 2}
+    # new values that no arithmetic undo recovers exactly (x1.5 alone is undone bit for bit by -(new - old))
+    gen = torch.Generator().manual_seed(2)
+    tensors = {
+        k: v * 1.5 + 10.0 * torch.randn(v.shape, generator=gen)
+        for k, v in component_state(pipe, "text_encoder").items()
+        if v.dim() == 2
+    }
     edit = ComponentEdit(Manifest("component", "component", "test", targets=["cat"]), tensors)
     edit.record_base(pipe, ["text_encoder"])
     return edit
@@ -119,16 +125,64 @@ def test_stacked_edits_remove_in_any_order(tiny_pipe):
     assert_same_state(before_state, full_state(tiny_pipe))
 
 
+def text_embeddings_of(pipe, prompts: tuple[str, ...] = (PROMPT, "a blue dog")) -> torch.Tensor:
+    with torch.no_grad():
+        return pipe.encode_prompt(list(prompts), "cpu", 1, False)[0]
+
+
+def test_edits_on_the_same_weights_remove_in_any_order(tiny_pipe):
+    """Two deltas on the same parameters: removing the lower one leaves exactly the upper one applied."""
+    before = full_state(tiny_pipe)
+    lower, upper = make_delta_edit(tiny_pipe, 0.5), make_delta_edit(tiny_pipe, 0.25)
+    h_lower, h_upper = lower.apply(tiny_pipe), upper.apply(tiny_pipe)
+    h_lower.remove()
+    only_upper = full_state(tiny_pipe)
+    h_upper.remove()
+    assert_same_state(before, full_state(tiny_pipe))
+    with upper.apply(tiny_pipe):
+        assert_same_state(only_upper, full_state(tiny_pipe))
+    assert_same_state(before, full_state(tiny_pipe))
+
+
 def test_lora_file_loads_with_diffusers(tiny_pipe, tiny_model_dir, tmp_path):
+    """diffusers' loader gives the text embeddings our merge gives (a 5 % strength error is far outside)."""
     edit = make_lora_edit(tiny_pipe)
     edit.save(tmp_path / "lora")
+    base = text_embeddings_of(tiny_pipe)
     with edit.apply(tiny_pipe):
-        ours = image_array(tiny_pipe)
+        ours = text_embeddings_of(tiny_pipe)
     other = load_pipeline(str(tiny_model_dir), device="cpu")
     other.set_progress_bar_config(disable=True)
     other.load_lora_weights(str(tmp_path / "lora"))
-    theirs = image_array(other)
-    assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 2
+    theirs = text_embeddings_of(other)
+    assert (ours - base).abs().max() > 0.1  # the LoRA matters
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+
+
+def test_trained_lora_with_alpha_other_than_rank_exports_its_scale(tiny_pipe):
+    """The exported LoRA merges into exactly the adapter peft trained: W + (alpha / r) B A."""
+    from conceptedit.plugins._training import Trainable, trainable_copy
+
+    student = trainable_copy(tiny_pipe.text_encoder)
+    names = [n for n, m in student.named_modules() if n.endswith(("self_attn.q_proj", "mlp.fc1"))]
+    trainable = Trainable(student, "text_encoder", names, "lora", lora_rank=2, lora_alpha=8.0, seed=0)
+    scalings = [m.scaling["default"] for m in student.modules() if hasattr(m, "scaling") and m.scaling]
+    assert scalings and all(s == 4.0 for s in scalings)  # alpha / r, not 1
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n, p in student.named_parameters():
+            if "lora_B" in n:  # peft starts B at zero: give the adapter an effect
+                p.copy_(torch.randn(p.shape, generator=gen))
+    ids = tiny_pipe.tokenizer([PROMPT], padding="max_length", max_length=16, return_tensors="pt").input_ids
+    with torch.no_grad():
+        adapted = student(ids)[0]
+        base = tiny_pipe.text_encoder(ids)[0]
+    edit = trainable.artifact(Manifest("lora", "lora", "test", targets=["cat"]), tiny_pipe.text_encoder)
+    edit.record_base(tiny_pipe, ["text_encoder"])
+    with edit.apply(tiny_pipe), torch.no_grad():
+        merged = tiny_pipe.text_encoder(ids)[0]
+    assert (adapted - base).abs().max() > 0.1
+    torch.testing.assert_close(merged, adapted, rtol=1e-5, atol=1e-5)
 
 
 def test_edit_refuses_another_base_model(tiny_pipe, other_tiny_model_dir, tmp_path):
@@ -143,7 +197,14 @@ def test_edit_refuses_another_base_model(tiny_pipe, other_tiny_model_dir, tmp_pa
 def test_edit_accepts_same_model_in_other_dtype(tiny_pipe, tiny_model_dir):
     edit = make_delta_edit(tiny_pipe)
     half = load_pipeline(str(tiny_model_dir), device="cpu", dtype="bfloat16")
-    edit.apply(half).remove()
+    before = full_state(half)
+    handle = edit.apply(half)
+    for key, delta in edit.tensors.items():  # W + delta computed in float32, stored in the model's dtype
+        weight = half.unet.get_parameter(key.removeprefix("unet."))
+        assert weight.dtype == torch.bfloat16
+        assert torch.equal(weight, (before[key].float() + delta).to(torch.bfloat16)), key
+    handle.remove()
+    assert_same_state(before, full_state(half))
 
 
 def test_corrupted_and_tampered_artifacts_fail_clearly(tiny_pipe, tmp_path):
@@ -191,8 +252,25 @@ def test_negative_prompt_edit_needs_guidance_and_respects_user_negative(tiny_pip
     edit = make_negative_edit(tiny_pipe)
     assert edit.negative_for("") == "cat"
     assert edit.negative_for("blurry") == "blurry, cat"
+    both = get_plugin("negative-prompt")().fit(tiny_pipe, Request(targets=["cat", "dog"]))
+    assert both.negative_for("") == "cat, dog" and both.negative_for("blurry") == "blurry, cat, dog"
     base = image_array(tiny_pipe)
     with edit.apply(tiny_pipe):
         no_cfg = np.asarray(generate(tiny_pipe, [PROMPT], [0], guidance_scale=1.0)[0])
     assert np.array_equal(no_cfg, np.asarray(generate(tiny_pipe, [PROMPT], [0], guidance_scale=1.0)[0]))
     assert not np.array_equal(base, no_cfg)  # sanity: guidance 1 differs from default guidance
+
+
+def test_generate_passes_the_negative_prompt_and_seeds_through(tiny_pipe):
+    """generate() gives what the pipeline itself gives for the same negative prompt and per-image seeds."""
+    from conceptedit.devices import generator_for
+    from conceptedit.generation import generation_settings
+
+    ours = generate(tiny_pipe, [PROMPT, "a blue dog"], [4, 5], negative_prompt="blurry")
+    direct = tiny_pipe(prompt=[PROMPT, "a blue dog"], negative_prompt=["blurry"] * 2,
+                       generator=[generator_for(4), generator_for(5)], output_type="pil",
+                       **generation_settings(tiny_pipe)).images  # fmt: skip
+    for a, b in zip(ours, direct, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    plain = generate(tiny_pipe, [PROMPT], [4])[0]
+    assert not np.array_equal(np.asarray(plain), np.asarray(ours[0])), "the negative prompt changed nothing"
