@@ -20,7 +20,7 @@ from conceptedit.edits.base import Edit
 from conceptedit.errors import ConceptEditError, ConfigError
 from conceptedit.eval.cache import ImageCache, image_key
 from conceptedit.eval.config import EditSpec, EvalConfig, PromptSetSpec, load_config
-from conceptedit.eval.metrics import BASE, Group, Metric, MetricResult, create_metric
+from conceptedit.eval.metrics import BASE, Group, Metric, MetricResult, ModelContext, create_metric
 from conceptedit.eval.prompts import PromptRow, builtin_prompt_set, read_prompt_csv
 from conceptedit.eval.store import ImageRow, ResultStore
 from conceptedit.fingerprint import fingerprint
@@ -156,6 +156,22 @@ class Evaluation:
             if reason:
                 self.unavailable[metric.name] = reason
         self.active = [m for m in self.metrics if m.name not in self.unavailable]
+        self.contexts: dict[str, ModelContext] = {}  # per evaluated model, given to metrics before scoring
+
+    def _metrics_for(self, model: str) -> list[Metric]:
+        """The active metrics told which model they score (``Metric.use_model``); one that cannot score
+        this model (e.g. no CLIP for it offline) is reported unavailable for it and the run goes on."""
+        context = self.contexts.get(model)
+        if context is None:
+            return self.active
+        usable = []
+        for metric in self.active:
+            reason = metric.use_model(context)
+            if reason is None:
+                usable.append(metric)
+            else:
+                self.unavailable[metric.name if len(self.cfg.models) == 1 else f"{metric.name} ({model})"] = reason
+        return usable
 
     def _check_same_config(self) -> None:
         saved = self.store.get_meta("config")
@@ -206,6 +222,7 @@ class Evaluation:
 
         edit_name = edit.name if edit else BASE
         edit_keys = [edit.key] if edit else []
+        metrics = self._metrics_for(model)
         handle = edit.edit.apply(pipe) if edit else None
         try:
             bar = tqdm(total=len(items), desc=f"{model}/{edit_name}", disable=not self.progress, unit="img")
@@ -248,7 +265,7 @@ class Evaluation:
                     )  # fmt: skip
                     for (inst, r, s), k in zip(chunk, keys, strict=True)
                 ]
-                for metric in self.active:
+                for metric in metrics:
                     scores = metric.score_images(rows, images)  # type: ignore[arg-type]
                     for row, score in zip(rows, scores, strict=True):
                         if score:
@@ -261,13 +278,15 @@ class Evaluation:
                 handle.remove()
 
     def run(self) -> dict[str, Any] | None:
-        from conceptedit.loading import load_pipeline
+        from conceptedit.loading import load_pipeline, model_files
 
         done = self.store.done_keys()
         for model in self.cfg.models:
             pipe = load_pipeline(model, device=self.device)
             pipe.set_progress_bar_config(disable=True)
             mkey = model_key(pipe, model)
+            self.contexts[model] = ModelContext(model, model_files(pipe))
+            self._metrics_for(model)  # unavailable-for-this-model reasons are recorded even when nothing is pending
             loaded = [LoadedEdit(s.name, self._load_edit(s, pipe, model), "") for s in self.cfg.edits]
             for item in loaded:
                 item.key = edit_key(item.edit)
@@ -319,7 +338,7 @@ class Evaluation:
             base = {(r.case_number, r.seed): r for r in groups.get((model, BASE, prompt_set), [])}
             group = Group(model, edit, prompt_set, members, base, load_image)
             metrics: dict[str, MetricResult] = {}
-            for metric in self.active:
+            for metric in self._metrics_for(model):
                 metrics.update(metric.compute(group))
             out_groups.append({
                 "model": model, "edit": edit, "prompt_set": prompt_set, "n_images": len(members),
