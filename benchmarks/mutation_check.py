@@ -1,0 +1,558 @@
+"""Mutation check: break the code on purpose, one curated mutation at a time, and see whether the tests notice.
+
+Each mutation is an exact text replacement in one file of the core (``conceptedit/``) or the plugins
+(``plugins/``) — a sign flip, an off-by-one, a dropped step, swapped arguments — with the test files (or
+test ids) that should catch it. The script never touches the working tree: it exports the committed tree
+(``git archive HEAD``; ``--worktree`` copies the working tree instead) to a temporary folder, makes the
+copy importable as ``conceptedit`` (``PYTHONPATH`` = the copy, and ``conceptedit/plugins`` etc. linked to
+the copy's top-level folders, as the editable install maps them), checks that the unmutated tests pass
+there, then applies each mutation to the copy, runs its tests (``-x``, stop at the first failure) and
+restores the file. At the end the test that caught each mutation is run once more on the unmutated copy:
+a test that fails there too proves nothing (``--baseline`` runs every selected test unmutated first
+instead, which costs a full pass).
+
+A mutation is *caught* when its tests fail (and the failing test passes unmutated), *missed* when they
+pass, *stale* when its original snippet is no longer in the file (the code changed; update the list),
+*invalid* when the failing test fails without the mutation too. The score per package is caught /
+(caught + missed).
+
+    python benchmarks/mutation_check.py                 # every mutation (~15-25 min on 2 busy cores)
+    python benchmarks/mutation_check.py --only esd-negative-guidance-sign,lora-export-drops-scale
+    python benchmarks/mutation_check.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# the editable install maps these top-level folders into the conceptedit namespace (pyproject.toml)
+NAMESPACE_LINKS = {"plugins": "plugins", "pipelines": "pipelines", "datasets": "datasets"}
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    why: str = ""
+
+    @property
+    def package(self) -> str:
+        parts = Path(self.file).parts
+        if parts[0] == "plugins":
+            return "plugins"
+        return "conceptedit." + parts[1].removesuffix(".py") if len(parts) > 2 else "conceptedit (core)"
+
+
+MUTATIONS: list[Mutation] = [
+    # -- the eight breaks named in issue 22 ----------------------------------------------------------------
+    Mutation(
+        "esd-negative-guidance-sign",
+        "plugins/esd.py",
+        "target = eps_from - cfg.negative_guidance * (eps_c - eps_u)",
+        "target = eps_from + cfg.negative_guidance * (eps_c - eps_u)",
+        (
+            "tests/test_esd.py::test_esd_erases_leaves_pipeline_alone_and_round_trips",
+            "tests/test_effects.py::test_esd_lowers_the_concept_and_keeps_others",
+        ),
+        "ESD trains towards the concept instead of away",
+    ),
+    Mutation(
+        "generate-edit-not-applied",
+        "conceptedit/cli/core.py",
+        "handles = [e.apply(pipe) for e in edits]",
+        "handles = []",
+        ("tests/test_cli.py::test_erase_then_generate_with_the_edit",),
+        "`generate --edit` loads and records the edit but never applies it",
+    ),
+    Mutation(
+        "lora-export-drops-scale",
+        "conceptedit/edits/lora.py",
+        ".weight.detach().cpu().clone() * scale",
+        ".weight.detach().cpu().clone()",
+        (
+            "tests/test_edits.py::test_lora_file_loads_with_diffusers",
+            "tests/test_edits.py::test_trained_lora_with_alpha_other_than_rank_exports_its_scale",
+            "tests/test_esd.py::test_esd_lora_artifact_and_options",
+        ),
+        "LoRA export loses alpha / r",
+    ),
+    Mutation(
+        "eval-resume-redoes-finished-rows",
+        "conceptedit/eval/runner.py",
+        "if (model, edit_name, inst.name, row.case_number, seed) not in done:",
+        "if True:",
+        (
+            "tests/test_eval.py::test_second_run_reuses_cached_images",
+            "tests/test_eval_work.py::test_resume_generates_and_scores_only_unfinished_rows",
+            "tests/test_eval.py::test_resume_after_sigkill_loses_and_duplicates_nothing",
+        ),
+        "resume regenerates and rescores every finished row",
+    ),
+    Mutation(
+        "eval-every-process-does-all-work",
+        "conceptedit/eval/runner.py",
+        "mine = items[self.dist.index :: self.dist.count]",
+        "mine = items",
+        (
+            "tests/test_eval_work.py::test_processes_split_the_rows_disjoint_and_complete",
+            "tests/test_eval.py::test_two_processes_with_accelerate",
+        ),
+        "two accelerate processes each do all the work",
+    ),
+    Mutation(
+        "sae-encode-skips-b-pre",
+        "conceptedit/sae/base.py",
+        "xc = self._scale(x.reshape(-1, self.d_in)) - self.b_pre",
+        "xc = self._scale(x.reshape(-1, self.d_in))",
+        (
+            "tests/test_sae_paths.py",
+            "tests/test_sae_arch.py::test_sparse_decode_equals_dense_decode",
+            "tests/test_sae_io.py",
+        ),
+        "SAE inference path does not subtract b_pre (training path does)",
+    ),
+    Mutation(
+        "demo-edited-gallery-without-stack",
+        "conceptedit/demo/engine/erase.py",
+        "with applied(model, stack):\n                edited = _generate(",
+        "with applied(model, stack[:0]):\n                edited = _generate(",
+        ("tests/test_demo.py::test_fit_and_compare_on_the_same_pipeline",),
+        "the demo's edited gallery is generated without the edits",
+    ),
+    Mutation(
+        "demo-edited-gallery-other-seed",
+        "conceptedit/demo/engine/erase.py",
+        'edited = _generate(model, all_prompts, all_seeds, settings, tick("with the edits"))',
+        'edited = _generate(model, all_prompts, [s + 1 for s in all_seeds], settings, tick("with the edits"))',
+        ("tests/test_demo.py::test_fit_and_compare_on_the_same_pipeline",),
+        "the demo's edited gallery uses other seeds than the original",
+    ),
+    Mutation(
+        "component-edit-arithmetic-undo",
+        "conceptedit/edits/weights.py",
+        "    def _new_value(self, param: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:\n"
+        "        return stored.to(param.device)\n",
+        "    def _new_value(self, param: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:\n"
+        "        return stored.to(param.device)\n\n"
+        "    def _attach(self, pipe: Any) -> Undo:  # mutation: undo by arithmetic, not saved originals\n"
+        "        params = [resolve_parameter(pipe, k) for k in self.tensors]\n"
+        "        new = list(self.tensors.values())\n"
+        "        steps = [(p, s.to(p.device).float() - p.detach().float()) for p, s in zip(params, new)]\n"
+        "        with torch.no_grad():\n"
+        "            for p, s in zip(params, self.tensors.values()):\n"
+        "                p.copy_(s.to(p.device, p.dtype))\n\n"
+        "        def undo() -> None:\n"
+        "            with torch.no_grad():\n"
+        "                for p, step in steps:\n"
+        "                    p.copy_((p.detach().float() - step).to(p.dtype))\n\n"
+        "        return undo\n",
+        ("tests/test_edits.py::test_round_trip_apply_and_exact_removal",),
+        "component edit removal undoes by arithmetic instead of restoring the saved originals",
+    ),
+    Mutation(
+        "itd-no-retain-filtering",
+        "plugins/itd.py",
+        "features = set().union(*target_sets) - retain_union",
+        "features = set().union(*target_sets)",
+        ("tests/test_itd.py::test_retain_prompts_filter_features", "tests/test_itd.py::test_artifact_round_trip"),
+        "ItD keeps latents that also fire on retain prompts",
+    ),
+    # -- more: sign flips, off-by-ones, dropped steps, swapped arguments -------------------------------------
+    Mutation(
+        "esd-uncond-cond-swapped",
+        "plugins/esd.py",
+        "torch.cat([x_in] * 3), t, torch.cat([uncond, cond, source])",
+        "torch.cat([x_in] * 3), t, torch.cat([cond, uncond, source])",
+        (
+            "tests/test_esd.py::test_esd_erases_leaves_pipeline_alone_and_round_trips",
+            "tests/test_effects.py::test_esd_lowers_the_concept_and_keeps_others",
+        ),
+        "swapped arguments: conditional and unconditional branch exchanged",
+    ),
+    Mutation(
+        "esd-sampler-option-ignored",
+        "plugins/esd.py",
+        'sampler = frozen if cfg.sampler == "frozen" else student',
+        "sampler = frozen",
+        ("tests/test_esd.py::test_esd_lora_artifact_and_options",),
+        "sampler=trained silently samples with the frozen model",
+    ),
+    Mutation(
+        "esd-strict-preset-adds-to-q",
+        "plugins/esd.py",
+        '"esd-x-strict": lambda n: "attn2.to_k" in n or "attn2.to_v" in n,',
+        '"esd-x-strict": lambda n: "attn2.to_k" in n or "attn2.to_v" in n or "attn2.to_q" in n,',
+        ("tests/test_esd.py::test_presets_select_the_reference_layers",),
+        "wrong parameter preset",
+    ),
+    Mutation(
+        "fewshot-descends-instead-of-ascends",
+        "plugins/fewshot_unlearning.py",
+        "loss = -self.denoising_loss(pipe, student, noise_scheduler, z, noise, t, pick(len(idx)))",
+        "loss = self.denoising_loss(pipe, student, noise_scheduler, z, noise, t, pick(len(idx)))",
+        (
+            "tests/test_fewshot.py::test_images_from_a_folder_lora_and_early_stop",
+            "tests/test_effects.py::test_fewshot_lowers_the_concept_and_keeps_others",
+        ),
+        "few-shot unlearning learns the concept instead of unlearning it",
+    ),
+    Mutation(
+        "fewshot-v-prediction-target-dropped",
+        "plugins/fewshot_unlearning.py",
+        "target = noise_scheduler.get_velocity(latents, noise, timesteps)",
+        "target = noise",
+        ("tests/test_fewshot.py::test_fewshot_on_sd2_with_v_prediction_and_refusal_of_other_families",),
+        "v-prediction models get the epsilon target",
+    ),
+    Mutation(
+        "fewshot-early-stop-comparison-flipped",
+        "plugins/fewshot_unlearning.py",
+        "eval_losses[-1] >= eval_losses[0] * (1 + cfg.early_stop_margin)",
+        "eval_losses[-1] <= eval_losses[0] * (1 + cfg.early_stop_margin)",
+        ("tests/test_fewshot.py::test_images_from_a_folder_lora_and_early_stop",),
+        "early stopping on the wrong side of the margin",
+    ),
+    Mutation(
+        "trainable-ignores-lora-alpha",
+        "plugins/_training.py",
+        "r=lora_rank, lora_alpha=lora_alpha or lora_rank, target_modules=module_names",
+        "r=lora_rank, lora_alpha=lora_rank, target_modules=module_names",
+        (
+            "tests/test_edits.py::test_trained_lora_with_alpha_other_than_rank_exports_its_scale",
+            "tests/test_esd.py::test_esd_lora_artifact_and_options",
+        ),
+        "the lora_alpha setting is ignored",
+    ),
+    Mutation(
+        "uce-erase-and-guide-swapped",
+        "plugins/uce.py",
+        "W_new = uce_closed_form(W_old, erase, guide, preserve,",
+        "W_new = uce_closed_form(W_old, guide, erase, preserve,",
+        (
+            "tests/test_uce.py::test_uce_erases_keeps_preserved_and_round_trips",
+            "tests/test_effects.py::test_uce_lowers_the_concept_and_keeps_others",
+        ),
+        "swapped arguments: the guide is mapped to the concept",
+    ),
+    Mutation(
+        "uce-key-token-off-by-one",
+        "plugins/uce.py",
+        "last = int(ids.attention_mask[0].sum()) - 2",
+        "last = int(ids.attention_mask[0].sum()) - 1",
+        (
+            "tests/test_uce.py::test_uce_erases_keeps_preserved_and_round_trips",
+            "tests/test_effects.py::test_uce_lowers_the_concept_and_keeps_others",
+        ),
+        "off by one: the EOS token instead of the concept's last word",
+    ),
+    Mutation(
+        "uce-delta-sign",
+        "plugins/uce.py",
+        'deltas[f"unet.{names[i]}.weight"] = W_new[j] - W_old[j]',
+        'deltas[f"unet.{names[i]}.weight"] = W_old[j] - W_new[j]',
+        (
+            "tests/test_uce.py::test_uce_erases_keeps_preserved_and_round_trips",
+            "tests/test_effects.py::test_uce_lowers_the_concept_and_keeps_others",
+        ),
+        "sign flip of the stored delta",
+    ),
+    Mutation(
+        "uce-solver-drops-lambda-in-rhs",
+        "conceptedit/sparsity/ridge.py",
+        'B = torch.einsum("lno,n,ni->loi", v, w, k) + lamb * W',
+        'B = torch.einsum("lno,n,ni->loi", v, w, k)',
+        ("tests/test_uce.py::test_solver_satisfies_its_normal_equations",),
+        "dropped term of the normal equations",
+    ),
+    Mutation(
+        "negative-prompt-keeps-only-first-target",
+        "plugins/negative_prompt.py",
+        "text = self.config.separator.join(request.targets)",
+        "text = request.targets[0]",
+        ("tests/test_edits.py::test_negative_prompt_edit_needs_guidance_and_respects_user_negative",),
+        "several targets: only the first reaches the negative prompt",
+    ),
+    Mutation(
+        "negative-prompt-drops-user-negative",
+        "conceptedit/edits/runtime.py",
+        'return f"{user_negative}, {text}"',
+        "return text",
+        ("tests/test_edits.py::test_negative_prompt_edit_needs_guidance_and_respects_user_negative",),
+        "append mode replaces the user's negative prompt",
+    ),
+    Mutation(
+        "weight-delta-sign",
+        "conceptedit/edits/weights.py",
+        "return param.detach().float() + stored.to(param.device, torch.float32)",
+        "return param.detach().float() - stored.to(param.device, torch.float32)",
+        (
+            "tests/test_edits.py::test_edit_accepts_same_model_in_other_dtype",
+            "tests/test_uce.py::test_uce_erases_keeps_preserved_and_round_trips",
+            "tests/test_effects.py::test_uce_lowers_the_concept_and_keeps_others",
+        ),
+        "a weight delta is subtracted",
+    ),
+    Mutation(
+        "stack-remove-forgets-edits-above",
+        "conceptedit/edits/base.py",
+        "        for h, _ in above:\n            self.entries.append((h, h.edit._attach(self.pipe)))",
+        "        for h, _ in above:\n            h.active = False",
+        ("tests/test_edits.py::test_stacked_edits_remove_in_any_order",),
+        "removing an edit from the middle drops the ones above it",
+    ),
+    Mutation(
+        "stack-undo-in-push-order",
+        "conceptedit/edits/base.py",
+        "for _, undo in reversed(self.entries[index:]):",
+        "for _, undo in self.entries[index:]:",
+        (
+            "tests/test_edits.py::test_stacked_edits_remove_in_any_order",
+            "tests/test_edits.py::test_edits_on_the_same_weights_remove_in_any_order",
+        ),
+        "stacked edits undone bottom first: overlapping weights come back wrong",
+    ),
+    Mutation(
+        "generate-drops-negative-prompt",
+        "conceptedit/generation.py",
+        "negative = None if negative_prompt is None else [negative_prompt] * len(chunk)",
+        "negative = None",
+        (
+            "tests/test_edits.py::test_generate_passes_the_negative_prompt_and_seeds_through",
+            "tests/test_itd.py::test_classifier_gates_the_edit",
+        ),
+        "generate ignores the user's negative prompt",
+    ),
+    Mutation(
+        "generate-cli-ignores-csv-seeds",
+        "conceptedit/cli/core.py",
+        "[r[1] for r in rows],",
+        "[seed for r in rows],",
+        ("tests/test_cli.py::test_erase_then_generate_with_the_edit",),
+        "generate uses --seed for every CSV row (metadata still says the row's seed)",
+    ),
+    Mutation(
+        "eval-edit-not-applied",
+        "conceptedit/eval/runner.py",
+        "handle = edit.edit.apply(pipe) if edit else None",
+        "handle = None",
+        ("tests/test_eval.py::test_same_config_twice_gives_identical_images_and_metrics",),
+        "evaluation scores base images as the edited ones",
+    ),
+    Mutation(
+        "itd-threshold-from-max",
+        "plugins/itd.py",
+        'edit.manifest.extra["tau"] = float(self.config.tau_factor * target_scores.min())',
+        'edit.manifest.extra["tau"] = float(self.config.tau_factor * target_scores.max())',
+        (
+            "tests/test_itd.py::test_classifier_gates_the_edit",
+            "tests/test_itd.py::test_classify_reads_the_unedited_activations",
+        ),
+        "tau calibrated on the highest target score: target prompts below it pass unedited",
+    ),
+    Mutation(
+        "itd-fires-below-threshold",
+        "plugins/itd.py",
+        "fire = self.scores(hidden, delta) >= self.tau",
+        "fire = self.scores(hidden, delta) <= self.tau",
+        ("tests/test_itd.py::test_classifier_gates_the_edit",),
+        "comparison flipped",
+    ),
+    Mutation(
+        "itd-edits-bos",
+        "plugins/itd.py",
+        "        delta = delta.reshape(b, t, d)\n        delta[:, 0] = 0.0\n",
+        "        delta = delta.reshape(b, t, d)\n",
+        (
+            "tests/test_itd.py::test_classifier_gates_the_edit",
+            "tests/test_itd.py::test_classify_reads_the_unedited_activations",
+        ),
+        "the BOS token is changed too",
+    ),
+    Mutation(
+        "sae-topk-train-skips-b-pre",
+        "conceptedit/sae/topk.py",
+        "        xc = xn - self.b_pre\n        (vals, idx), aux_sel = self._select(xc, dead_mask)",
+        "        xc = xn\n        (vals, idx), aux_sel = self._select(xc, dead_mask)",
+        ("tests/test_sae_paths.py", "tests/test_sae_arch.py::test_forward_shapes_and_gradients"),
+        "SAE training path does not subtract b_pre (inference path does)",
+    ),
+    Mutation(
+        "sae-decode-drops-b-pre",
+        "conceptedit/sae/base.py",
+        "return (out + self.b_pre) / self.input_scale",
+        "return out / self.input_scale",
+        ("tests/test_sae_arch.py::test_sparse_decode_equals_dense_decode", "tests/test_sae_paths.py"),
+        "decode forgets the pre-encoder bias",
+    ),
+    Mutation(
+        "fingerprint-mismatch-ignored",
+        "conceptedit/edits/base.py",
+        "            problem = compare(fp, actual[name])\n            if problem:",
+        "            problem = compare(fp, actual[name])\n            if False:",
+        ("tests/test_edits.py::test_edit_refuses_another_base_model",),
+        "an edit applies to another base model",
+    ),
+]
+
+
+# -- running -------------------------------------------------------------------------------------------------
+def export_tree(dest: Path, worktree: bool) -> None:
+    if worktree:
+        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                               capture_output=True, text=True).stdout.splitlines()  # fmt: skip
+        for rel in files:
+            src = ROOT / rel
+            if src.is_file():
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / rel)
+    else:
+        archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    for link, target in NAMESPACE_LINKS.items():
+        (dest / "conceptedit" / link).symlink_to(dest / target, target_is_directory=True)
+
+
+def environment(tree: Path, cache: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CONCEPTEDIT_CACHE")}
+    env.update(PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", CONCEPTEDIT_CACHE=str(cache))  # fmt: skip
+    return env
+
+
+def check_imports(tree: Path, env: dict[str, str]) -> None:
+    code = "import conceptedit, conceptedit.plugins, conceptedit.pipelines; print(conceptedit.__file__); " \
+           "print(conceptedit.plugins.__file__); print(conceptedit.pipelines.__file__)"  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True, check=True)
+    paths = [Path(p).resolve() for p in out.stdout.split()]
+    if not all(tree.resolve() in p.parents for p in paths):
+        raise SystemExit(f"the copy is not what gets imported: {paths}")
+
+
+def run_tests(tree: Path, tests: tuple[str, ...], env: dict[str, str], timeout: int) -> tuple[bool, float, str]:
+    """(passed, seconds, output)."""
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--timeout", str(timeout), *tests]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout * 3)
+        passed, output = proc.returncode == 0, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired:
+        passed, output = False, "timed out"
+    return passed, time.perf_counter() - start, output
+
+
+def failed_ids(output: str) -> list[str]:
+    """Test ids from pytest's short summary (``FAILED tests/x.py::test - ...``, ``ERROR ...``)."""
+    out = []
+    for line in output.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")):
+            out.append(line.split(" ", 1)[1].split(" - ")[0].strip())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma-separated mutation names")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--worktree", action="store_true", help="copy the working tree instead of HEAD")
+    parser.add_argument("--baseline", action="store_true", help="run every selected test unmutated first")
+    parser.add_argument("--timeout", type=int, default=600, help="per-test timeout in seconds")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    chosen = MUTATIONS
+    if args.only:
+        names = set(args.only.split(","))
+        unknown = names - {m.name for m in MUTATIONS}
+        if unknown:
+            raise SystemExit(f"unknown mutations: {sorted(unknown)}")
+        chosen = [m for m in MUTATIONS if m.name in names]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:42s} {m.file:34s} {m.why}")
+        return
+
+    with tempfile.TemporaryDirectory(prefix="mutation-check-") as tmp:
+        tree = Path(tmp) / "tree"
+        tree.mkdir()
+        export_tree(tree, args.worktree)
+        env = environment(tree, Path(tmp) / "cache")
+        check_imports(tree, env)
+        # tests named by a mutation that the exported tree does not have are left out (and reported)
+        present = lambda t: (tree / t.split("::")[0]).is_file()  # noqa: E731
+        if args.baseline:
+            every = tuple(sorted({t for m in chosen for t in m.tests if present(t)}))
+            ok, seconds, tail = run_tests(tree, every, env, args.timeout)
+            verdict = "passes" if ok else "FAILS"
+            print(f"baseline (unmutated) {verdict} in {seconds:.0f}s: {' '.join(every)}", flush=True)
+            if not ok:
+                raise SystemExit(f"fix the unmutated tests first:\n{tail[-3000:]}")
+        results = []
+        for m in chosen:
+            path = tree / m.file
+            source = path.read_text()
+            tests = tuple(t for t in m.tests if present(t))
+            if source.count(m.old) != 1:
+                results.append({"name": m.name, "package": m.package, "status": "stale", "seconds": 0.0})
+                print(f"STALE   {m.name}: snippet found {source.count(m.old)} times in {m.file}", flush=True)
+                continue
+            path.write_text(source.replace(m.old, m.new))
+            shutil.rmtree(Path(tmp) / "cache", ignore_errors=True)
+            try:
+                passed, seconds, tail = run_tests(tree, tests, env, args.timeout)
+            finally:
+                path.write_text(source)
+            status = "missed" if passed else "caught"
+            caught_by = failed_ids(tail)[:1] if not passed else []
+            results.append({"name": m.name, "package": m.package, "status": status, "seconds": round(seconds, 1),
+                            "tests": list(tests), "caught_by": caught_by, "why": m.why})  # fmt: skip
+            print(f"{status.upper():7s} {m.name} ({seconds:.0f}s) {m.why} {' '.join(caught_by)}", flush=True)
+        # the tests that caught a mutation must pass without it, else the catch proves nothing
+        catchers = sorted({t for r in results for t in r.get("caught_by", [])})
+        for test in catchers:
+            ok, _, _ = run_tests(tree, (test,), env, args.timeout)
+            if not ok:
+                print(f"unmutated, {test} fails too", flush=True)
+                for r in results:
+                    if test in r.get("caught_by", []):
+                        r["status"] = "invalid"
+        for r in results:
+            if r["status"] == "caught" and not r["caught_by"]:
+                r["status"] = "invalid"  # no test failed: a collection error or a timeout
+
+    by_package: dict[str, dict[str, int]] = defaultdict(lambda: {"caught": 0, "missed": 0, "stale": 0, "invalid": 0})
+    for r in results:
+        by_package[r["package"]][r["status"]] += 1
+    print("\npackage                     caught  missed  stale  invalid  score")
+    total = {"caught": 0, "missed": 0, "stale": 0, "invalid": 0}
+    for package, counts in sorted(by_package.items()):
+        for k in total:
+            total[k] += counts[k]
+        scored = counts["caught"] + counts["missed"]
+        score = f"{100 * counts['caught'] / scored:.0f} %" if scored else "-"
+        print(f"{package:27s} {counts['caught']:6d}  {counts['missed']:6d}  {counts['stale']:5d}  "
+              f"{counts['invalid']:7d}  {score}")  # fmt: skip
+    scored = total["caught"] + total["missed"]
+    print(f"{'total':27s} {total['caught']:6d}  {total['missed']:6d}  {total['stale']:5d}  {total['invalid']:7d}  "
+          f"{100 * total['caught'] / max(1, scored):.0f} %")  # fmt: skip
+    missed = [r["name"] for r in results if r["status"] == "missed"]
+    if missed:
+        print("missed:", ", ".join(missed))
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "packages": by_package}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
