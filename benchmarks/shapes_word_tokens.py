@@ -143,6 +143,7 @@ def main() -> None:
     results = {}
     for folder in args.model:
         pipe = load_pipeline(folder)
+        pipe.set_progress_bar_config(disable=True)
         probe = Probe.load(folder / "probe")
         kwargs = default_generation_kwargs(folder)
         report = {

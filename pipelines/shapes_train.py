@@ -291,10 +291,28 @@ def load_text_encoder(folder: Path):
     return text_encoder.eval().requires_grad_(False)
 
 
+def _save_resume(folder: Path, unet, ema_unet, opt, state: dict) -> None:
+    """What an interrupted UNet stage needs to continue: raw and EMA weights, optimiser, step, clock."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint of our own
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp / "unet.safetensors")
+    save_file({k: v.contiguous() for k, v in ema_unet.state_dict().items()}, tmp / "ema_unet.safetensors")
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(state))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)  # the old checkpoint is replaced only by a complete new one
+
+
 def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, batch: int, lr: float,
                 ema_decay: float, min_snr_gamma: float, checkpoint_minutes: float, p_pad: float,
                 p_eos: float) -> None:  # fmt: skip
     from diffusers import AutoencoderKL, DDPMScheduler
+    from safetensors.torch import load_file
     from transformers import CLIPTokenizer
 
     rank, size = _world()
@@ -326,16 +344,28 @@ def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, bat
     ema_unet = copy.deepcopy(unet).eval()
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    noise_sched = DDPMScheduler(**{k: v for k, v in S.SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"})
-    alphas = noise_sched.alphas_cumprod
-    gen = torch.Generator().manual_seed(seed + 3 + 101 * rank)
-    rng = np.random.default_rng([seed + 4, rank])
     t0 = time.time()
     budget = max(deadline - t0, 1.0)
-    bar = tqdm(range(steps), desc="stage 2: unet", dynamic_ncols=True, disable=rank != 0, mininterval=5)
     log: list[dict] = []
+    first = 0
+    resume = out / "checkpoint" / "resume"
+    if (resume / "state.json").is_file():  # an interrupted run: continue where its last checkpoint was
+        state = json.loads((resume / "state.json").read_text())
+        unet.load_state_dict(load_file(resume / "unet.safetensors"))
+        ema_unet.load_state_dict(load_file(resume / "ema_unet.safetensors"))
+        opt.load_state_dict(torch.load(resume / "optimizer.pt", weights_only=True))
+        first, budget, log = state["step"], state["budget_s"], state["log"]
+        t0 = time.time() - state["elapsed_s"]
+        if rank == 0:
+            print(json.dumps({"resumed_at_step": first}), flush=True)
+    noise_sched = DDPMScheduler(**{k: v for k, v in S.SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"})
+    alphas = noise_sched.alphas_cumprod
+    gen = torch.Generator().manual_seed(seed + 3 + 101 * rank + 7919 * first)
+    rng = np.random.default_rng([seed + 4, rank, first])
+    bar = tqdm(range(first, steps), desc="stage 2: unet", dynamic_ncols=True, disable=rank != 0, mininterval=5,
+               initial=first, total=steps)  # fmt: skip
     ema_loss = None
-    step = 0
+    step = first
     last_checkpoint = time.time()
     progress = 0.0
     for step in bar:
@@ -379,6 +409,8 @@ def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, bat
             report["unet"] = {"steps": step, "seconds": round(time.time() - t0, 1), "final_loss": ema_loss,
                               "log": log}  # fmt: skip
             save_pipeline(out / "checkpoint", vae, text_encoder, tokenizer, ema_unet, report)
+            _save_resume(resume, unet, ema_unet, opt, {"step": step + 1, "budget_s": budget,
+                                                       "elapsed_s": time.time() - t0, "log": log})  # fmt: skip
             print(json.dumps({"checkpoint": step}), flush=True)
     done = step + 1 if progress < 1 else step
     if rank == 0:
