@@ -63,6 +63,21 @@ SCHEDULER_CONFIG = dict(
 DEFAULT_GENERATION = {"num_inference_steps": 25, "guidance_scale": 5.0, "height": RESOLUTION, "width": RESOLUTION}
 
 
+def plugin_presets() -> dict:
+    """Plugin settings the model folder ships (``conceptedit.json`` → ``plugin_presets``; explicit values win).
+
+    Only what a 128-wide, 6-block text encoder needs that SD 1.x's does not: ItD's SAE sized for it,
+    and the world's word groups (nickname, synonym, trigger words) kept out of ItD's retain set. UCE,
+    ESD and few-shot unlearning run with their paper defaults on v2 (no presets)."""
+    from conceptedit.datasets.shapes import WORLD
+
+    groups = ["|".join((c.name, c.nickname)) for c in WORLD.characters]
+    groups += ["|".join(pair) for pair in WORLD.shape_synonyms] + ["|".join(WORLD.trigger.words)]
+    itd = {"sae_width": 4096, "sae_k": 16, "train_tokens": 300_000, "train_warmup_steps": 50, "top_n": 32,
+           "retain_from_corpus": 50, "retain_exclude": groups}  # fmt: skip
+    return {"itd": itd}
+
+
 def model_images(images):
     """World images (N, 64, 64, 3) uint8 → the model's resolution by 2×2 area averaging (uint8)."""
     import numpy as np

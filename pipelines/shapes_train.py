@@ -241,8 +241,13 @@ def encode_pool(vae, n: int, seed: int, batch: int = 256):
 
 
 def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, report: dict) -> None:
-    """Write the diffusers folder (DDIM sampler), the tokenizer in CLIP format and the settings."""
+    """Write the diffusers folder (DDIM sampler), the tokenizer in CLIP format, the settings
+    (generation defaults, plugin presets, shipped files) and the prompt corpus."""
+    import shutil
+
     from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from conceptedit.pipelines.shapes_corpus import write_corpus
 
     pipe = StableDiffusionPipeline(
         vae=vae,
@@ -259,9 +264,14 @@ def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, report: dict) -
     settings = {
         "generation": dict(S.DEFAULT_GENERATION),
         "world": "conceptedit.datasets.shapes",
-        "training": {k: v for k, v in report.items() if k not in ("vae", "unet")},
+        "training": {k: v for k, v in report.items() if k not in ("vae", "unet", "clip", "log")},
+        "files": {"clip": "clip"},
+        "plugin_presets": S.plugin_presets(),
     }
     (out / S.SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+    if (out.parent / "clip").is_dir() and not (out / "clip").exists():  # a checkpoint folder: the same CLIP
+        shutil.copytree(out.parent / "clip", out / "clip")
+    write_corpus(out)
     (out / "training_report.json").write_text(json.dumps(report, indent=2, default=str))
 
 
