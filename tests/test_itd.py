@@ -18,12 +18,15 @@ CORPUS = [f"a {c} {a}" for c in ("red", "blue", "green") for a in ("cat", "dog",
 
 @pytest.fixture(scope="module")
 def itd_setup(tmp_path_factory, tiny_model_dir):
-    import os
-
     from conceptedit.loading import load_pipeline
 
     tmp = tmp_path_factory.mktemp("itd")
-    os.environ["CONCEPTEDIT_CACHE"] = str(tmp / "cache")
+    with pytest.MonkeyPatch.context() as env:  # the SAE cache goes to a temporary folder, for this module only
+        env.setenv("CONCEPTEDIT_CACHE", str(tmp / "cache"))
+        yield _fit(tmp, tiny_model_dir, load_pipeline)
+
+
+def _fit(tmp, tiny_model_dir, load_pipeline):
     corpus = tmp / "corpus.txt"
     corpus.write_text("\n".join(CORPUS))
     pipe = load_pipeline(str(tiny_model_dir), device="cpu")
@@ -151,3 +154,21 @@ def test_fit_uses_the_diverse_target_set(itd_setup):
     _, edit = itd_setup
     naming_cat = {p for p in CORPUS if "cat" in p.split()}
     assert edit.manifest.extra["n_target_prompts"] == len(TEMPLATES + DIVERSE_TEMPLATES) + len(naming_cat)
+
+
+def test_retain_prompts_filter_features(itd_setup):
+    """Latents among the top ones of any retain prompt are not erased, however strongly the target uses them."""
+    pipe, edit = itd_setup
+    from conceptedit.plugins.itd import TEMPLATES, _layer_output, _tokenize, layer_name, top_latents
+
+    plugin = get_plugin("itd")(edit.manifest.config)
+    layer = int(edit.manifest.extra["layer"])
+    targets = [t.format("cat") for t in TEMPLATES]
+    retain = [t.format(c) for c in ("dog", "bird", "red car") for t in TEMPLATES[:4]]
+    with torch.no_grad():
+        hidden = _layer_output(pipe.text_encoder, layer_name(layer), _tokenize(pipe, retain))
+    retained = set().union(*top_latents(edit.sae, hidden, plugin.config.top_n))
+    unfiltered = set(plugin.interpret(edit.sae, pipe, layer, targets, []).tolist())
+    features = set(plugin.interpret(edit.sae, pipe, layer, targets, retain).tolist())
+    assert unfiltered & retained, "no overlap between target and retain latents: the test shows nothing"
+    assert features == unfiltered - retained
