@@ -6,9 +6,12 @@ from typing import Any
 
 import gradio as gr
 
+from conceptedit.plugin import Report
+from conceptedit.toolkit import Progress
+
 from .. import engine
 from ..engine import DemoModel, StackEntry
-from .common import HEAVY, failed, plugin_picker, run_action, wire_picker
+from .common import HEAVY, plugin_handler, plugin_picker, wire_picker
 
 
 def analyze_tab(model: DemoModel, stack: gr.State) -> None:
@@ -27,35 +30,17 @@ def analyze_tab(model: DemoModel, stack: gr.State) -> None:
             figures = gr.Gallery(label="Figures", columns=2, height="auto", elem_id="gallery-analyze")
     wire_picker(dropdown, info, forms, button)
 
-    def run(
-        stack_value: list[StackEntry],
-        name: str,
-        target_text: str,
-        preserve_text: str,
-        use_stack: bool,
-        *widget_values: Any,
-        progress: gr.Progress = gr.Progress(),
-    ) -> list[Any]:
-        values = forms.values(name, widget_values)
-        result, error = run_action(
-            "analysis",
-            engine.analyze,
-            model,
-            stack_value,
-            name,
-            values,
-            target_text,
-            preserve_text,
-            use_stack,
-            progress=progress,
-        )
-        if error:
-            return failed(error, 2)
+    def call(
+        name: str, values: dict[str, Any], stack_value: list[StackEntry], *texts: Any, progress: Progress
+    ) -> Report:
+        return engine.analyze(model, stack_value, name, values, *texts, progress=progress)
+
+    def render(result: Report, *_inputs: Any) -> list[Any]:
         return [engine.report_markdown(result), engine.report_figures(result)]
 
     button.click(
-        run,
-        [stack, dropdown, targets, preserve, with_stack, *forms.components],
+        plugin_handler("analysis", forms, call, render, outputs=2),
+        [dropdown, stack, targets, preserve, with_stack, *forms.components],
         [report, figures],
         concurrency_id=HEAVY,
         api_name="analyze",

@@ -58,6 +58,26 @@ def run_action(
     return None, message
 
 
+def plugin_handler(
+    action: str,
+    forms: ConfigForms,
+    call: Callable[..., Any],
+    render: Callable[..., list[Any]],
+    outputs: int,
+) -> Callable[..., list[Any]]:
+    """The handler of a plugin tab's run button, whose inputs are ``[dropdown, *inputs, *forms.components]``:
+    ``call(name, form_values, *inputs, progress=…)`` runs through :func:`run_action`; on success
+    ``render(result, name, *inputs)`` gives the ``outputs`` values, else the message and the rest unchanged."""
+
+    # Gradio injects a progress tracker only into a positional parameter, hence before *args.
+    def handler(name: str, progress: gr.Progress = gr.Progress(), *args: Any) -> list[Any]:
+        inputs, widget_values = args[: len(args) - len(forms.components)], args[len(args) - len(forms.components) :]
+        result, message = run_action(action, call, name, forms.values(name, widget_values), *inputs, progress=progress)
+        return failed(message, outputs) if message else render(result, name, *inputs)
+
+    return handler
+
+
 def failed(message: str, outputs: int) -> list[Any]:
     """The outputs of a handler whose action failed: the error message, the other outputs unchanged."""
     return [error(message), *[gr.skip()] * (outputs - 1)]

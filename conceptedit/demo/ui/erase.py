@@ -101,8 +101,8 @@ def _wire(
         prompt_text: str,
         last_auto: str,
         image_files: list[Any] | None,
+        progress: gr.Progress = gr.Progress(),  # positional: Gradio injects a tracker only there
         *widget_values: Any,
-        progress: gr.Progress = gr.Progress(),
     ) -> list[Any]:
         values = forms.values(name, widget_values)
         paths = [getattr(f, "name", f) for f in image_files or []]
@@ -173,7 +173,7 @@ def _wire(
         api_name="fit",
     )
 
-    def compare_after_fit(ok_: bool, *args: Any, progress: gr.Progress = gr.Progress()) -> list[Any]:
+    def compare_after_fit(ok_: bool, progress: gr.Progress = gr.Progress(), *args: Any) -> list[Any]:
         if not ok_:
             return [gr.skip(), gr.skip(), gr.skip()]
         return run_compare(*args, progress=progress)

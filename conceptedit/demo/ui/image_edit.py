@@ -6,9 +6,11 @@ from typing import Any
 
 import gradio as gr
 
+from conceptedit.toolkit import Progress
+
 from .. import engine
 from ..engine import DemoModel
-from .common import HEAVY, failed, gallery, ok, plugin_picker, run_action, wire_picker
+from .common import HEAVY, gallery, ok, plugin_handler, plugin_picker, wire_picker
 
 
 def edit_tab(model: DemoModel) -> None:
@@ -30,39 +32,17 @@ def edit_tab(model: DemoModel) -> None:
             shown = gallery("Source → edited", "gallery-edit")
     wire_picker(dropdown, info, forms, button)
 
-    def run(
-        name: str,
-        img: Any,
-        src: str,
-        tgt: str,
-        concept_text: str,
-        seed_value: Any,
-        *widget_values: Any,
-        progress: gr.Progress = gr.Progress(),
-    ) -> list[Any]:
-        values = forms.values(name, widget_values)
-        result, error = run_action(
-            "image edit",
-            engine.edit_image,
-            model,
-            name,
-            values,
-            img,
-            src,
-            tgt,
-            concept_text,
-            seed_value,
-            progress=progress,
-        )
-        if error:
-            return failed(error, 2)
+    def call(name: str, values: dict[str, Any], *inputs: Any, progress: Progress) -> Any:
+        return engine.edit_image(model, name, values, *inputs, progress=progress)
+
+    def render(result: Any, name: str, _img: Any, src: str, tgt: str, *_rest: Any) -> list[Any]:
         source_image, outputs = result
         images = [(engine.for_display(source_image), f"source: {src}")]
         images += [(engine.for_display(o), f"edited: {tgt}") for o in outputs]
         return [ok(f"edited with {name}"), images]
 
     button.click(
-        run,
+        plugin_handler("image edit", forms, call, render, outputs=2),
         [dropdown, image, source, target, concepts, seed, *forms.components],
         [message, shown],
         concurrency_id=HEAVY,
