@@ -46,3 +46,11 @@ class ModelMismatchError(ArtifactError):
 
 class ArtifactWriteError(ArtifactError, OSError):
     """Saving an artifact failed (disk full, permissions); an earlier artifact at the path is unchanged."""
+
+
+class SAEConfigError(ConfigError):
+    """An SAE's ``cfg.json`` is malformed: missing or unknown keys, unknown architecture, bad values."""
+
+
+class SAEShapeError(ArtifactError):
+    """An SAE's weights file does not match the architecture and sizes its ``cfg.json`` declares."""

@@ -14,21 +14,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from conceptedit.errors import ArtifactError, ConfigError
+from conceptedit.errors import ArtifactError, ConfigError, SAEConfigError, SAEShapeError
 from conceptedit.sae.base import SAE, SAE_ARCHITECTURES
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
 FORMAT = "conceptedit.sae"
 TOP_KEYS = {"format", "format_version", "architecture", "d_in", "width", "hparams", "normalize", "source"}
-
-
-class SAEConfigError(ConfigError):
-    """``cfg.json`` is malformed: missing or unknown keys, unknown architecture, bad values."""
-
-
-class SAEShapeError(ArtifactError):
-    """The weights file does not match the architecture and sizes ``cfg.json`` declares."""
 
 
 def sae_config(sae: SAE) -> dict[str, Any]:
