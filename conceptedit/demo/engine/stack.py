@@ -81,26 +81,12 @@ def stack_table(stack: list[StackEntry]) -> str:
     return "\n".join(rows)
 
 
-def _is_safe_target(path: Path) -> bool:
-    """Saving replaces the folder: allow only a new path, an empty folder or an earlier edit artifact."""
-    if not path.exists():
-        return True
-    if not path.is_dir():
-        return False
-    return not any(path.iterdir()) or (path / "manifest.json").is_file()
-
-
 def save_entry(stack: list[StackEntry], entry_id: int | str | None, folder: str) -> Path:
     entry = find(stack, entry_id)
     if not folder or not str(folder).strip():
         raise ConceptEditError("give a folder to save the edit to, e.g. runs/no-zorblax")
     path = Path(str(folder).strip()).expanduser()
-    if not _is_safe_target(path):
-        raise ArtifactError(
-            f"{path} exists and is not an edit artifact folder; choose a new or empty folder "
-            "(saving replaces the folder's contents)"
-        )
-    try:
+    try:  # Edit.save refuses a folder or file that is not an earlier edit artifact (nothing is lost)
         saved = entry.edit.save(path)
     except OSError as exc:
         raise ArtifactError(f"could not save to {path}: {exc}") from exc
