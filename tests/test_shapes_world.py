@@ -79,10 +79,10 @@ def test_captions_agree_with_labels():
         if not cap:
             continue
         words = cap.replace(",", " ").split()
-        if lab["character"]:
-            assert lab["character"] in words
-        else:
-            assert lab["shape"] in words
+        if lab["character"]:  # by name or by nickname
+            assert {lab["character"], WORLD.nicknames[lab["character"]]} & set(words), cap
+        else:  # by name or by synonym
+            assert {lab["shape"], WORLD.synonyms.get(lab["shape"], lab["shape"])} & set(words), cap
             for family in ("colour", "style", "background"):
                 other = [v for v in WORLD.classes(family) if v != lab[family]]
                 assert not set(other) & set(words), (cap, family)
