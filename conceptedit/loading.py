@@ -230,13 +230,6 @@ def model_files(pipe: Any) -> dict[str, str]:
     return {key: path for key, path in sorted(files.items()) if Path(path).exists()}
 
 
-def model_files(pipe: Any) -> dict[str, str]:
-    """Every file or folder a model folder ships that exists (``conceptedit.json`` → ``files``), as
-    paths keyed like ``files``, e.g. ``{"clip": ".../clip"}``; empty for hub ids and single files."""
-    files = getattr(pipe, "_conceptedit_files", {}) or {}
-    return {key: path for key, path in sorted(files.items()) if Path(path).exists()}
-
-
 def plugin_presets(pipe: Any, plugin: str) -> dict[str, Any]:
     """Config values a model folder recommends for a plugin (``conceptedit.json`` → ``plugin_presets``),
     e.g. a small SAE width for a small model. Explicit user values override them."""

@@ -320,7 +320,7 @@ def _save_resume(folder: Path, unet, ema_unet, opt, state: dict) -> None:
 
 def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, batch: int, lr: float,
                 ema_decay: float, min_snr_gamma: float, checkpoint_minutes: float, p_pad: float,
-                p_eos: float) -> None:  # fmt: skip
+                p_eos: float, init_unet: str | None = None) -> None:  # fmt: skip
     from diffusers import AutoencoderKL, DDPMScheduler
     from safetensors.torch import load_file
     from transformers import CLIPTokenizer
@@ -331,7 +331,12 @@ def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, bat
     tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
     vae = AutoencoderKL.from_pretrained(out / "vae", torch_dtype=torch.float32).eval().requires_grad_(False)
     text_encoder = load_text_encoder(out)  # frozen, as SD 1.x's CLIP: the diffusion loss never updates it
-    unet = S.build_unet(seed=seed).train()
+    if init_unet:  # stage 2b: continue from a trained UNet (e.g. with stronger padding dropout)
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(Path(init_unet) / "unet", torch_dtype=torch.float32).train()
+    else:
+        unet = S.build_unet(seed=seed).train()
 
     # latent pool (each rank encodes its own shard) and the scaling factor (SD's 0.18215)
     means, stds, pool_labels = encode_pool(vae, pool // size, seed=seed + 2 + 1000 * rank)
@@ -342,7 +347,7 @@ def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, bat
     scale = float(1.0 / var.sqrt())
     vae.register_to_config(scaling_factor=scale)
     report["latent_scaling_factor"] = scale
-    report["padding_dropout"] = {"p_pad": p_pad, "p_eos": p_eos}
+    report["padding_dropout" if not init_unet else "padding_dropout_stage_2b"] = {"p_pad": p_pad, "p_eos": p_eos}
 
     def encode(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
