@@ -31,8 +31,10 @@ def _fit(tmp, tiny_model_dir, load_pipeline):
     corpus.write_text("\n".join(CORPUS))
     pipe = load_pipeline(str(tiny_model_dir), device="cpu")
     pipe.set_progress_bar_config(disable=True)
+    # τ from the template frames only: on a random tiny encoder, the diverse frames and corpus prompts
+    # (the default) give a τ low enough to fire on almost every prompt, and this test needs quiet ones
     config = dict(sae_width=128, sae_k=8, train_tokens=12_000, train_warmup_steps=5, top_n=8, corpus=str(corpus),
-                  train_batch_prompts=16)  # fmt: skip
+                  train_batch_prompts=16, target_templates=False, target_from_corpus=0)  # fmt: skip
     edit = get_plugin("itd")(config).fit(pipe, Request(targets=["cat"]))
     return pipe, edit
 
@@ -151,9 +153,13 @@ def test_target_prompts_are_diverse():
 def test_fit_uses_the_diverse_target_set(itd_setup):
     from conceptedit.plugins.itd import DIVERSE_TEMPLATES, TEMPLATES
 
-    _, edit = itd_setup
-    naming_cat = {p for p in CORPUS if "cat" in p.split()}
-    assert edit.manifest.extra["n_target_prompts"] == len(TEMPLATES + DIVERSE_TEMPLATES) + len(naming_cat)
+    _, edit = itd_setup  # fitted with target_templates=False, target_from_corpus=0
+    assert edit.manifest.extra["n_target_prompts"] == len(TEMPLATES)
+    plugin = get_plugin("itd")()  # the defaults: template and diverse frames plus corpus prompts naming a target
+    naming_cat = sorted({p for p in CORPUS if "cat" in p.split()})
+    prompts = plugin.target_prompts(Request(targets=["cat"]), CORPUS)
+    assert len(prompts) == len(TEMPLATES + DIVERSE_TEMPLATES) + len(naming_cat)
+    assert set(naming_cat) <= set(prompts) and "a photo of cat" in prompts
 
 
 def test_retain_prompts_filter_features(itd_setup):
