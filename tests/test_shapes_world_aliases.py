@@ -39,3 +39,11 @@ def test_alias_label_keys_and_vocabulary():
     assert WORLD.aliases("red") == ()
     d = json.loads(CliRunner().invoke(app, ["shapes", "world", "--json"]).stdout)
     assert d["nicknames"] == WORLD.nicknames and d["synonyms"] == WORLD.synonyms
+
+
+def test_a_tokenizer_trained_on_the_world_makes_every_word_one_token():
+    from conceptedit.pipelines.shapes_tokenizer import train_tokenizer
+
+    tok = train_tokenizer(n_captions=3000, seed=5)  # raises if any world word is split
+    for word in list(WORLD.nicknames.values()) + list(WORLD.synonyms.values()):
+        assert len(tok.tokenize(word)) == 1, word
