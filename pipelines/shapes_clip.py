@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from conceptedit.datasets.shapes import WORLD, render
+from conceptedit.pipelines.shapes_train import _lr as cosine_lr
 
 CLIP_TEXT_CONFIG = dict(
     hidden_size=128,
@@ -145,13 +146,6 @@ def zero_shot_accuracy(clip, tokenizer, n: int = 512, seed: int = 777) -> dict[s
     return out
 
 
-def _lr(base: float, progress: float, warmup: float = 0.04, floor: float = 0.05) -> float:
-    if progress < warmup:
-        return base * progress / warmup
-    p = (progress - warmup) / (1 - warmup)
-    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
-
-
 def train_clip(
     out: str | Path,
     tokenizer,
@@ -198,7 +192,7 @@ def train_clip(
         if progress >= 1:
             break
         for g in opt.param_groups:
-            g["lr"] = _lr(lr, progress)
+            g["lr"] = cosine_lr(lr, progress, warmup=0.04)
         images, captions, start = _nonempty_batch(batch, seed + 11, start)
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids  # fmt: skip

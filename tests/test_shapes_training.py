@@ -1,0 +1,46 @@
+"""The v2 training recipe's pieces: padding dropout and the resumable CLIP stage."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from conceptedit.pipelines.shapes import model_dir
+from conceptedit.pipelines.shapes_train import drop_padding
+
+
+def test_drop_padding_replaces_only_what_it_says():
+    ids = torch.tensor([[1, 5, 7, 2, 2, 2], [1, 2, 2, 2, 2, 2], [1, 5, 2, 2, 2, 2]])  # 1 BOS, 2 EOS = pad
+    hidden, empty = torch.randn(3, 6, 4), torch.zeros(1, 6, 4)
+
+    def replaced(p_pad: float, p_eos: float) -> list[list[int]]:
+        out = drop_padding(hidden, ids, empty, 2, torch.Generator().manual_seed(0), p_pad, p_eos)
+        assert torch.equal(out[out.abs().sum(-1) != 0], hidden[out.abs().sum(-1) != 0])  # the rest unchanged
+        return (out.abs().sum(-1) == 0).int().tolist()
+
+    assert replaced(0.0, 0.0) == [[0] * 6] * 3
+    assert replaced(1.0, 0.0) == [[0, 0, 0, 0, 1, 1], [0, 0, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1]]  # after the first EOS
+    assert replaced(1.0, 1.0) == [[0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]]  # EOS too
+    out = drop_padding(
+        hidden.repeat(200, 1, 1), ids.repeat(200, 1), empty, 2, torch.Generator().manual_seed(1), 0.5, 0.2
+    )
+    pad_dropped = (out[:, -1].abs().sum(-1) == 0).float().mean()  # the last position is padding in every row
+    assert 0.4 < pad_dropped < 0.6, pad_dropped
+
+
+def test_clip_stage_trains_checkpoints_and_resumes(tmp_path):
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from conceptedit.pipelines.shapes_clip import train_clip
+
+    tok = CLIPTokenizer.from_pretrained(model_dir() / "tokenizer")
+    first = train_clip(tmp_path, tok, steps=2, batch=8, eval_every=2, minutes=10)
+    assert first["step"] == 2 and len(first["log"]) == 1 and set(first["zero_shot"]) >= {"shape", "character"}
+    clip = CLIPModel.from_pretrained(tmp_path / "clip")
+    weights = {k: v.clone() for k, v in clip.state_dict().items()}
+    second = train_clip(tmp_path, tok, steps=3, batch=8, eval_every=2, minutes=10)  # resumes at step 2
+    assert second["step"] == 3 and second["log"][0] == first["log"][0]
+    resumed = CLIPModel.from_pretrained(tmp_path / "clip").state_dict()
+    assert any(not torch.equal(weights[k], resumed[k]) for k in weights)  # one more step was taken
+    assert json.loads((tmp_path / "clip_report.json").read_text())["step"] == 3
