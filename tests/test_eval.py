@@ -220,5 +220,5 @@ def test_prompt_csv_row_settings_are_validated_and_written_back(tmp_path):
     assert read_prompt_csv(write_prompt_csv(rows, tmp_path / "q.csv")) == rows
     for bad in ("a,7.5,51.5,", "a,-1,,", "a,nan,,", "a,,,big"):
         csv.write_text("prompt,evaluation_guidance,sd_image_width,sd_image_height\n" + bad + "\n")
-        with pytest.raises(ConfigError, match="row 2: (evaluation_guidance|sd_image_width|sd_image_height) must"):
+        with pytest.raises(ConfigError, match="line 2: (evaluation_guidance|sd_image_width|sd_image_height) must"):
             read_prompt_csv(csv)
