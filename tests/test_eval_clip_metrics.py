@@ -134,7 +134,8 @@ def test_clip_score_uses_the_shipped_clip_offline_and_matches_a_direct_computati
     torch.testing.assert_close(stored, direct, atol=1e-4, rtol=1e-4)
 
     second = run_config(tmp_path, [model_with_clip], "b", ["clip_score", "clip_fid", "pixel_distance"], cache)
-    assert [g["metrics"] for g in first["groups"]] == [g["metrics"] for g in second["groups"]]
+    # the same numbers up to float32 summation order (the second run scores cached images in other batches)
+    assert _rounded([g["metrics"] for g in first["groups"]]) == _rounded([g["metrics"] for g in second["groups"]])
 
 
 def test_clip_fid_is_named_for_its_features_and_separates_edited_from_base(model_with_clip, shipped_run):
@@ -219,3 +220,14 @@ def test_without_a_shipped_clip_offline_the_metric_is_unavailable_for_that_model
     only_plain = run_config(tmp_path, [tiny_model_dir], "one", ["clip_score"], cache)
     assert set(only_plain["unavailable"]) == {"clip_score"}
     assert "ships no CLIP" in only_plain["unavailable"]["clip_score"]
+
+
+def _rounded(value, digits: int = 4):
+    """Floats rounded to ``digits`` decimals, recursively (for run-to-run comparisons)."""
+    if isinstance(value, float):
+        return round(value, digits) + 0.0
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    return value
