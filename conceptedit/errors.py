@@ -4,12 +4,20 @@ from __future__ import annotations
 
 
 class ConceptEditError(Exception):
-    """Base class: the message says what was wrong and what to do."""
+    """Base class: the message says what was wrong and what to do, on one line: line breaks that a
+    user's input brings into a message (a path or a prompt with a newline) are shown escaped."""
+
+    def __str__(self) -> str:
+        return _one_line(super().__str__())
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class UnknownPluginError(ConceptEditError, KeyError):
     def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else ""
+        return _one_line(str(self.args[0])) if self.args else ""
 
 
 class BrokenPluginError(ConceptEditError):
