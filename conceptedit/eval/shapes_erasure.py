@@ -30,4 +30,3 @@ def score_images(metric: ProbeAccuracy, rows: list[PromptRow], seeds: list[int],
         row.per_image[metric.name] = score
     group = Group("model", edit_name, "erasure", image_rows, {}, lambda p: Image.new("RGB", (1, 1)))
     return {k.removeprefix("probe."): v.value for k, v in metric.compute(group).items()}
-
