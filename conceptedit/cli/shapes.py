@@ -71,8 +71,8 @@ def train_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the trained diffusers pipeline.")],
     steps: Annotated[int, typer.Option(help="Maximum UNet+text-encoder steps.", min=1)] = 100_000,
     seed: Annotated[int, typer.Option(help="Seed of everything (data streams, init, noise).")] = 0,
-    minutes: Annotated[float, typer.Option(help="Wall-clock budget of the UNet stage.")] = 50.0,
-    clip_minutes: Annotated[float, typer.Option(help="Budget of the CLIP stage (resumes a cut run).")] = 35.0,
+    minutes: Annotated[float, typer.Option(help="Wall-clock budget of the UNet stage.", min=0.1)] = 50.0,
+    clip_minutes: Annotated[float, typer.Option(help="Budget of the CLIP stage (resumes a cut run).", min=0.1)] = 35.0,
     p_pad: Annotated[float, typer.Option(help="Padding dropout: replace padding outputs.", min=0, max=1)] = 0.6,
     p_eos: Annotated[float, typer.Option(help="Chance to replace the EOS output too.", min=0, max=1)] = 0.3,
     probe_from: Annotated[
@@ -108,6 +108,8 @@ def train_command(
         report = train_vae_only(out, minutes=vae_minutes, seed=seed, steps=vae_steps, threads=threads, workers=workers)
         typer.echo(json.dumps({k: v for k, v in report.items() if k != "log"}))
         return
+    if probe_from is not None and not (probe_from / "probe").is_dir():  # checked before any training
+        raise ConceptEditError(f"--probe-from {probe_from} has no probe/ folder")
     if vae_from is not None and not (vae_from / "vae").is_dir():
         raise ConceptEditError(f"--vae-from {vae_from} has no vae/ folder")
     report = train(out, steps=steps, seed=seed, minutes=minutes, vae_minutes=vae_minutes, vae_steps=vae_steps,
@@ -117,8 +119,6 @@ def train_command(
     if probe_from is not None:
         import shutil
 
-        if not (probe_from / "probe").is_dir():
-            raise ConceptEditError(f"--probe-from {probe_from} has no probe/ folder")
         shutil.copytree(probe_from / "probe", out / "probe", dirs_exist_ok=True)
     elif probe_minutes > 0:
         from conceptedit.eval.probe import train_probe
