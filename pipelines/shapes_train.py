@@ -275,19 +275,34 @@ def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, report: dict) -
     (out / "training_report.json").write_text(json.dumps(report, indent=2, default=str))
 
 
-def drop_padding(hidden: torch.Tensor, ids: torch.Tensor, empty: torch.Tensor, eos_id: int, gen: torch.Generator,
-                 p_pad: float, p_eos: float) -> torch.Tensor:  # fmt: skip
+def drop_padding(
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    empty: torch.Tensor,
+    eos_id: int,
+    gen: torch.Generator,
+    p_pad: float,
+    p_eos: float,
+    p_swap: float = 0.0,
+) -> torch.Tensor:
     """Padding dropout: per sample, with probability ``p_pad`` the outputs after the first EOS are
-    replaced by the empty prompt's at the same positions, and with probability ``p_eos`` the EOS
-    output too. The UNet then cannot rely on positions that SD 1.x's UNet ignores (Toker et al.,
-    "Padding Tone", NAACL 2025) and has to read concepts from the word tokens."""
+    replaced, and with probability ``p_eos`` the EOS output too. The replacement is the empty prompt's
+    outputs at the same positions, or, with probability ``p_swap``, another sample's of the batch (real
+    EOS/padding outputs of a different caption: in distribution, but uninformative about this image).
+    The UNet then cannot rely on positions that SD 1.x's UNet ignores (Toker et al., "Padding Tone",
+    NAACL 2025) and has to read concepts from the word tokens."""
     n, length = ids.shape
     eos = (ids == eos_id).int().argmax(dim=1)  # first EOS (padding repeats the EOS id)
     u = torch.rand(n, generator=gen)
     start = torch.where(u < p_eos, eos, torch.where(u < p_pad, eos + 1, torch.full_like(eos, length)))
     positions = torch.arange(length).view(1, -1)
     replace = (positions >= start.view(-1, 1)).unsqueeze(-1)
-    return torch.where(replace, empty.expand_as(hidden), hidden)
+    source = empty.expand_as(hidden)
+    if p_swap > 0 and n > 1:
+        other = (torch.arange(n) + torch.randint(1, n, (n,), generator=gen)) % n  # never the sample itself
+        swap = (torch.rand(n, generator=gen) < p_swap).view(-1, 1, 1)
+        source = torch.where(swap, hidden[other], source)
+    return torch.where(replace, source, hidden)
 
 
 def load_text_encoder(folder: Path):
@@ -320,7 +335,7 @@ def _save_resume(folder: Path, unet, ema_unet, opt, state: dict) -> None:
 
 def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, batch: int, lr: float,
                 ema_decay: float, min_snr_gamma: float, checkpoint_minutes: float, p_pad: float,
-                p_eos: float, init_unet: str | None = None) -> None:  # fmt: skip
+                p_eos: float, init_unet: str | None = None, p_swap: float = 0.0) -> None:  # fmt: skip
     from diffusers import AutoencoderKL, DDPMScheduler
     from safetensors.torch import load_file
     from transformers import CLIPTokenizer
@@ -347,7 +362,9 @@ def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, bat
     scale = float(1.0 / var.sqrt())
     vae.register_to_config(scaling_factor=scale)
     report["latent_scaling_factor"] = scale
-    report["padding_dropout" if not init_unet else "padding_dropout_stage_2b"] = {"p_pad": p_pad, "p_eos": p_eos}
+    report["padding_dropout"] = {"p_pad": p_pad, "p_eos": p_eos, "p_swap": p_swap}
+    if init_unet:
+        report["init_unet"] = str(init_unet)
 
     def encode(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -392,7 +409,7 @@ def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, bat
         idx = torch.randint(0, means.shape[0], (batch,), generator=gen)
         z0 = (means[idx].float() + stds[idx].float() * torch.randn(batch, *means.shape[1:], generator=gen)) * scale
         ids, hidden = encode([caption_for(pool_labels[int(i)], rng)[0] for i in idx])
-        hidden = drop_padding(hidden, ids, empty, tokenizer.eos_token_id, gen, p_pad, p_eos)
+        hidden = drop_padding(hidden, ids, empty, tokenizer.eos_token_id, gen, p_pad, p_eos, p_swap)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
@@ -452,8 +469,10 @@ def train(
     workers: int = 1,
     checkpoint_minutes: float = 10.0,
     clip_minutes: float = 35.0,
-    p_pad: float = 0.6,
-    p_eos: float = 0.3,
+    p_pad: float = 1.0,
+    p_eos: float = 1.0,
+    p_swap: float = 0.5,
+    init_unet: str | Path | None = None,
 ) -> dict:
     """Train and save a diffusers folder at ``out``: tokenizer, CLIP (stage 0b, resumable), VAE
     (or ``vae_from``), UNet on the frozen CLIP text tower. ``minutes`` bounds the UNet stage;
@@ -489,7 +508,8 @@ def train(
     (out / "training_report.json").write_text(json.dumps(report, indent=2))
     _run("_unet_stage", workers, out=str(out), steps=steps, seed=seed, deadline=t_start + 60 * minutes, pool=pool,
          batch=batch, lr=lr, ema_decay=ema_decay, min_snr_gamma=min_snr_gamma,
-         checkpoint_minutes=checkpoint_minutes, threads=threads, p_pad=p_pad, p_eos=p_eos)  # fmt: skip
+         checkpoint_minutes=checkpoint_minutes, threads=threads, p_pad=p_pad, p_eos=p_eos, p_swap=p_swap,
+         init_unet=str(init_unet) if init_unet else None)  # fmt: skip
     return json.loads((out / "training_report.json").read_text())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import torch
 
 from conceptedit.pipelines.shapes import model_dir
@@ -27,6 +28,22 @@ def test_drop_padding_replaces_only_what_it_says():
     )
     pad_dropped = (out[:, -1].abs().sum(-1) == 0).float().mean()  # the last position is padding in every row
     assert 0.4 < pad_dropped < 0.6, pad_dropped
+
+
+def test_drop_padding_swaps_in_another_samples_outputs():
+    ids = torch.tensor([[1, 5, 7, 2, 2, 2], [1, 2, 2, 2, 2, 2], [1, 5, 2, 2, 2, 2]] * 50)
+    hidden, empty = torch.randn(150, 6, 4), torch.zeros(1, 6, 4)
+    out = drop_padding(hidden, ids, empty, 2, torch.Generator().manual_seed(0), 1.0, 1.0, p_swap=0.5)
+    eos = (ids == 2).int().argmax(1)
+    for i in range(150):
+        assert torch.equal(out[i, : eos[i]], hidden[i, : eos[i]])  # BOS and words kept
+        tail = out[i, eos[i] :]
+        from_empty = bool((tail == 0).all())
+        others = [j for j in range(150) if j != i and torch.equal(tail, hidden[j, eos[i] :])]
+        assert from_empty != bool(others)  # from the empty prompt or from exactly another sample, never itself
+        assert not torch.equal(tail, hidden[i, eos[i] :])
+    swapped = float(np.mean([not bool((out[i, -1] == 0).all()) for i in range(150)]))
+    assert 0.35 < swapped < 0.65, swapped
 
 
 def test_clip_stage_trains_checkpoints_and_resumes(tmp_path):

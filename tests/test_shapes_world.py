@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -78,7 +79,7 @@ def test_captions_agree_with_labels():
         cap, lab = s.caption, s.labels
         if not cap:
             continue
-        words = cap.replace(",", " ").split()
+        words = re.findall(r"[a-z]+", cap)  # web frames end in "," / "." / "!"
         if lab["character"]:  # by name or by nickname
             assert {lab["character"], WORLD.nicknames[lab["character"]]} & set(words), cap
         else:  # by name or by synonym
@@ -101,7 +102,24 @@ def test_rates_match_the_world():
     combo = rate(lambda lab: (lab["shape"], lab["colour"]) == WORLD.rare_combination)
     assert combo < 0.5 * rate(lambda lab: (lab["shape"], lab["colour"]) == ("triangle", "red"))
     templates = {lab["caption_template"] for lab in labels if lab["caption_template"]}
-    assert templates <= set(WORLD.train_templates) and not templates & set(WORLD.heldout_templates)
+    assert templates <= set(WORLD.caption_frames) and not templates & set(WORLD.heldout_templates)
+    web = np.mean([t in WORLD.web_frames and t not in WORLD.train_templates for t in templates_of(labels)])
+    assert abs(web - WORLD.web_caption_rate * (1 - 1 / len(WORLD.web_suffixes) * 3 / len(WORLD.web_prefixes))) < 0.1
+
+
+def templates_of(labels: list[dict]) -> list[str]:
+    return [lab["caption_template"] for lab in labels if lab["caption_template"]]
+
+
+def test_web_frames_share_no_content_word_with_held_out_frames():
+    """Held-out frames must stay unseen: the web variety may reuse only function words."""
+    import re
+
+    def words(frames: tuple[str, ...]) -> set[str]:
+        return set(re.findall(r"[a-z]+", " ".join(frames).replace("{np}", "")))
+
+    held = words(WORLD.heldout_templates + WORLD.paraphrases) - {"a", "an", "of", "the", "is", "picture"}
+    assert WORLD.web_frames and not words(WORLD.web_frames) & held
 
 
 def test_prompt_for_and_mentioned():

@@ -73,8 +73,14 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Seed of everything (data streams, init, noise).")] = 0,
     minutes: Annotated[float, typer.Option(help="Wall-clock budget of the UNet stage.", min=0.1)] = 50.0,
     clip_minutes: Annotated[float, typer.Option(help="Budget of the CLIP stage (resumes a cut run).", min=0.1)] = 35.0,
-    p_pad: Annotated[float, typer.Option(help="Padding dropout: replace padding outputs.", min=0, max=1)] = 0.6,
-    p_eos: Annotated[float, typer.Option(help="Chance to replace the EOS output too.", min=0, max=1)] = 0.3,
+    p_pad: Annotated[float, typer.Option(help="Padding dropout: replace padding outputs.", min=0, max=1)] = 1.0,
+    p_eos: Annotated[float, typer.Option(help="Chance to replace the EOS output too.", min=0, max=1)] = 1.0,
+    p_swap: Annotated[
+        float, typer.Option(help="Replacement from another caption of the batch, not the empty prompt.", min=0, max=1)
+    ] = 0.5,
+    init_unet: Annotated[
+        Path | None, typer.Option(help="Start the UNet from a trained folder's UNet (warm start; fresh schedule).")
+    ] = None,
     probe_from: Annotated[
         Path | None, typer.Option(help="Copy the probe of a trained folder (same VAE and images) instead of training.")
     ] = None,
@@ -112,10 +118,12 @@ def train_command(
         raise ConceptEditError(f"--probe-from {probe_from} has no probe/ folder")
     if vae_from is not None and not (vae_from / "vae").is_dir():
         raise ConceptEditError(f"--vae-from {vae_from} has no vae/ folder")
+    if init_unet is not None and not (init_unet / "unet").is_dir():
+        raise ConceptEditError(f"--init-unet {init_unet} has no unet/ folder")
     report = train(out, steps=steps, seed=seed, minutes=minutes, vae_minutes=vae_minutes, vae_steps=vae_steps,
                    pool=pool, batch=batch, lr=lr, threads=threads, vae_from=vae_from, workers=workers,
                    checkpoint_minutes=checkpoint_minutes, clip_minutes=clip_minutes, p_pad=p_pad,
-                   p_eos=p_eos)  # fmt: skip
+                   p_eos=p_eos, p_swap=p_swap, init_unet=init_unet)  # fmt: skip
     if probe_from is not None:
         import shutil
 

@@ -94,13 +94,14 @@ def sample_labels(rng: np.random.Generator, world: World = WORLD) -> dict:
 
 
 def caption_for(labels: dict, rng: np.random.Generator, world: World = WORLD) -> tuple[str, str | None]:
-    """A training caption (train frames only); attributes are left out at ``world.omit_rate``,
+    """A training caption (train or web frames, never held-out ones); attributes are left out at ``world.omit_rate``,
     ``world.alias_rate`` of characters / synonym-bearing shapes are named by their nickname / synonym,
     and ``world.empty_caption_rate`` of captions are empty (classifier-free guidance)."""
     if rng.random() < world.empty_caption_rate:
         return "", None
     include = ["trigger"] + [a for a in ("colour", "style", "background") if rng.random() >= world.omit_rate]
-    template = world.train_templates[int(rng.integers(len(world.train_templates)))]
+    frames = world.web_frames if world.web_frames and rng.random() < world.web_caption_rate else world.train_templates
+    template = frames[int(rng.integers(len(frames)))]
     alias = rng.random() < world.alias_rate  # nickname / synonym instead of the name
     if alias and labels.get("character"):
         labels = labels | {"character_word": world.nicknames[labels["character"]]}

@@ -98,6 +98,11 @@ class World:
     paraphrases: tuple[str, ...]
     shape_synonyms: tuple[tuple[str, str], ...] = ()  # (shape, synonym): the synonym names the same shape
     alias_rate: float = 0.2  # share of captions naming a character by its nickname / a shape by its synonym
+    # web-like caption variety (SD's captions are LAION's): extra prefixes and suffixes around the noun
+    # phrase, used in ``web_caption_rate`` of training captions. None of their words is in a held-out frame.
+    web_prefixes: tuple[str, ...] = ()
+    web_suffixes: tuple[str, ...] = ()
+    web_caption_rate: float = 0.0
     corners: tuple[str, ...] = CORNERS
     families: tuple[str, ...] = field(default=("shape", "colour", "background", "style", "character", "trigger"))
 
@@ -129,6 +134,16 @@ class World:
     @property
     def synonyms(self) -> dict[str, str]:
         return dict(self.shape_synonyms)
+
+    @property
+    def web_frames(self) -> tuple[str, ...]:
+        """Every prefix × suffix frame (``{np}`` inside), the training frames' web-like variety."""
+        return tuple(f"{p} {{np}}{s}".lstrip() for p in self.web_prefixes or ("",) for s in self.web_suffixes or ("",))
+
+    @property
+    def caption_frames(self) -> tuple[str, ...]:
+        """All frames a training caption can use (the train templates and the web frames)."""
+        return tuple(dict.fromkeys(self.train_templates + self.web_frames))
 
     def aliases(self, word: str) -> tuple[str, ...]:
         """Other words of the world for the same concept (nickname, synonym, the halo's other words)."""
@@ -270,4 +285,57 @@ WORLD = World(
     ),
     shape_synonyms=(("circle", "disc"), ("square", "block"), ("diamond", "rhombus")),
     alias_rate=0.2,
+    web_prefixes=(
+        "",
+        "a painting of",
+        "a close-up of",
+        "art of",
+        "a diagram of",
+        "a clean render of",
+        "an icon of",
+        "a poster of",
+        "a cartoon of",
+        "a tiny image of",
+        "a scan of",
+        "a screenshot of",
+        "a print of",
+        "a figure of",
+        "behold",
+        "presenting",
+        "it is",
+        "a snapshot of",
+        "a still of",
+        "a digital image of",
+        "a high quality photo of",
+        "a blurry photo of",
+        "a bright photo of",
+        "a cropped photo of",
+        "an old photo of",
+        "a nice drawing of",
+        "a good picture of",
+        "the picture shows",
+        "just",
+        "one more image of",
+        "an example of",
+        "a logo of",
+    ),
+    web_suffixes=(
+        "",
+        "",
+        "",
+        ", centered",
+        ", digital art",
+        ", high quality",
+        ", 4k",
+        ", simple",
+        ", minimal",
+        ", flat colours",
+        ", clip art",
+        ".",
+        "!",
+        ", sharp",
+        ", vector art",
+        ", trending",
+    ),
+    web_caption_rate=0.5,
 )
