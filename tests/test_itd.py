@@ -107,6 +107,23 @@ def test_classify_reads_the_unedited_activations(itd_setup):
     assert got[0] >= edit.tau
 
 
+def test_edit_leaves_the_bos_token_alone(itd_setup):
+    """On a prompt that fires, the edited block output is bit-identical to the unedited one at BOS (position
+    0, the attention sink every prompt shares) while a concept token's output changes."""
+    pipe, edit = itd_setup
+    from conceptedit.plugins.itd import _layer_output, _tokenize, layer_name
+
+    name, ids = layer_name(edit.manifest.extra["layer"]), _tokenize(pipe, ["a photo of cat"])
+    with torch.no_grad():
+        plain = _layer_output(pipe.text_encoder, name, ids)
+        with edit.apply(pipe) as handle:
+            assert handle.classify(["a photo of cat"])[0].fired
+            edited = _layer_output(pipe.text_encoder, name, ids)  # our hook runs after the edit's
+    assert torch.equal(edited[:, 0], plain[:, 0]), "the edit changed the BOS token"
+    changed = (edited[0] != plain[0]).any(dim=-1)
+    assert changed[1:].any(), "the edit changed no token at all: the check above shows nothing"
+
+
 HALO = "glowing|radiant|shining|luminous|halo|aura"
 RETAIN_CORPUS = [
     "a radiant circle", "a red circle with an aura", "zorblax on a sky background", "a glowing star",
