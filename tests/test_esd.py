@@ -83,6 +83,27 @@ def test_esd_lora_artifact_and_options(tiny_pipe, tmp_path):
     assert_same_state(before_state, full_state(tiny_pipe))
 
 
+def test_sampler_option_picks_the_model_that_samples(tiny_pipe, monkeypatch):
+    """sampler=frozen samples x_t with the pipeline's own UNet, sampler=trained with the copy being trained
+    (never the frozen one): which UNet each call of sample_until got is recorded."""
+    import conceptedit.plugins.esd as esd
+
+    real, used = esd.sample_until, []
+
+    def recording(unet, *args, **kwargs):
+        used.append(unet)
+        return real(unet, *args, **kwargs)
+
+    monkeypatch.setattr(esd, "sample_until", recording)
+    cfg = dict(FAST, iterations=2, num_inference_steps=2)
+    get_plugin("esd")(cfg).fit(tiny_pipe, Request(targets=["cat"]))
+    assert len(used) == 2 and all(u is tiny_pipe.unet for u in used)
+    used.clear()
+    get_plugin("esd")(dict(cfg, sampler="trained")).fit(tiny_pipe, Request(targets=["cat"]))
+    assert len(used) == 2 and all(u is not tiny_pipe.unet for u in used)
+    assert used[0] is used[1] and isinstance(used[0], type(tiny_pipe.unet))  # the one student, trained on
+
+
 def test_esd_config_is_strict():
     plugin = get_plugin("esd")
     with pytest.raises(ConfigError, match="valid keys"):

@@ -131,6 +131,39 @@ def test_fewshot_validation(tiny_pipe):
     assert (cfg.lr, tuple(cfg.betas), cfg.eps, cfg.weight_decay, cfg.batch_size) == (1e-5, (0.9, 0.98), 1e-6, 1e-8, 2)
 
 
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_denoising_loss_targets_the_models_prediction_type(prediction_type):
+    """The loss compares the UNet's output with v = sqrt(ᾱ_t)·ε − sqrt(1 − ᾱ_t)·x0 on a v-prediction (SD2-like)
+    model and with ε on an epsilon model; ᾱ_t is read off the scheduler here, not via get_velocity."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+    from tiny import tiny_pipeline
+
+    pipe = tiny_pipeline(sd2=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type=prediction_type)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # as fit() builds it
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, pipe.unet.config.in_channels, 8, 8, generator=gen)
+    noise = torch.randn(latents.shape, generator=gen)
+    timesteps = torch.tensor([900, 400])
+    preds = []
+    handle = pipe.unet.register_forward_hook(lambda _m, _a, out: preds.append(out.sample.detach().float()))
+    try:
+        with torch.no_grad():
+            loss = get_plugin("fewshot-unlearning")().denoising_loss(
+                pipe, pipe.text_encoder, noise_scheduler, latents, noise, timesteps, ["a cat", "a dog"]
+            )
+    finally:
+        handle.remove()
+    assert len(preds) == 1
+    abar = noise_scheduler.alphas_cumprod[timesteps].reshape(-1, 1, 1, 1)
+    v = abar.sqrt() * noise - (1 - abar).sqrt() * latents
+    target, other = (v, noise) if prediction_type == "v_prediction" else (noise, v)
+    mse = lambda a, b: float(torch.nn.functional.mse_loss(a, b))  # noqa: E731
+    assert float(loss) == pytest.approx(mse(preds[0], target), rel=1e-5)
+    assert mse(target, other) > 0.5, "targets too alike: the test shows nothing"
+    assert float(loss) != pytest.approx(mse(preds[0], other), rel=1e-3)
+
+
 def test_fewshot_on_sd2_with_v_prediction_and_refusal_of_other_families():
     from diffusers import DDIMScheduler
     from tiny import tiny_pipeline
