@@ -19,6 +19,12 @@ pass, *stale* when its original snippet is no longer in the file (the code chang
     python benchmarks/mutation_check.py                 # every mutation (~15-25 min on 2 busy cores)
     python benchmarks/mutation_check.py --only esd-negative-guidance-sign,lora-export-drops-scale
     python benchmarks/mutation_check.py --list
+    python benchmarks/mutation_check.py --tests-from 8678fab   # today's code, the tests of that revision
+
+``--tests-from REV`` replaces the copy's ``tests/`` folder with the one of git revision ``REV`` (the code
+stays HEAD's, or the working tree's with ``--worktree``): the score of an older suite against the same
+mutations, e.g. a "before" figure. Test ids that REV does not have (file or function) are left out; a
+mutation left with no test at all counts as missed.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -188,7 +195,10 @@ MUTATIONS: list[Mutation] = [
         "plugins/esd.py",
         'sampler = frozen if cfg.sampler == "frozen" else student',
         "sampler = frozen",
-        ("tests/test_esd.py::test_esd_lora_artifact_and_options",),
+        (
+            "tests/test_esd.py::test_sampler_option_picks_the_model_that_samples",
+            "tests/test_esd.py::test_esd_lora_artifact_and_options",
+        ),
         "sampler=trained silently samples with the frozen model",
     ),
     Mutation(
@@ -215,7 +225,10 @@ MUTATIONS: list[Mutation] = [
         "plugins/fewshot_unlearning.py",
         "target = noise_scheduler.get_velocity(latents, noise, timesteps)",
         "target = noise",
-        ("tests/test_fewshot.py::test_fewshot_on_sd2_with_v_prediction_and_refusal_of_other_families",),
+        (
+            "tests/test_fewshot.py::test_denoising_loss_targets_the_models_prediction_type",
+            "tests/test_fewshot.py::test_fewshot_on_sd2_with_v_prediction_and_refusal_of_other_families",
+        ),
         "v-prediction models get the epsilon target",
     ),
     Mutation(
@@ -339,10 +352,13 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "generate-cli-ignores-csv-seeds",
         "conceptedit/cli/core.py",
-        "[r[1] for r in rows],",
-        "[seed for r in rows],",
+        # (an earlier version replaced the seeds of the up-front check_request call only; read_prompt_csv
+        # has already checked every CSV seed by then, so that mutant differed only in refusing an unused,
+        # invalid --seed: nearly equivalent, and not the break described here)
+        "rows += [(r.prompt, r.evaluation_seed, r.case_number) for r in",
+        "rows += [(r.prompt, seed, r.case_number) for r in",
         ("tests/test_cli.py::test_erase_then_generate_with_the_edit",),
-        "generate uses --seed for every CSV row (metadata still says the row's seed)",
+        "generate uses --seed for every CSV row instead of the row's evaluation_seed",
     ),
     Mutation(
         "eval-edit-not-applied",
@@ -379,6 +395,7 @@ MUTATIONS: list[Mutation] = [
         (
             "tests/test_itd.py::test_classifier_gates_the_edit",
             "tests/test_itd.py::test_classify_reads_the_unedited_activations",
+            "tests/test_itd.py::test_edit_leaves_the_bos_token_alone",
         ),
         "the BOS token is changed too",
     ),
@@ -426,6 +443,29 @@ def export_tree(dest: Path, worktree: bool) -> None:
         (dest / "conceptedit" / link).symlink_to(dest / target, target_is_directory=True)
 
 
+def replace_tests(dest: Path, rev: str) -> str:
+    """Swap the copy's ``tests/`` for the one of git revision ``rev``; returns the full commit id."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT, check=True,
+                                capture_output=True, text=True).stdout.strip()  # fmt: skip
+    except subprocess.CalledProcessError:
+        raise SystemExit(f"--tests-from: {rev!r} is not a git revision of this repository") from None
+    archive = subprocess.run(["git", "archive", commit, "tests"], cwd=ROOT, check=True, capture_output=True).stdout
+    shutil.rmtree(dest / "tests", ignore_errors=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return commit
+
+
+def test_present(tree: Path, test_id: str) -> bool:
+    """The test file exists in the copy and, for ``file::name[params]``, defines that test function."""
+    file, _, name = test_id.partition("::")
+    path = tree / file
+    if not path.is_file():
+        return False
+    name = name.split("::")[-1].split("[")[0]
+    return not name or re.search(rf"^\s*(async\s+)?def {re.escape(name)}\(", path.read_text(), re.M) is not None
+
+
 def environment(tree: Path, cache: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CONCEPTEDIT_CACHE")}
     env.update(PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
@@ -469,6 +509,7 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     parser.add_argument("--worktree", action="store_true", help="copy the working tree instead of HEAD")
     parser.add_argument("--baseline", action="store_true", help="run every selected test unmutated first")
+    parser.add_argument("--tests-from", metavar="REV", help="use the tests/ folder of git revision REV")
     parser.add_argument("--timeout", type=int, default=600, help="per-test timeout in seconds")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -488,12 +529,18 @@ def main() -> None:
         tree = Path(tmp) / "tree"
         tree.mkdir()
         export_tree(tree, args.worktree)
+        if args.tests_from:
+            commit = replace_tests(tree, args.tests_from)
+            print(f"tests/ from {commit[:12]} ({args.tests_from}), code from "
+                  f"{'the working tree' if args.worktree else 'HEAD'}", flush=True)  # fmt: skip
         env = environment(tree, Path(tmp) / "cache")
         check_imports(tree, env)
         # tests named by a mutation that the exported tree does not have are left out (and reported)
-        present = lambda t: (tree / t.split("::")[0]).is_file()  # noqa: E731
+        present = lambda t: test_present(tree, t)  # noqa: E731
         if args.baseline:
             every = tuple(sorted({t for m in chosen for t in m.tests if present(t)}))
+            if not every:
+                raise SystemExit("--baseline: none of the selected mutations' tests exists in this tests/")
             ok, seconds, tail = run_tests(tree, every, env, args.timeout)
             verdict = "passes" if ok else "FAILS"
             print(f"baseline (unmutated) {verdict} in {seconds:.0f}s: {' '.join(every)}", flush=True)
@@ -507,6 +554,11 @@ def main() -> None:
             if source.count(m.old) != 1:
                 results.append({"name": m.name, "package": m.package, "status": "stale", "seconds": 0.0})
                 print(f"STALE   {m.name}: snippet found {source.count(m.old)} times in {m.file}", flush=True)
+                continue
+            if not tests:  # none of its tests exists here (--tests-from): nothing guards it; never run bare pytest
+                results.append({"name": m.name, "package": m.package, "status": "missed", "seconds": 0.0,
+                                "tests": [], "caught_by": [], "why": m.why})  # fmt: skip
+                print(f"MISSED  {m.name} (no test of it exists in this tests/) {m.why}", flush=True)
                 continue
             path.write_text(source.replace(m.old, m.new))
             shutil.rmtree(Path(tmp) / "cache", ignore_errors=True)

@@ -89,10 +89,13 @@ def test_erase_then_generate_with_the_edit(tiny_model_dir, tmp_path):
     plain = generate(pipe, prompts, seeds)
     with Edit.load(edit_dir).apply(pipe):
         edited = generate(pipe, prompts, seeds)
+        at_flag_seed = generate(pipe, ["a red cat"], [0])[0]  # --seed (0): for prompts without their own only
     for name, expected, unedited in zip(("0000_seed0.png", "0007_seed3.png"), edited, plain, strict=True):
         written = np.asarray(Image.open(out / name).convert("RGB"))
         assert np.array_equal(written, np.asarray(expected)), f"{name} is not the edited image"
         assert not np.array_equal(written, np.asarray(unedited)), f"{name}: the edit changed nothing"
+    csv_image = np.asarray(Image.open(out / "0007_seed3.png").convert("RGB"))
+    assert not np.array_equal(csv_image, np.asarray(at_flag_seed)), "the CSV row was generated at --seed"
 
 
 @pytest.mark.parametrize(
