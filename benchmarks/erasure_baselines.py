@@ -2,9 +2,9 @@
 
 For each plugin and each concept (one shape, one named character, one fill style; each erased alone)
 this fits the plugin with its paper defaults (the few benchmark-specific settings are in ``RUNS`` and
-printed in the JSON), generates the concept's erasure prompt set (``conceptedit.eval.shapes_prompts``:
+printed in the JSON), generates the concept's erasure prompt set (``conceptedit.datasets.shapes.prompt_sets``:
 target prompts, held-out frames / paraphrases, other members of the family, unrelated prompts) with the
-same seeds for base and edited, and scores it with the shapes probe (``conceptedit.eval.shapes_erasure``):
+same seeds for base and edited, and scores it with the shapes probe (``conceptedit.datasets.shapes.erasure``):
 
 - ``erased_accuracy``: the probe reads the erased concept on prompts naming it (goal: at or below chance);
 - ``erased_accuracy_paraphrase``: the same on held-out sentence frames / paraphrases;
@@ -35,9 +35,9 @@ from PIL import Image, ImageDraw
 
 from conceptedit.config import config_to_dict
 from conceptedit.datasets.shapes import WORLD
-from conceptedit.eval.metrics import ProbeAccuracy
-from conceptedit.eval.shapes_erasure import chance_level, score_images
-from conceptedit.eval.shapes_prompts import concept_family, erasure_prompt_set
+from conceptedit.datasets.shapes.erasure import chance_level, score_images
+from conceptedit.datasets.shapes.probe_metric import ProbeAccuracy
+from conceptedit.datasets.shapes.prompt_sets import concept_family, erasure_prompt_set
 from conceptedit.generation import generate
 from conceptedit.loading import load_pipeline
 from conceptedit.plugin import Request

@@ -65,8 +65,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
+    from conceptedit.datasets.shapes.prompt_sets import erasure_prompt_set
     from conceptedit.eval.prompts import write_prompt_csv
-    from conceptedit.eval.shapes_prompts import erasure_prompt_set
 
     rows = erasure_prompt_set(["zorblax", "striped", "circle"], per_role=max(1, args.prompts // 12))[: args.prompts]
     tmp = Path(tempfile.mkdtemp(prefix="eval-bench-"))

@@ -34,9 +34,9 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from conceptedit.datasets.shapes import WORLD
-from conceptedit.eval.metrics import ProbeAccuracy
-from conceptedit.eval.shapes_erasure import chance_level, score_images
-from conceptedit.eval.shapes_prompts import erasure_prompt_set
+from conceptedit.datasets.shapes.erasure import chance_level, score_images
+from conceptedit.datasets.shapes.probe_metric import ProbeAccuracy
+from conceptedit.datasets.shapes.prompt_sets import erasure_prompt_set
 from conceptedit.generation import generate
 from conceptedit.loading import load_pipeline
 from conceptedit.plugin import Request

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from conceptedit.datasets.shapes import WORLD
-from conceptedit.eval.probe import Probe
+from conceptedit.datasets.shapes.probe import Probe
 from conceptedit.loading import load_pipeline
 from conceptedit.pipelines.shapes import default_generation_kwargs, model_dir
 

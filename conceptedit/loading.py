@@ -4,11 +4,10 @@ built-in models, with errors that say what was tried and what to do."""
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,23 @@ import torch
 from conceptedit.devices import pick_device, pick_dtype
 from conceptedit.errors import ModelLoadError
 from conceptedit.families import SD_FAMILIES, require_family
+from conceptedit.registry import Registry
 from conceptedit.toolkit import DEFAULT_MODEL, MODEL_SETTINGS_FILE
 
-# Built-in models: alias -> "module:function" returning the model folder. Resolved lazily so that
-# importing conceptedit stays cheap and a missing built-in model only fails when asked for.
-BUILTIN_MODELS: dict[str, str] = {"shapes": "conceptedit.pipelines.shapes:model_dir"}
+
+def _model_from_entry_point(name: str, obj: Any) -> None:
+    if not callable(obj):
+        raise TypeError(f"entry point {name!r} must point at a function returning the model folder")
+    BUILTIN_MODELS.register(name, obj)
+
+
+# Built-in models: name -> function returning the model folder. Other packages (and the built-in shapes
+# model) add theirs through the ``conceptedit.models`` entry point, loaded on the first lookup (not when
+# conceptedit is imported); one that fails to load only fails when asked for by name.
+BUILTIN_MODELS: Registry[Callable[[], str | os.PathLike]] = Registry(
+    "built-in model", group="conceptedit.models", load=_model_from_entry_point
+)
+
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")  # torch/pickle formats: reading one can run code
 PICKLE_HINT = (
@@ -40,11 +51,9 @@ def _refuse_pickled_folder(folder: Path) -> None:
 
 
 def builtin_model_dir(name: str) -> Path:
-    module_name, _, func = BUILTIN_MODELS[name].partition(":")
-    try:
-        folder = Path(getattr(importlib.import_module(module_name), func)())
-    except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"built-in model {name!r} is not available in this install: {exc}") from exc
+    if name in BUILTIN_MODELS.broken:
+        raise ModelLoadError(f"built-in model {name!r} is not available in this install: {BUILTIN_MODELS.broken[name]}")
+    folder = Path(BUILTIN_MODELS[name]())
     if not (folder / "model_index.json").is_file():
         raise ModelLoadError(
             f"built-in model {name!r} has no weights at {folder}; train it with `conceptedit {name} train`"
@@ -168,7 +177,7 @@ def load_pipeline(
         raise ModelLoadError("empty model source; pass a built-in name (e.g. 'shapes'), a folder, a file or a hub id")
     path = Path(text).expanduser()
     with _quiet():
-        if text in BUILTIN_MODELS:
+        if text in BUILTIN_MODELS or text in BUILTIN_MODELS.broken:
             folder = builtin_model_dir(text)
             pipe = _load_folder(folder, torch_dtype, safety_checker, allow_pickle)
             model_id, defaults_dir = text, folder

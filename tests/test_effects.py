@@ -35,7 +35,7 @@ BUDGETS = {
 
 @pytest.fixture(scope="module")
 def shapes():
-    from conceptedit.eval.probe import Probe
+    from conceptedit.datasets.shapes.probe import Probe
     from conceptedit.loading import load_pipeline
 
     pipe = load_pipeline("shapes", device="cpu")

@@ -391,7 +391,7 @@ def test_load_pipeline_refuses_pickled_weights(tiny_model_dir, tmp_path):
 def test_probe_input_warning():
     from PIL import Image
 
-    from conceptedit.eval.probe import image_kind_warning
+    from conceptedit.datasets.shapes.probe import image_kind_warning
 
     assert image_kind_warning(Image.new("RGB", (32, 32)), 32) is None
     assert image_kind_warning(Image.new("RGB", (64, 64)), 32) is None

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from conceptedit.cli import _attach_subcommands, app
 from conceptedit.datasets.shapes import WORLD, balanced_world, render, render_batch
+from conceptedit.datasets.shapes.probe import Probe, targets
 from conceptedit.errors import ConceptEditError
-from conceptedit.eval.probe import Probe, targets
 from conceptedit.pipelines.shapes import RESOLUTION, default_generation_kwargs, model_dir
 
 _attach_subcommands()

@@ -129,7 +129,7 @@ def train_command(
 
         shutil.copytree(probe_from / "probe", out / "probe", dirs_exist_ok=True)
     elif probe_minutes > 0:
-        from conceptedit.eval.probe import train_probe
+        from conceptedit.datasets.shapes.probe import train_probe
 
         _, probe_report = train_probe(out / "probe", minutes=probe_minutes, steps=100_000, seed=seed)
         report["probe"] = probe_report
@@ -148,7 +148,7 @@ def probe_command(
     """Read every shapes-world concept family off images with the shipped probe."""
     from PIL import Image, UnidentifiedImageError
 
-    from conceptedit.eval.probe import Probe, image_kind_warning
+    from conceptedit.datasets.shapes.probe import Probe, image_kind_warning
     from conceptedit.toolkit import expand_images
 
     paths = expand_images(images)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from conceptedit.errors import ConfigError
+from conceptedit.registry import Registry
 from conceptedit.validate import check_int, check_seed, read_text
 
 LABEL_PREFIX = "label_"
@@ -160,17 +161,23 @@ def write_prompt_csv(rows: list[PromptRow], path: str | Path) -> Path:
     return path
 
 
-# Built-in prompt-set generators: name -> f(target concepts, rows per role, seed) -> rows.
+# Prompt-set generators: name -> f(target concepts, rows per role, seed) -> rows. Other packages (and
+# the built-in shapes world) add theirs through the ``conceptedit.prompt_sets`` entry point.
 BuiltinPromptSet = Callable[[list[str], int, int], list[PromptRow]]
-BUILTIN_PROMPT_SETS: dict[str, str] = {
-    "shapes-erasure": "conceptedit.eval.shapes_prompts:erasure_prompt_set",
-}
+
+
+def _prompt_set_from_entry_point(name: str, obj: Any) -> None:
+    if not callable(obj):
+        raise TypeError(f"entry point {name!r} must point at a function (targets, per_role, seed) -> rows")
+    BUILTIN_PROMPT_SETS.register(name, obj)
+
+
+BUILTIN_PROMPT_SETS: Registry[BuiltinPromptSet] = Registry(
+    "built-in prompt set", group="conceptedit.prompt_sets", load=_prompt_set_from_entry_point
+)
 
 
 def builtin_prompt_set(name: str) -> BuiltinPromptSet:
-    import importlib
-
     if name not in BUILTIN_PROMPT_SETS:
-        raise ConfigError(f"unknown built-in prompt set {name!r}; available: {', '.join(BUILTIN_PROMPT_SETS)}")
-    module, _, func = BUILTIN_PROMPT_SETS[name].partition(":")
-    return getattr(importlib.import_module(module), func)
+        raise ConfigError(BUILTIN_PROMPT_SETS.missing(name))
+    return BUILTIN_PROMPT_SETS[name]

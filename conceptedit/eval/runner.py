@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from conceptedit.edits.base import Edit
-from conceptedit.errors import ConceptEditError, ConfigError
+from conceptedit.errors import ConfigError
 from conceptedit.eval.cache import ImageCache, image_key
 from conceptedit.eval.config import EditSpec, EvalConfig, PromptSetSpec, load_config
 from conceptedit.eval.metrics import BASE, Group, Metric, MetricResult, ModelContext, create_metric
@@ -351,14 +351,10 @@ class Evaluation:
 
 
 def _with_concept(row: PromptRow, targets: list[str]) -> PromptRow:
-    """Attack rows without a concept column are scored against the edit's (first) target concept."""
-    try:
-        from conceptedit.eval.shapes_prompts import concept_family
-
-        family, value = concept_family(targets[0])
-    except (ConceptEditError, ImportError):
-        return row
-    return replace(row, concept=f"{family}:{value}")
+    """Attack rows without a concept column are scored against the edit's (first) target concept: the
+    row gets the target as it was requested, and each label-reading metric interprets it
+    (``LabelAccuracy.target_of``; e.g. the shapes probe knows which family a word belongs to)."""
+    return replace(row, concept=targets[0]) if targets else row
 
 
 def evaluate(config: EvalConfig | str | Path, progress: bool = True) -> dict[str, Any] | None:

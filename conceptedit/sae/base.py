@@ -23,15 +23,30 @@ from conceptedit.errors import ConfigError
 from conceptedit.registry import Registry
 from conceptedit.sae.kernels import DEFAULT_CHUNK_ELEMS, geometric_median, sparse_decode
 
-SAE_ARCHITECTURES: Registry[type[SAE]] = Registry("SAE architecture")
+
+def _sae_from_entry_point(name: str, obj: Any) -> None:
+    if not (isinstance(obj, type) and issubclass(obj, SAE)):
+        raise TypeError(f"entry point {name!r} must point at a conceptedit SAE subclass, not {obj!r}")
+    own = obj.__dict__.get("architecture")  # a subclass of a registered architecture inherits its name
+    if own and own != name:
+        raise TypeError(f"entry point {name!r} points at SAE architecture {obj.architecture!r}; use its name")
+    register_sae(name)(obj)
+
+
+# Other packages add architectures with @register_sae in a module they import, or through the
+# ``conceptedit.sae_architectures`` entry point (name = architecture, object = the SAE subclass).
+SAE_ARCHITECTURES: Registry[type[SAE]] = Registry(
+    "SAE architecture", group="conceptedit.sae_architectures", load=_sae_from_entry_point
+)
 
 
 def register_sae(name: str) -> Callable[[type[SAE]], type[SAE]]:
     """Class decorator adding an architecture to :data:`SAE_ARCHITECTURES` (duplicates are an error)."""
 
     def deco(cls: type[SAE]) -> type[SAE]:
+        SAE_ARCHITECTURES.register(name, cls)  # raises on a taken name before the class is changed
         cls.architecture = name
-        return SAE_ARCHITECTURES.register(name, cls)
+        return cls
 
     return deco
 

@@ -1,5 +1,6 @@
 """Erasure scores on the shapes world for the benchmarks: images scored with the same probe metric
-(``metrics.ProbeAccuracy``) as ``conceptedit eval``, without a config file or a store."""
+(:class:`~conceptedit.datasets.shapes.probe_metric.ProbeAccuracy`) as ``conceptedit eval``, without a
+config file or a store."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Any
 from PIL import Image
 
 from conceptedit.datasets.shapes import WORLD
-from conceptedit.eval.metrics import Group, ProbeAccuracy
+from conceptedit.datasets.shapes.probe_metric import ProbeAccuracy
+from conceptedit.datasets.shapes.prompt_sets import concept_family
+from conceptedit.eval.metrics import Group
 from conceptedit.eval.prompts import PromptRow
-from conceptedit.eval.shapes_prompts import concept_family
 from conceptedit.eval.store import ImageRow
 
 

@@ -9,7 +9,8 @@ For a target concept the set has four roles:
 - ``cross_domain``: prompts that do not involve the target, labelled on the other families.
 
 Each row carries ``label_<family>`` values for the families its prompt asks for, so a probe can
-score it.
+score it. ``erasure_prompt_set`` is registered as the built-in prompt set ``shapes-erasure``
+through the ``conceptedit.prompt_sets`` entry point (``conceptedit.registry.BUILT_IN_ENTRY_POINTS``).
 """
 
 from __future__ import annotations
