@@ -3,7 +3,9 @@ and a UNet, so each can be tested alone.
 
 - :func:`mine_neighbours`: random perturbations ``e + η`` of a concept embedding inside the neighbourhood
   ``‖η‖ ≤ D₁‖e‖`` and ``cos(e, e + η) ∈ [S₁, S₂]``.
-- :func:`sample_beyond`: perturbations outside it (``cos < S₁``, ``‖ξ‖ ≤ D₂‖e‖``) for the regulariser.
+- :func:`beyond_from_pool` (real embeddings outside the neighbourhood, e.g. vocabulary words) or
+  :func:`sample_beyond` (perturbations of ``e`` outside it: ``cos < S₁``, ``‖ξ‖ ≤ D₂‖e‖``) for the
+  beyond-concept regulariser.
 - :func:`alignment_problem` + :func:`conceptedit.sparsity.ridge.weighted_ridge_edit`: the closed-form
   cross-attention alignment (the concept and its neighbours → the anchor; beyond-concept samples and
   preserved concepts → themselves).
@@ -78,6 +80,34 @@ def mine_neighbours(
     )  # fmt: skip
 
 
+def in_neighbourhood(
+    e: torch.Tensor, x: torch.Tensor, max_distance: float, min_cos: float, max_cos: float
+) -> torch.Tensor:
+    """Which rows of ``x`` lie in the neighbourhood of ``e``: ``‖x − e‖ ≤ D₁‖e‖`` and ``cos(e, x) ∈ [S₁, S₂]``."""
+    e, x = e.double().flatten(), x.double()
+    cos = (x @ e) / (x.norm(dim=1) * e.norm()).clamp_min(1e-12)
+    return ((x - e).norm(dim=1) <= max_distance * e.norm()) & (cos >= min_cos) & (cos <= max_cos)
+
+
+def beyond_from_pool(
+    e: torch.Tensor,
+    pool: torch.Tensor,
+    n: int,
+    max_distance: float,
+    min_cos: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Beyond-concept samples from real embeddings (``pool``, e.g. the vocabulary's words): up to ``n`` rows,
+    drawn at random among those outside the neighbourhood and not closer to ``e`` than it (``cos < S₁`` or
+    ``‖x − e‖ > D₁‖e‖``) (float64)."""
+    e, pool = e.double().flatten(), pool.double()
+    cos = (pool @ e) / (pool.norm(dim=1) * e.norm()).clamp_min(1e-12)
+    outside = (cos < min_cos) | ((pool - e).norm(dim=1) > max_distance * e.norm())
+    kept = pool[outside]
+    order = torch.randperm(len(kept), generator=generator)[:n]
+    return kept[order]
+
+
 def sample_beyond(
     e: torch.Tensor,
     n: int,
@@ -86,8 +116,8 @@ def sample_beyond(
     generator: torch.Generator,
     max_tries: int = 200_000,
 ) -> torch.Tensor:
-    """Beyond-concept samples: ``n`` embeddings ``e + ξ`` outside the neighbourhood, ``cos(e, e + ξ) <
-    min_cos`` (the neighbourhood's S₁), with ``‖ξ‖ ≤ max_distance·‖e‖`` (float64, ``(n, d)``)."""
+    """Beyond-concept samples as perturbations of ``e`` itself: ``n`` embeddings ``e + ξ`` outside the
+    neighbourhood, ``cos(e, e + ξ) < min_cos`` (S₁), with ``‖ξ‖ ≤ max_distance·‖e‖`` (float64, ``(n, d)``)."""
     if n == 0:
         return torch.zeros(0, e.numel(), dtype=torch.float64)
     radius = max_distance * float(e.double().norm())
