@@ -331,3 +331,29 @@ def generate_attack_images(
 def check_budget(seconds: float, start: float) -> bool:
     """True while the wall-time budget lasts (``seconds <= 0``: no limit)."""
     return seconds <= 0 or time.perf_counter() - start < seconds
+
+
+@torch.no_grad()
+def mean_denoising_loss(
+    pipe: Any,
+    x0: torch.Tensor,
+    prompt: str,
+    injections: Sequence[Injection] = (),
+    *,
+    timesteps: Sequence[int] = (100, 300, 500, 700, 900),
+    seed: int = 0,
+    guided: bool = False,
+    guidance: float = 1.0,
+) -> float:
+    """An attack's objective at fixed timesteps and seeded noise (deterministic): the mean of
+    :func:`denoising_loss` over ``x0``'s images, to compare prompts or soft prompts before/after."""
+    generator = torch.Generator().manual_seed(seed)
+    device = pipe.unet.device
+    losses = []
+    for t in timesteps:
+        noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
+        with inject(pipe, list(injections)):
+            cond, uncond = encode(pipe, [prompt] * len(x0), guided)
+        step = torch.full((len(x0),), int(t), device=device, dtype=torch.long)
+        losses.append(float(denoising_loss(pipe, x0, cond, step, noise, uncond if guided else None, guidance)))
+    return sum(losses) / len(losses)

@@ -33,7 +33,9 @@ instead of the reference's bisection (the same projection up to its 1e-5 toleran
 ``prefix_k`` insertion (the reference's default) is implemented. The final prompt is text (the
 discrete tokens decoded), generated from its re-tokenisation; the reference evaluates the token ids
 directly. The noise of each step comes from a generator seeded by ``seed`` (the reference's is
-unseeded). ``seconds`` adds a wall-time budget (0: none). Without a judge the full budget is spent.
+unseeded); ``noise: fixed`` (not the default) draws one ε per timestep instead, a deterministic
+objective for checks. ``seconds`` adds a wall-time budget (0: none). Without a judge the full budget
+is spent.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ class UnlearnDiffAtkConfig:
     weight_decay: float = field(default=0.1, metadata={"help": "Adam weight decay"})
     objective: Literal["auto", "conditional", "guided"] = field(
         default="auto", metadata={"help": "conditional (paper), guided (CFG, for prompt-level edits) or auto"}
+    )
+    noise: Literal["random", "fixed"] = field(
+        default="random", metadata={"help": "random: a new ε every step (reference); fixed: one ε per timestep"}
     )
     n_prompts: int = field(default=8, metadata={"help": "attack prompts (one optimisation per image of the concept)"})
     seconds: float = field(default=0.0, metadata={"help": "wall-time budget per prompt (0: none)"})
@@ -208,12 +213,15 @@ class UnlearnDiffAtkPlugin(AttackPlugin):
         for t in sampled_timesteps(total, cfg.timesteps):
             step_losses = []
             timestep = torch.tensor([t], device=device, dtype=torch.long)
+            fixed = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
             for _ in range(cfg.iterations):
                 optimizer.zero_grad()
                 one_hot = _StraightThroughSample.apply(probs, generator)
                 slot_vectors = one_hot @ table
                 sampled = one_hot.detach().argmax(dim=-1)
-                noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
+                noise = (
+                    fixed if cfg.noise == "fixed" else torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
+                )
                 with inject(pipe, [prefix.injection(slot_vectors, sampled)]):
                     cond, uncond = encode(pipe, [prefix.text(sampled)], guided)
                 loss = denoising_loss(pipe, x0, cond, timestep, noise, uncond if guided else None, guidance)
@@ -225,7 +233,7 @@ class UnlearnDiffAtkPlugin(AttackPlugin):
                         probs[:, banned] = 0
                     probs.copy_(project_simplex(probs))
                 step_losses.append(float(loss.detach()))
-            losses.append(sum(step_losses) / len(step_losses))
+            losses.extend(step_losses)
             slot_ids = probs.detach().argmax(dim=-1)
             if judge is not None:
                 candidate = AttackPrompt(prefix.text(slot_ids), seed)
@@ -233,4 +241,4 @@ class UnlearnDiffAtkPlugin(AttackPlugin):
                     break
             if not check_budget(cfg.seconds, start):
                 break
-        return prefix.text(slot_ids), losses
+        return prefix.text(slot_ids), losses  # the objective at every step

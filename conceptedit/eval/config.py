@@ -67,6 +67,30 @@ class PromptSetSpec:
 
 
 @dataclass
+class AttackSpec:
+    """An attack plugin run against edits (default: every edit): its prompts are found per edit (white-box)
+    or once on the unedited model (black-box), cached, generated on the edit and on the base model with
+    the same seeds, and read by the label metrics as ``attack_success_rate``."""
+
+    name: str
+    plugin: str
+    config: dict[str, Any] = field(default_factory=dict)
+    edits: list[str] = field(default_factory=list)  # edit names to attack; empty: all
+    images: int = 8  # images of the concept made by the unedited model, for attacks that fit images
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip() or "/" in self.name:
+            raise ConfigError(f"every attack needs a plain name, got {short(self.name)}")
+        if not isinstance(self.plugin, str) or not self.plugin.strip():
+            raise ConfigError(f"attack {self.name!r}: 'plugin' must name an attack plugin")
+        if not isinstance(self.edits, list) or not all(isinstance(e, str) for e in self.edits):
+            raise ConfigError(f"attack {self.name!r}: 'edits' must be a list of edit names")
+        check_int(f"attack {self.name!r}: images", self.images, 1)
+        check_int(f"attack {self.name!r}: seed", self.seed, 0)
+
+
+@dataclass
 class GenerationSpec:
     num_inference_steps: int | None = None  # None: the model's default
     guidance_scale: float | None = None
@@ -110,6 +134,7 @@ class EvalConfig:
     cache_dir: str | None = None  # default: <output>/../cache (shared by runs in the same folder)
     device: str | None = None
     grid_cases: int = 6  # base-vs-edited pairs shown per edit in the report
+    attacks: list[AttackSpec] = field(default_factory=list)  # attack plugins x edits (attack success rate)
 
     def __post_init__(self) -> None:
         check_run_name(self.name)
@@ -128,7 +153,13 @@ class EvalConfig:
             check_device(self.device)
         if not self.prompt_sets:
             raise ConfigError("config needs at least one prompt set under 'prompt_sets'")
-        for kind, items in (("edit", self.edits), ("prompt set", self.prompt_sets)):
+        edit_names = {e.name for e in self.edits}
+        for attack in self.attacks:
+            unknown = [e for e in attack.edits if e not in edit_names]
+            if unknown:
+                known = sorted(edit_names)
+                raise ConfigError(f"attack {attack.name!r} names unknown edit(s) {unknown}; edits: {known}")
+        for kind, items in (("edit", self.edits), ("prompt set", self.prompt_sets), ("attack", self.attacks)):
             names = [i.name for i in items]
             if len(set(names)) != len(names):
                 raise ConfigError(f"{kind} names must be unique, got {names}")
@@ -171,6 +202,19 @@ def _check_edit(spec: EditSpec, where: str) -> None:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _check_attack(spec: AttackSpec, where: str) -> None:
+    """The attack's plugin exists, is of kind ``attack`` and accepts its config, before any model loads."""
+    from conceptedit.registry import get_plugin
+
+    try:
+        cls = get_plugin(spec.plugin)
+        if cls.kind != "attack":
+            raise ConfigError(f"plugin {spec.plugin!r} is of kind {cls.kind!r}, not an attack")
+        cls(spec.config)
+    except ConceptEditError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def _items(value: Any, where: str) -> list[Any]:
     if value is None:
         return []
@@ -202,6 +246,12 @@ def parse_config(data: dict[str, Any], where: str = "config") -> EvalConfig:
     ]
     for i, spec in enumerate(data["edits"]):
         _check_edit(spec, f"{where}: edits[{i}]")
+    data["attacks"] = [
+        _section(AttackSpec, a, f"{where}: attacks[{i}]")
+        for i, a in enumerate(_items(data.get("attacks"), f"{where}: attacks"))
+    ]
+    for i, spec in enumerate(data["attacks"]):
+        _check_attack(spec, f"{where}: attacks[{i}]")
     data["prompt_sets"] = [
         _section(PromptSetSpec, p, f"{where}: prompt_sets[{i}]")
         for i, p in enumerate(_items(data.get("prompt_sets"), f"{where}: prompt_sets"))

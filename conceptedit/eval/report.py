@@ -25,6 +25,41 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
+def attack_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The method × attack table: per (model, edit, attack) the attack success rate with n and its
+    Wilson interval, the same prompts on the unedited model (sanity: they should produce the concept),
+    the edit's rate on prompts naming the concept without attack, and the attack's cost. Rates are
+    :class:`~conceptedit.eval.verdicts.Rate` (k of n, Wilson interval) or ``None``."""
+    from conceptedit.eval.verdicts import Rate
+
+    by_key = {(g["model"], g["edit"], g["prompt_set"]): g for g in results["groups"]}
+
+    def asr(model: str, edit: str, prompt_set: str) -> Rate | None:
+        metrics = by_key.get((model, edit, prompt_set), {}).get("metrics", {})
+        for name, m in metrics.items():
+            if name.endswith(".attack_success_rate"):
+                return Rate.of(m.get("value"), m.get("details", {}).get("n"))
+        return None
+
+    def no_attack(model: str, edit: str) -> Rate | None:
+        for (m_, e_, ps), g in by_key.items():
+            if m_ == model and e_ == edit and not ps.startswith("attack:"):
+                for name, m in g["metrics"].items():
+                    if name.endswith(".erased_accuracy"):
+                        return Rate.of(m.get("value"), m.get("details", {}).get("n"))
+        return None
+
+    rows = []
+    for run in results.get("attacks", []):
+        rows.append({
+            **{k: run[k] for k in ("model", "edit", "attack", "concept", "seconds_per_prompt")},
+            "asr": asr(run["model"], run["edit"], run["prompt_set"]),
+            "base_asr": asr(run["model"], BASE, run["prompt_set"]),
+            "no_attack": no_attack(run["model"], run["edit"]),
+        })  # fmt: skip
+    return rows
+
+
 def comparison_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (model, edit, prompt set, metric) with the base value of the same prompts."""
     by_key = {(g["model"], g["edit"], g["prompt_set"]): g for g in results["groups"]}
@@ -128,6 +163,21 @@ def write_report(out: Path, cfg: EvalConfig, results: dict[str, Any], rows: list
             f"<td>{_fmt(r['metric'])}</td><td>{_fmt(r['base'])}</td><td>{_fmt(r['edited'])}</td><td>{_fmt(r['n'])}</td></tr>"
         )
     parts.append("</table>")
+    attacks = attack_rows(results)
+    if attacks:
+        parts.append("<h2>Attack success rate (method × attack)</h2><table><tr><th>model</th><th>edit</th>"
+                     "<th>attack</th><th>concept</th><th>no attack</th><th>ASR</th>"
+                     "<th>same prompts, unedited model</th><th>s per prompt</th></tr>")  # fmt: skip
+        for r in attacks:
+            rates = [html.escape(r[k].text()) if r[k] else "–" for k in ("no_attack", "asr", "base_asr")]
+            parts.append(
+                f"<tr><td>{_fmt(r['model'])}</td><td>{_fmt(r['edit'])}</td><td>{_fmt(r['attack'])}</td>"
+                f"<td>{_fmt(r['concept'])}</td><td>{rates[0]}</td><td>{rates[1]}</td><td>{rates[2]}</td>"
+                f"<td>{_fmt(r['seconds_per_prompt'])}</td></tr>"
+            )
+        parts.append("</table><p>Rates: k/n of images in which the judge reads the concept, 95 % Wilson "
+                     "interval in brackets. ASR counts the attack's prompts on the edit; the same prompts on "
+                     "the unedited model should show the concept (sanity).</p>")  # fmt: skip
     if plot:
         parts.append(f"<h2>Probe accuracy</h2><img src='{plot.name}'>")
     for model, edit, grid in grids:

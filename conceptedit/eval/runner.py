@@ -281,6 +281,7 @@ class Evaluation:
         from conceptedit.loading import load_pipeline, model_files
 
         done = self.store.done_keys()
+        attack_runs: list[dict[str, Any]] = []  # what each (attack, edit) found and cost (config 'attacks')
         for model in self.cfg.models:
             pipe = load_pipeline(model, device=self.device)
             pipe.set_progress_bar_config(disable=True)
@@ -307,11 +308,17 @@ class Evaluation:
                 mine = items[self.dist.index :: self.dist.count]
                 if mine:
                     self._run_items(pipe, mkey, model, edit, mine)
+            if self.cfg.attacks:
+                from conceptedit.eval.attacks import run_attacks
+
+                attack_runs += run_attacks(self, pipe, mkey, model, loaded, done)
             del pipe
         self.dist.wait()
         if not self.dist.is_main:
             return None
         results = self.aggregate()
+        if attack_runs:
+            results["attacks"] = attack_runs
         from conceptedit.eval.report import write_report
 
         write_report(self.out, self.cfg, results, list(self.store.rows()))
