@@ -55,11 +55,7 @@ Deviations, and why:
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,38 +64,37 @@ from conceptedit.edits.base import ArtifactError
 from conceptedit.edits.runtime import ActivationHookEdit, PromptDecision
 from conceptedit.errors import ConceptEditError, RequestError
 from conceptedit.families import SD_FAMILIES
-from conceptedit.hooks import get_submodule, run_until
+from conceptedit.hooks import get_submodule
 from conceptedit.plugin import Plugin, Request
+from conceptedit.plugins._itd_fitting import DIVERSE_TEMPLATES, TEMPLATES, ItDFitting, words_of
+from conceptedit.plugins._itd_latents import (
+    _layer_output,
+    _tokenize,
+    cache_root,
+    layer_index,
+    layer_name,
+    max_activations,
+    top_latents,
+)
 from conceptedit.registry import register_plugin
 from conceptedit.sae.io import sae_config, sae_from_state
-from conceptedit.toolkit import Progress, no_progress, payload_hash, read_prompts, tokenize
+from conceptedit.toolkit import Progress, no_progress
 
-# Prompt frames for target and retain prompts when the request gives none (reference: simple
-# "a photo of {}"-style prompts per concept).
-TEMPLATES = (
-    "{}",
-    "a photo of {}",
-    "a picture of {}",
-    "an image of {}",
-    "a drawing of {}",
-    "a painting of {}",
-    "a portrait of {}",
-    "a rendering of {}",
-    "this is {}",
-    "there is {}",
-)
-# More frames for the fitted target set (word order, context and register vary as in the paper's sets);
-# used for interpretation and calibration, not added to the SAE corpus.
-DIVERSE_TEMPLATES = (
-    "an illustration of {}",
-    "a sketch of {}",
-    "a close-up of {}",
-    "we can see {}",
-    "the picture shows {}",
-    "{} in the middle of the image",
-    "a nice image with {}",
-    "my drawing of {}",
-)
+# the SAE's view of the encoder and the fitting data live in their own modules (one job each); the
+# names stay importable from here, as before the split
+__all__ = [
+    "ItDConfig",
+    "ItDEdit",
+    "ItDPlugin",
+    "TEMPLATES",
+    "DIVERSE_TEMPLATES",
+    "words_of",
+    "layer_index",
+    "layer_name",
+    "cache_root",
+    "max_activations",
+    "top_latents",
+]
 
 
 @dataclass
@@ -140,33 +135,6 @@ class ItDConfig:
             raise ValueError("target_from_corpus and retain_from_corpus must be >= 0")
         if any(not isinstance(w, str) or not words_of(w.replace("|", " ")) for w in self.retain_exclude):
             raise ValueError(f"retain_exclude entries must be words or 'a|b' groups, got {self.retain_exclude!r}")
-
-
-def words_of(text: str) -> set[str]:
-    """Lower-case words of a prompt (punctuation splits words)."""
-    return set(re.findall(r"[\w']+", text.lower()))
-
-
-def layer_index(text_encoder: torch.nn.Module, layer: int | None) -> int:
-    n = int(text_encoder.config.num_hidden_layers)
-    if layer is None:
-        return 8 if n == 12 else max(0, round(0.75 * n) - 1)
-    if not 0 <= layer < n:
-        raise RequestError(f"layer {layer} out of range: the text encoder has {n} blocks")
-    return layer
-
-
-def layer_name(index: int) -> str:
-    return f"text_model.encoder.layers.{index}"
-
-
-def cache_root() -> Path:
-    base = os.environ.get("CONCEPTEDIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "conceptedit")
-    return Path(base)
-
-
-def _tokenize(pipe: Any, prompts: list[str]) -> torch.Tensor:
-    return tokenize(pipe.tokenizer, prompts, pipe.text_encoder.device).input_ids
 
 
 class ItDEdit(ActivationHookEdit):
@@ -271,32 +239,8 @@ class ItDEdit(ActivationHookEdit):
                 for v, i in zip(values.tolist(), index.tolist(), strict=True) if v > 0]  # fmt: skip
 
 
-def _layer_output(encoder: torch.nn.Module, name: str, ids: torch.Tensor) -> torch.Tensor:
-    """The block's output without running the rest of the encoder (ItD hooks removed meanwhile
-    are not an issue: run_until stops at the block, before our own output hook would matter)."""
-    return run_until(encoder, name, lambda: encoder(ids))
-
-
-def max_activations(sae: Any, hidden: torch.Tensor) -> torch.Tensor:
-    """``[B, width]``: each latent's max activation over tokens t ≥ 1 of each prompt."""
-    b, t, d = hidden.shape
-    codes = sae.encode(hidden[:, 1:].float().reshape(b * (t - 1), d))
-    dense = torch.zeros(b * (t - 1), sae.width, device=hidden.device)
-    dense.scatter_reduce_(1, codes.indices, codes.values.float(), reduce="amax")
-    return dense.reshape(b, t - 1, sae.width).amax(dim=1)
-
-
-def top_latents(sae: Any, hidden: torch.Tensor, top_n: int) -> list[set[int]]:
-    acts = max_activations(sae, hidden)
-    out = []
-    for row in acts:
-        values, index = row.topk(min(top_n, row.numel()))
-        out.append({int(i) for v, i in zip(values.tolist(), index.tolist(), strict=True) if v > 0})
-    return out
-
-
 @register_plugin
-class ItDPlugin(Plugin):
+class ItDPlugin(ItDFitting, Plugin):
     name = "itd"
     kind = "erase"
     Config = ItDConfig
@@ -305,107 +249,7 @@ class ItDPlugin(Plugin):
     summary = "Interpret-then-Deactivate: an SAE on the text encoder as a zero-shot classifier; erases at inference."
     paper = "Tian et al., arXiv:2503.09446 (2025)"
 
-    # -- step 1: the SAE -----------------------------------------------------------------------
-    def shipped_corpus(self, pipe: Any) -> list[str]:
-        """Prompts of the config's corpus file, else of the model's shipped corpus (empty if neither)."""
-        from conceptedit.loading import model_file
-
-        source = self.config.corpus or model_file(pipe, "prompt_corpus")
-        return read_prompts(source) if source else []
-
-    def corpus(self, corpus: list[str], request: Request) -> list[str]:
-        """SAE training prompts: the corpus (at most ``corpus_limit``, sampled) plus the request's."""
-        prompts = corpus
-        if len(prompts) > self.config.corpus_limit:
-            g = torch.Generator().manual_seed(self.config.seed)
-            keep = torch.randperm(len(prompts), generator=g)[: self.config.corpus_limit].sort().values
-            prompts = [prompts[i] for i in keep.tolist()]
-        extra = self.given_target_prompts(request) + self.retain_prompts(request, [])
-        return prompts + extra
-
-    def sae_cache_key(self, pipe: Any, layer: int, corpus: list[str]) -> str:
-        from conceptedit.fingerprint import fingerprint
-
-        c = self.config
-        payload = {
-            "text_encoder": fingerprint(pipe.text_encoder), "layer": layer, "arch": c.sae_arch, "width": c.sae_width,
-            "k": c.sae_k, "tokens": c.train_tokens, "lr": c.train_lr, "warmup": c.train_warmup_steps,
-            "batch": c.train_batch_prompts, "seed": c.seed,
-            "corpus": hashlib.sha256("\n".join(corpus).encode()).hexdigest(),
-        }  # fmt: skip
-        return payload_hash(payload)
-
-    def get_sae(self, pipe: Any, request: Request, layer: int, corpus: list[str], progress: Progress) -> Any:
-        from conceptedit.sae import TrainConfig, collect_activations, load_sae, save_sae, train_sae
-
-        c = self.config
-        if c.sae_path:
-            sae = load_sae(c.sae_path)
-            if sae.d_in != pipe.text_encoder.config.hidden_size:
-                raise RequestError(
-                    f"SAE at {c.sae_path} has d_in={sae.d_in}, but the text encoder's hidden size is "
-                    f"{pipe.text_encoder.config.hidden_size}"
-                )
-            return sae
-        corpus = self.corpus(corpus, request)
-        folder = cache_root() / "itd-sae" / self.sae_cache_key(pipe, layer, corpus)
-        if (folder / "cfg.json").is_file():
-            return load_sae(folder)
-        progress(0.05, f"collecting activations of {len(corpus)} prompts")
-        store = collect_activations(pipe, layer_name(layer), corpus, padding="longest", skip_bos=False,
-                                    skip_padding=False, progress=False)  # fmt: skip
-        tokens_per_prompt = max(1, store.n_rows // max(1, len(corpus)))
-        progress(0.15, f"training a {c.sae_arch} SAE ({c.sae_width} latents, k={c.sae_k})")
-        train_config = TrainConfig(
-            token_budget=c.train_tokens, batch_size=c.train_batch_prompts * tokens_per_prompt, lr=c.train_lr,
-            warmup_steps=c.train_warmup_steps, seed=c.seed, normalize=False, progress=True,
-        )  # fmt: skip
-        sae = train_sae(store, c.sae_arch, c.sae_width, config=train_config, k=c.sae_k)
-        sae.source = {"module": f"text_encoder.{layer_name(layer)}", "plugin": "itd"}
-        save_sae(sae, folder)
-        return sae
-
     # -- step 2: interpret ---------------------------------------------------------------------
-    def given_target_prompts(self, request: Request) -> list[str]:
-        """The request's prompts, else ``TEMPLATES`` frames (what the SAE corpus gets, as before)."""
-        if request.prompts:
-            return list(request.prompts)
-        return [t.format(c) for c in request.targets for t in TEMPLATES]
-
-    def target_prompts(self, request: Request, corpus: list[str] | None = None) -> list[str]:
-        """Prompts F and τ are fitted on: the given ones, template frames, and corpus prompts naming a target."""
-        prompts = self.given_target_prompts(request)
-        if self.config.target_templates:
-            prompts += [t.format(c) for c in request.targets for t in TEMPLATES + DIVERSE_TEMPLATES]
-        words = {w for c in request.targets for w in words_of(c)}
-        naming = [p for p in corpus or [] if words & words_of(p)]
-        if naming and self.config.target_from_corpus:
-            g = torch.Generator().manual_seed(self.config.seed + 2)
-            pick = torch.randperm(len(naming), generator=g)[: self.config.target_from_corpus].tolist()
-            prompts += [naming[i] for i in sorted(pick)]
-        return list(dict.fromkeys(prompts))
-
-    def excluded_words(self, request: Request) -> set[str]:
-        """Words that keep a corpus prompt out of the retain set: the targets' words, every plain
-        ``retain_exclude`` word, and every ``a|b|c`` group that contains a target word."""
-        words = {w for c in request.targets for w in words_of(c)}
-        out = set(words)
-        for entry in self.config.retain_exclude:
-            group = words_of(entry.replace("|", " "))
-            if "|" not in entry or words & group:
-                out |= group
-        return out
-
-    def retain_prompts(self, request: Request, corpus: list[str]) -> list[str]:
-        prompts = list(request.retain_prompts) + [t.format(c) for c in request.preserve for t in TEMPLATES]
-        excluded = self.excluded_words(request)
-        candidates = [p for p in corpus if not excluded & words_of(p)]
-        if candidates and self.config.retain_from_corpus:
-            g = torch.Generator().manual_seed(self.config.seed + 1)
-            pick = torch.randperm(len(candidates), generator=g)[: self.config.retain_from_corpus].tolist()
-            prompts += [candidates[i] for i in sorted(pick)]
-        return prompts
-
     def interpret(self, sae: Any, pipe: Any, layer: int, targets: list[str], retain: list[str]) -> torch.Tensor:
         name = layer_name(layer)
         n = self.config.top_n
