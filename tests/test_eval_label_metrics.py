@@ -66,9 +66,13 @@ def test_buckets_follow_the_rows_roles_and_labels():
     assert results["in_domain_retain"].higher_is_better is True
 
 
-def test_attack_rows_without_a_concept_get_the_edits_target_word():
+def test_attack_rows_without_a_concept_get_the_edits_target_as_a_metric_reads_it():
     row = PromptRow("an attack prompt", 0, 0, role="attack")
-    assert _with_concept(row, ["zorblax", "circle"]).concept == "zorblax"
+    # the shapes probe (registered through its entry point) knows the word: family:value, as before
+    assert _with_concept(row, ["zorblax", "circle"]).concept == "character:zorblax"
+    assert _with_concept(row, ["Circle"]).concept == "shape:circle"
+    assert _with_concept(row, ["a cat"]).concept == "a cat"  # no metric knows it: kept as requested
+    assert _with_concept(row, ["colour:red"]).concept == "colour:red"
     assert _with_concept(row, []).concept == ""
 
 

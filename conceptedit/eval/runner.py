@@ -21,6 +21,7 @@ from conceptedit.errors import ConfigError
 from conceptedit.eval.cache import ImageCache, image_key
 from conceptedit.eval.config import EditSpec, EvalConfig, PromptSetSpec, load_config
 from conceptedit.eval.metrics import BASE, Group, Metric, MetricResult, ModelContext, create_metric
+from conceptedit.eval.metrics.labels import concept_label
 from conceptedit.eval.prompts import PromptRow, builtin_prompt_set, read_prompt_csv
 from conceptedit.eval.store import ImageRow, ResultStore
 from conceptedit.fingerprint import fingerprint
@@ -358,10 +359,9 @@ class Evaluation:
 
 
 def _with_concept(row: PromptRow, targets: list[str]) -> PromptRow:
-    """Attack rows without a concept column are scored against the edit's (first) target concept: the
-    row gets the target as it was requested, and each label-reading metric interprets it
-    (``LabelAccuracy.target_of``; e.g. the shapes probe knows which family a word belongs to)."""
-    return replace(row, concept=targets[0]) if targets else row
+    """Attack rows without a concept column are scored against the edit's (first) target concept, as
+    ``family:value`` when a registered label-reading metric knows the word (``concept_label``)."""
+    return replace(row, concept=concept_label(targets[0])) if targets else row
 
 
 def evaluate(config: EvalConfig | str | Path, progress: bool = True) -> dict[str, Any] | None:

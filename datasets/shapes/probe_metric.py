@@ -3,9 +3,9 @@
 in-domain / cross-domain accuracy). Registered through the ``conceptedit.metrics`` entry point
 (``conceptedit.registry.BUILT_IN_ENTRY_POINTS``), as another package's metric would be.
 
-What is shapes-specific is here, not in the core: a row's concept may be a bare word of the world
-(``"zorblax"``, as an attack CSV without a ``concept`` column gets the edit's target), and an
-implicit mark counts as shown in any corner.
+What is shapes-specific is here, not in the core: which family a bare word of the world belongs to
+(``"zorblax"`` → ``character:zorblax``; the runner asks through ``concept_label`` when it labels attack
+rows with the edit's target), and an implicit mark counts as shown in any corner.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ class ProbeAccuracy(LabelAccuracy):
     def predict_labels(self, images: list[Image.Image]) -> list[dict[str, str]]:
         return [{family: _label_of(p) for family, p in pred.items()} for pred in self.probe().predict(images)]
 
-    def target_of(self, concept: str) -> tuple[str, str] | None:
+    @classmethod
+    def target_of(cls, concept: str) -> tuple[str, str] | None:
         if ":" in concept:
             return super().target_of(concept)
         from conceptedit.datasets.shapes.prompt_sets import concept_family

@@ -15,7 +15,7 @@ from conceptedit.eval.metrics.base import (
 )
 from conceptedit.eval.metrics.clip import ClipFrechetDistance, ClipScore, frechet_distance, kernel_distance
 from conceptedit.eval.metrics.fid import FrechetDistance
-from conceptedit.eval.metrics.labels import LabelAccuracy
+from conceptedit.eval.metrics.labels import LabelAccuracy, concept_label
 from conceptedit.eval.metrics.nudenet import NudeNetCounts
 from conceptedit.eval.metrics.pixels import PixelDistance
 
@@ -30,6 +30,7 @@ __all__ = [
     "mean",
     "register_metric",
     "LabelAccuracy",
+    "concept_label",
     "PixelDistance",
     "ClipScore",
     "ClipFrechetDistance",

@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from conceptedit.eval.metrics.base import Group, Metric, MetricResult, mean
+from conceptedit.eval.metrics.base import METRICS, Group, Metric, MetricResult, mean
 from conceptedit.eval.store import ImageRow
 
 # result name -> higher is better
@@ -42,7 +42,8 @@ class LabelAccuracy(Metric):
         """Per image, family → predicted label (the families the classifier reads)."""
         raise NotImplementedError
 
-    def target_of(self, concept: str) -> tuple[str, str] | None:
+    @classmethod
+    def target_of(cls, concept: str) -> tuple[str, str] | None:
         """A row's ``concept`` → ``(family, value)``; ``None`` when the metric cannot score it."""
         family, sep, value = concept.partition(":")
         return (family, value) if sep and family else None
@@ -84,3 +85,17 @@ class LabelAccuracy(Metric):
                 details["per_family"] = {f: mean(v) for f, v in sorted(per_family.items())}
             out[f"{self.name}.{key}"] = MetricResult(mean(values), details, BUCKETS[key])
         return out
+
+
+def concept_label(concept: str) -> str:
+    """``family:value`` for a bare concept word, as the first registered label-reading metric that knows
+    the word reads it (the shapes probe: ``"zorblax"`` → ``"character:zorblax"``); the text unchanged
+    when it already names its family or no metric knows it. The runner labels attack rows with it."""
+    if ":" in concept:
+        return concept
+    for metric in METRICS.values():
+        if isinstance(metric, type) and issubclass(metric, LabelAccuracy):
+            target = metric.target_of(concept)
+            if target is not None:
+                return f"{target[0]}:{target[1]}"
+    return concept
