@@ -22,8 +22,9 @@ def chance_level(concept: str) -> float:
     return 1.0 / len(WORLD.classes(family)) if family not in ("trigger", *WORLD.mark_names) else 0.5
 
 
-def score_images(metric: ProbeAccuracy, rows: list[PromptRow], seeds: list[int], images: list[Image.Image],
-                 edit_name: str) -> dict[str, Any]:  # fmt: skip
+def score_images(
+    metric: ProbeAccuracy, rows: list[PromptRow], seeds: list[int], images: list[Image.Image], edit_name: str
+) -> dict[str, Any]:
     image_rows = [
         ImageRow("model", edit_name, "erasure", r.case_number, s, r.prompt, r.role, r.concept, r.labels, "", "", {})
         for r, s in zip(rows, seeds, strict=True)

@@ -112,8 +112,9 @@ class Probe:
     """A trained probe: ``predict`` returns, per image and family, the label, its calibrated
     probability and the whole distribution."""
 
-    def __init__(self, net: ProbeNet, classes: dict[str, list[str]], temperatures: dict[str, float],
-                 config: dict | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, net: ProbeNet, classes: dict[str, list[str]], temperatures: dict[str, float], config: dict | None = None
+    ) -> None:
         self.net = net.eval()
         self.classes = classes
         self.temperatures = temperatures
@@ -226,10 +227,21 @@ def _vae_roundtrip(vae, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return vae.decode(z).sample.clamp(-1, 1)
 
 
-def train_probe(out: str | Path | None = None, steps: int = 1500, seed: int = 0, minutes: float = 8.0,
-                batch: int = 128, width: int = 32, n_heldout: int = 4000, lr: float = 2e-3,
-                progress: bool = True, vae: str | Path | None = None, recon_fraction: float = 0.5,
-                init: str | Path | None = None, image_size: int | None = None) -> tuple[Probe, dict]:  # fmt: skip
+def train_probe(
+    out: str | Path | None = None,
+    steps: int = 1500,
+    seed: int = 0,
+    minutes: float = 8.0,
+    batch: int = 128,
+    width: int = 32,
+    n_heldout: int = 4000,
+    lr: float = 2e-3,
+    progress: bool = True,
+    vae: str | Path | None = None,
+    recon_fraction: float = 0.5,
+    init: str | Path | None = None,
+    image_size: int | None = None,
+) -> tuple[Probe, dict]:
     """Train on the balanced generator (seed stream ``seed + 100``), calibrate and test on held-out
     streams; save to ``out`` if given. Returns the probe and a report with per-family accuracy.
 
@@ -281,8 +293,14 @@ def train_probe(out: str | Path | None = None, steps: int = 1500, seed: int = 0,
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     net.eval()
-    config = {"width": width, "image_size": image_size, "trained_steps": step, "seed": seed,
-              "vae_roundtrip": str(vae) if vae else None, "init": str(init) if init else None}  # fmt: skip
+    config = {
+        "width": width,
+        "image_size": image_size,
+        "trained_steps": step,
+        "seed": seed,
+        "vae_roundtrip": str(vae) if vae else None,
+        "init": str(init) if init else None,
+    }
     probe = Probe(net, classes, {f: 1.0 for f in classes}, config)
 
     # calibrate on one held-out stream (augmented like the training data), test on another
@@ -295,9 +313,13 @@ def train_probe(out: str | Path | None = None, steps: int = 1500, seed: int = 0,
     lg = probe.logits(x)
     y = targets(labels, classes)
     probe.temperatures = {f: _fit_temperature(lg[f], y[f]) for f in classes}
-    report = {"steps": step, "seconds": round(time.time() - t0, 1), "temperatures": probe.temperatures,
-              "heldout_accuracy": evaluate(probe, n_heldout, seed=seed + 300, world=world),
-              "heldout_accuracy_natural": evaluate(probe, n_heldout, seed=seed + 400)}  # fmt: skip
+    report = {
+        "steps": step,
+        "seconds": round(time.time() - t0, 1),
+        "temperatures": probe.temperatures,
+        "heldout_accuracy": evaluate(probe, n_heldout, seed=seed + 300, world=world),
+        "heldout_accuracy_natural": evaluate(probe, n_heldout, seed=seed + 400),
+    }
     probe.config["report"] = report
     if out is not None:
         probe.save(out)

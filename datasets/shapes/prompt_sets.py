@@ -29,8 +29,13 @@ def concept_family(concept: str) -> tuple[str, str]:
     """``"zorblax"`` → ``("character", "zorblax")``; trigger words → ``("trigger", "present")``."""
     word = concept.strip().lower()
     w = WORLD
-    for family, values in (("shape", w.all_shapes), ("colour", w.colour_names), ("background", w.background_names),
-                           ("style", w.styles), ("character", w.character_names)):  # fmt: skip
+    for family, values in (
+        ("shape", w.all_shapes),
+        ("colour", w.colour_names),
+        ("background", w.background_names),
+        ("style", w.styles),
+        ("character", w.character_names),
+    ):
         if word in values:
             return family, word
     if word in w.trigger.words or word == w.trigger.name:
@@ -89,8 +94,14 @@ def _rows_for(concept: str, per_role: int, seed: int) -> list[PromptRow]:
     def concept_labels() -> dict:
         if family == "character":
             c = w.character(value)
-            return {"shape": c.shape, "colour": c.colour, "style": c.style, "background": c.background,
-                    "character": c.name, "trigger": False}  # fmt: skip
+            return {
+                "shape": c.shape,
+                "colour": c.colour,
+                "style": c.style,
+                "background": c.background,
+                "character": c.name,
+                "trigger": False,
+            }
         labels = _random_labels(rng, None)
         if family == "trigger":
             labels["trigger"] = True
@@ -129,8 +140,14 @@ def _rows_for(concept: str, per_role: int, seed: int) -> list[PromptRow]:
             other = others[i % len(others)]
             if family == "character":
                 c = w.character(other)
-                labels = {"shape": c.shape, "colour": c.colour, "style": c.style, "background": c.background,
-                          "character": c.name, "trigger": False}  # fmt: skip
+                labels = {
+                    "shape": c.shape,
+                    "colour": c.colour,
+                    "style": c.style,
+                    "background": c.background,
+                    "character": c.name,
+                    "trigger": False,
+                }
             else:
                 labels = _random_labels(rng, (family, value))
                 labels[family] = other
