@@ -38,16 +38,22 @@ def concept_images(pipe: Any, plugin: AttackPlugin, spec: AttackSpec, concept: s
     return generate(pipe, prompts, seeds, batch_size=min(16, spec.images), **settings), prompts
 
 
-def find_attack(ev: Evaluation, pipe: Any, mkey: str, spec: AttackSpec, plugin: AttackPlugin,
-                edit: LoadedEdit, concept: str) -> AttackSet:  # fmt: skip
+def find_attack(
+    ev: Evaluation, pipe: Any, mkey: str, spec: AttackSpec, plugin: AttackPlugin, edit: LoadedEdit, concept: str
+) -> AttackSet:
     """The attack's prompts for (edit, concept): from the cache, else run (main process) and saved."""
     from conceptedit.generation import generation_settings
 
     payload = {
-        "model": mkey, "edit": edit.key if plugin.white_box else "", "plugin": plugin.name,
-        "config": config_to_dict(plugin.config), "concept": concept, "seed": spec.seed,
-        "images": spec.images if plugin.needs_images else 0, "generation": ev.cfg.generation.settings(),
-    }  # fmt: skip
+        "model": mkey,
+        "edit": edit.key if plugin.white_box else "",
+        "plugin": plugin.name,
+        "config": config_to_dict(plugin.config),
+        "concept": concept,
+        "seed": spec.seed,
+        "images": spec.images if plugin.needs_images else 0,
+        "generation": ev.cfg.generation.settings(),
+    }
     folder = ev.cfg.cache_path / "attacks" / attack_key(payload)
     if ev.dist.is_main and not (folder / ATTACK_FILE).is_file():
         images = prompts = None
@@ -65,8 +71,9 @@ def find_attack(ev: Evaluation, pipe: Any, mkey: str, spec: AttackSpec, plugin: 
     return AttackSet.load(folder)
 
 
-def run_attacks(ev: Evaluation, pipe: Any, mkey: str, model: str, loaded: list[LoadedEdit],
-                done: set[tuple[Any, ...]]) -> list[dict[str, Any]]:  # fmt: skip
+def run_attacks(
+    ev: Evaluation, pipe: Any, mkey: str, model: str, loaded: list[LoadedEdit], done: set[tuple[Any, ...]]
+) -> list[dict[str, Any]]:
     """Find, generate and score every (attack, edit) of the config; returns what each attack cost."""
     from conceptedit.eval.runner import PromptSetInstance, _with_concept
     from conceptedit.registry import get_plugin
@@ -80,8 +87,9 @@ def run_attacks(ev: Evaluation, pipe: Any, mkey: str, model: str, loaded: list[L
             concept = targets[0]
             result = find_attack(ev, pipe, mkey, spec, plugin, edit, concept)
             name = prompt_set_name(spec, plugin, edit.name, concept)
-            rows = [_with_concept(PromptRow(p.prompt, p.seed, i, "attack"), targets)
-                    for i, p in enumerate(result.prompts)]  # fmt: skip
+            rows = [
+                _with_concept(PromptRow(p.prompt, p.seed, i, "attack"), targets) for i, p in enumerate(result.prompts)
+            ]
             instance = PromptSetInstance(name, PromptSetSpec(name=name, builtin="attack", attack=True), rows)
             injections = [i for i in (p.injection() for p in result.prompts) if i is not None]
             # images with injected vectors are cached under their own model key: the text alone is not the prompt
@@ -92,16 +100,28 @@ def run_attacks(ev: Evaluation, pipe: Any, mkey: str, model: str, loaded: list[L
                 if (name, edit_name) in generated:
                     continue
                 generated.add((name, edit_name))
-                items = [(instance, r, r.evaluation_seed) for r in rows
-                         if (model, edit_name, name, r.case_number, r.evaluation_seed) not in done]  # fmt: skip
+                items = [
+                    (instance, r, r.evaluation_seed)
+                    for r in rows
+                    if (model, edit_name, name, r.case_number, r.evaluation_seed) not in done
+                ]
                 mine = items[ev.dist.index :: ev.dist.count]
                 if mine:
                     with inject(pipe, injections):
                         ev._run_items(pipe, key, model, target, mine)
-            records.append({
-                "model": model, "attack": spec.name, "plugin": plugin.name, "edit": edit.name, "concept": concept,
-                "prompt_set": name, "white_box": plugin.white_box, "n_prompts": len(result.prompts),
-                "seconds": result.seconds, "seconds_per_prompt": round(result.seconds_per_prompt, 3),
-                "prompts": [p.prompt for p in result.prompts],
-            })  # fmt: skip
+            records.append(
+                {
+                    "model": model,
+                    "attack": spec.name,
+                    "plugin": plugin.name,
+                    "edit": edit.name,
+                    "concept": concept,
+                    "prompt_set": name,
+                    "white_box": plugin.white_box,
+                    "n_prompts": len(result.prompts),
+                    "seconds": result.seconds,
+                    "seconds_per_prompt": round(result.seconds_per_prompt, 3),
+                    "prompts": [p.prompt for p in result.prompts],
+                }
+            )
     return records

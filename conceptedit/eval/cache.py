@@ -12,10 +12,17 @@ from PIL import Image
 from conceptedit.toolkit import payload_hash
 
 
-def image_key(model_key: str, edit_keys: list[str], prompt: str, negative: str | None, seed: int,
-              settings: dict[str, Any]) -> str:  # fmt: skip
-    payload = {"model": model_key, "edits": edit_keys, "prompt": prompt, "negative": negative, "seed": int(seed),
-               "settings": settings}  # fmt: skip
+def image_key(
+    model_key: str, edit_keys: list[str], prompt: str, negative: str | None, seed: int, settings: dict[str, Any]
+) -> str:
+    payload = {
+        "model": model_key,
+        "edits": edit_keys,
+        "prompt": prompt,
+        "negative": negative,
+        "seed": int(seed),
+        "settings": settings,
+    }
     return payload_hash(payload, 24)
 
 

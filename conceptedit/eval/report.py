@@ -51,12 +51,14 @@ def attack_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     rows = []
     for run in results.get("attacks", []):
-        rows.append({
-            **{k: run[k] for k in ("model", "edit", "attack", "concept", "seconds_per_prompt")},
-            "asr": asr(run["model"], run["edit"], run["prompt_set"]),
-            "base_asr": asr(run["model"], BASE, run["prompt_set"]),
-            "no_attack": no_attack(run["model"], run["edit"]),
-        })  # fmt: skip
+        rows.append(
+            {
+                **{k: run[k] for k in ("model", "edit", "attack", "concept", "seconds_per_prompt")},
+                "asr": asr(run["model"], run["edit"], run["prompt_set"]),
+                "base_asr": asr(run["model"], BASE, run["prompt_set"]),
+                "no_attack": no_attack(run["model"], run["edit"]),
+            }
+        )
     return rows
 
 
@@ -70,11 +72,18 @@ def comparison_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         base = by_key.get((g["model"], BASE, g["prompt_set"]), {"metrics": {}})
         for name, result in g["metrics"].items():
             before = base["metrics"].get(name, {}).get("value")
-            rows.append({
-                "model": g["model"], "edit": g["edit"], "prompt_set": g["prompt_set"], "metric": name,
-                "base": before, "edited": result["value"], "higher_is_better": result.get("higher_is_better"),
-                "n": result.get("details", {}).get("n"),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "model": g["model"],
+                    "edit": g["edit"],
+                    "prompt_set": g["prompt_set"],
+                    "metric": name,
+                    "base": before,
+                    "edited": result["value"],
+                    "higher_is_better": result.get("higher_is_better"),
+                    "n": result.get("details", {}).get("n"),
+                }
+            )
     return rows
 
 
@@ -127,9 +136,11 @@ def write_report(out: Path, cfg: EvalConfig, results: dict[str, Any], rows: list
     base_index = {(r.model, r.prompt_set, r.case_number, r.seed): r for r in rows if r.edit == BASE}
     edits = sorted({(r.model, r.edit) for r in rows if r.edit != BASE})
     for model, edit in edits:
-        pairs = [(r, base_index[(r.model, r.prompt_set, r.case_number, r.seed)]) for r in rows
-                 if r.model == model and r.edit == edit and (r.model, r.prompt_set, r.case_number, r.seed) in
-                 base_index]  # fmt: skip
+        pairs = [
+            (r, base_index[(r.model, r.prompt_set, r.case_number, r.seed)])
+            for r in rows
+            if r.model == model and r.edit == edit and (r.model, r.prompt_set, r.case_number, r.seed) in base_index
+        ]
         targets = [p for p in pairs if p[0].role in ("target", "target_paraphrase", "attack")]
         others = [p for p in pairs if p not in targets]
         rng = random.Random(0)
@@ -151,8 +162,10 @@ def write_report(out: Path, cfg: EvalConfig, results: dict[str, Any], rows: list
         parts.append("<h2>Unavailable metrics</h2><ul>")
         parts += [f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in results["unavailable"].items()]
         parts.append("</ul>")
-    parts.append("<h2>Edited vs base (same prompts and seeds)</h2><table><tr><th>model</th><th>edit</th>"
-                 "<th>prompt set</th><th>metric</th><th>base</th><th>edited</th><th>n</th></tr>")  # fmt: skip
+    parts.append(
+        "<h2>Edited vs base (same prompts and seeds)</h2><table><tr><th>model</th><th>edit</th>"
+        "<th>prompt set</th><th>metric</th><th>base</th><th>edited</th><th>n</th></tr>"
+    )
     for r in comparisons:
         cls = ""
         if r["base"] is not None and r["edited"] is not None and r["higher_is_better"] is not None:
@@ -165,9 +178,11 @@ def write_report(out: Path, cfg: EvalConfig, results: dict[str, Any], rows: list
     parts.append("</table>")
     attacks = attack_rows(results)
     if attacks:
-        parts.append("<h2>Attack success rate (method × attack)</h2><table><tr><th>model</th><th>edit</th>"
-                     "<th>attack</th><th>concept</th><th>no attack</th><th>ASR</th>"
-                     "<th>same prompts, unedited model</th><th>s per prompt</th></tr>")  # fmt: skip
+        parts.append(
+            "<h2>Attack success rate (method × attack)</h2><table><tr><th>model</th><th>edit</th>"
+            "<th>attack</th><th>concept</th><th>no attack</th><th>ASR</th>"
+            "<th>same prompts, unedited model</th><th>s per prompt</th></tr>"
+        )
         for r in attacks:
             rates = [html.escape(r[k].text()) if r[k] else "–" for k in ("no_attack", "asr", "base_asr")]
             parts.append(
@@ -175,14 +190,18 @@ def write_report(out: Path, cfg: EvalConfig, results: dict[str, Any], rows: list
                 f"<td>{_fmt(r['concept'])}</td><td>{rates[0]}</td><td>{rates[1]}</td><td>{rates[2]}</td>"
                 f"<td>{_fmt(r['seconds_per_prompt'])}</td></tr>"
             )
-        parts.append("</table><p>Rates: k/n of images in which the judge reads the concept, 95 % Wilson "
-                     "interval in brackets. ASR counts the attack's prompts on the edit; the same prompts on "
-                     "the unedited model should show the concept (sanity).</p>")  # fmt: skip
+        parts.append(
+            "</table><p>Rates: k/n of images in which the judge reads the concept, 95 % Wilson "
+            "interval in brackets. ASR counts the attack's prompts on the edit; the same prompts on "
+            "the unedited model should show the concept (sanity).</p>"
+        )
     if plot:
         parts.append(f"<h2>Probe accuracy</h2><img src='{plot.name}'>")
     for model, edit, grid in grids:
-        parts.append(f"<h2>{html.escape(edit)} on {html.escape(model)}: base (left) vs edited (right)</h2>"
-                     f"<img src='{grid.name}'>")  # fmt: skip
+        parts.append(
+            f"<h2>{html.escape(edit)} on {html.escape(model)}: base (left) vs edited (right)</h2>"
+            f"<img src='{grid.name}'>"
+        )
     parts.append("</body></html>")
     path = out / "report.html"
     path.write_text("\n".join(parts))
@@ -200,14 +219,18 @@ def compare_runs(a: str | Path, b: str | Path) -> list[dict[str, Any]]:
 
             raise ConceptEditError(f"{p}: no results.json (run `conceptedit eval CONFIG` first)")
         data = json.loads(path.read_text())
-        return {(g["model"], g["edit"], g["prompt_set"], name): m["value"] for g in data["groups"]
-                for name, m in g["metrics"].items()}  # fmt: skip
+        return {
+            (g["model"], g["edit"], g["prompt_set"], name): m["value"]
+            for g in data["groups"]
+            for name, m in g["metrics"].items()
+        }
 
     left, right = load(a), load(b)
     out = []
     for key in sorted(set(left) | set(right)):
         va, vb = left.get(key), right.get(key)
         delta = vb - va if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else None
-        out.append({"model": key[0], "edit": key[1], "prompt_set": key[2], "metric": key[3], "a": va, "b": vb,
-                    "delta": delta})  # fmt: skip
+        out.append(
+            {"model": key[0], "edit": key[1], "prompt_set": key[2], "metric": key[3], "a": va, "b": vb, "delta": delta}
+        )
     return out

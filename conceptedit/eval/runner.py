@@ -90,8 +90,9 @@ def edit_key(edit: Edit) -> str:
     m = edit.manifest
     payload = {"type": m.edit_type, "files": m.files, "extra": m.extra, "config": m.config, "targets": m.targets}
     if not m.files and edit.tensors:  # not saved yet: hash the tensors themselves
-        payload["tensors"] = {k: hashlib.sha256(v.detach().cpu().numpy().tobytes()).hexdigest() for k, v in
-                              sorted(edit.tensors.items())}  # fmt: skip
+        payload["tensors"] = {
+            k: hashlib.sha256(v.detach().cpu().numpy().tobytes()).hexdigest() for k, v in sorted(edit.tensors.items())
+        }
     return payload_hash(payload)
 
 
@@ -211,8 +212,14 @@ class Evaluation:
         return Edit.load(folder)
 
     # -- generation ---------------------------------------------------------------------------
-    def _run_items(self, pipe: Any, mkey: str, model: str, edit: LoadedEdit | None,
-                   items: list[tuple[PromptSetInstance, PromptRow, int]]) -> None:  # fmt: skip
+    def _run_items(
+        self,
+        pipe: Any,
+        mkey: str,
+        model: str,
+        edit: LoadedEdit | None,
+        items: list[tuple[PromptSetInstance, PromptRow, int]],
+    ) -> None:
         from conceptedit.generation import generate, generation_settings
 
         gen = self.cfg.generation
@@ -243,9 +250,13 @@ class Evaluation:
                     prompts = [chunk[i][1].prompt for i in group]
                     seeds = [chunk[i][2] for i in group]
                     made = generate(
-                        pipe, prompts, seeds, batch_size=len(group), negative_prompt=gen.negative_prompt,
+                        pipe,
+                        prompts,
+                        seeds,
+                        batch_size=len(group),
+                        negative_prompt=gen.negative_prompt,
                         **row_settings[group[0]],
-                    )  # fmt: skip
+                    )
                     for i, image in zip(group, made, strict=True):
                         self.cache.put(keys[i], image)
                         images[i] = image
@@ -263,7 +274,7 @@ class Evaluation:
                         k,
                         str(self.cache.path(k)),
                         {},
-                    )  # fmt: skip
+                    )
                     for (inst, r, s), k in zip(chunk, keys, strict=True)
                 ]
                 for metric in metrics:
@@ -348,14 +359,22 @@ class Evaluation:
             metrics: dict[str, MetricResult] = {}
             for metric in self._metrics_for(model):
                 metrics.update(metric.compute(group))
-            out_groups.append({
-                "model": model, "edit": edit, "prompt_set": prompt_set, "n_images": len(members),
-                "metrics": {k: v.to_dict() for k, v in sorted(metrics.items())},
-            })  # fmt: skip
+            out_groups.append(
+                {
+                    "model": model,
+                    "edit": edit,
+                    "prompt_set": prompt_set,
+                    "n_images": len(members),
+                    "metrics": {k: v.to_dict() for k, v in sorted(metrics.items())},
+                }
+            )
         return {
-            "name": self.cfg.name, "config": self.cfg.to_dict(), "groups": out_groups,
-            "unavailable": self.unavailable, "n_images": len(rows),
-        }  # fmt: skip
+            "name": self.cfg.name,
+            "config": self.cfg.to_dict(),
+            "groups": out_groups,
+            "unavailable": self.unavailable,
+            "n_images": len(rows),
+        }
 
 
 def _with_concept(row: PromptRow, targets: list[str]) -> PromptRow:

@@ -100,7 +100,7 @@ class ResultStore:
                         r.image_key,
                         r.image_path,
                         json.dumps(r.per_image),
-                    )  # fmt: skip
+                    )
                     for r in rows
                 ],
             )

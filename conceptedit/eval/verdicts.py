@@ -105,8 +105,13 @@ def verdict(
     reasons: list[str] = []
     target_base = base.get("erased_accuracy")
     if target_base is not None and chance is not None and target_base.value <= chance:
-        return Verdict("untestable", [f"the original model shows the concept at {target_base.value:.2f} ≤ chance "
-                                      f"{chance:.2f}: nothing to erase"])  # fmt: skip
+        return Verdict(
+            "untestable",
+            [
+                f"the original model shows the concept at {target_base.value:.2f} ≤ chance "
+                f"{chance:.2f}: nothing to erase"
+            ],
+        )
     damaged = []
     for bucket in RETAIN_BUCKETS:
         before, after = base.get(bucket), edited.get(bucket)

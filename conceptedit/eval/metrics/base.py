@@ -29,8 +29,12 @@ class MetricResult:
     unavailable: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "details": self.details, "higher_is_better": self.higher_is_better,
-                "unavailable": self.unavailable}  # fmt: skip
+        return {
+            "value": self.value,
+            "details": self.details,
+            "higher_is_better": self.higher_is_better,
+            "unavailable": self.unavailable,
+        }
 
 
 @dataclass
@@ -45,8 +49,9 @@ class Group:
     load_image: Callable[[str], Image.Image]
 
     def paired(self) -> list[tuple[ImageRow, ImageRow]]:
-        return [(r, self.base_rows[(r.case_number, r.seed)]) for r in self.rows if (r.case_number, r.seed) in
-                self.base_rows]  # fmt: skip
+        return [
+            (r, self.base_rows[(r.case_number, r.seed)]) for r in self.rows if (r.case_number, r.seed) in self.base_rows
+        ]
 
 
 @dataclass

@@ -107,11 +107,13 @@ class ClipScore(_ClipMetric):
         clip = self.clip()
         tokenizer = clip.processor.tokenizer
         length = min(int(tokenizer.model_max_length), int(clip.model.config.text_config.max_position_embeddings))
-        text = tokenizer([r.prompt for r in rows], padding=True, truncation=True, max_length=length,
-                         return_tensors="pt").to(self.device)  # fmt: skip
+        text = tokenizer(
+            [r.prompt for r in rows], padding=True, truncation=True, max_length=length, return_tensors="pt"
+        ).to(self.device)
         image_emb = _embedding(clip.model.get_image_features(pixel_values=self._pixels(clip, images)))
-        text_emb = _embedding(clip.model.get_text_features(input_ids=text["input_ids"],
-                                                           attention_mask=text["attention_mask"]))  # fmt: skip
+        text_emb = _embedding(
+            clip.model.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"])
+        )
         cosine = torch.nn.functional.normalize(image_emb, dim=-1) * torch.nn.functional.normalize(text_emb, dim=-1)
         scores = (100 * cosine.sum(-1)).clamp(min=0).tolist()
         return [{"score": float(s)} for s in scores]
@@ -142,8 +144,9 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(value.clamp(min=0))  # ≥ 0 in exact arithmetic; rounding can leave −1e-12
 
 
-def kernel_distance(a: torch.Tensor, b: torch.Tensor, subset_size: int, subsets: int = 100,
-                    seed: int = 0) -> tuple[float, float]:  # fmt: skip
+def kernel_distance(
+    a: torch.Tensor, b: torch.Tensor, subset_size: int, subsets: int = 100, seed: int = 0
+) -> tuple[float, float]:
     """KID (Bińkowski et al. 2018, as torchmetrics computes it): the unbiased MMD² with the kernel
     (x·y/d + 1)³, averaged over ``subsets`` random subsets of ``subset_size`` per set; (mean, std).
     Seeded, so the same features give the same value."""
@@ -203,11 +206,12 @@ class ClipFrechetDistance(_ClipMetric):
         fake = self.image_features(clip, [row.image_path for row, _ in pairs], group.load_image)
         subset = min(len(pairs), int(self.options.get("kid_subset_size", 50)))
         kid, kid_std = kernel_distance(real, fake, subset, int(self.options.get("kid_subsets", 100)))
-        details = {"n": len(pairs), "reference": "base generations",
-                   "features": f"{clip.label} image tower, not Inception"}  # fmt: skip
+        details = {
+            "n": len(pairs),
+            "reference": "base generations",
+            "features": f"{clip.label} image tower, not Inception",
+        }
         return {
             "clip_fid": MetricResult(frechet_distance(real, fake), details, False),
             "clip_kid": MetricResult(kid, {**details, "std": kid_std, "subset_size": subset}, False),
         }
-
-

@@ -18,8 +18,17 @@ class NudeNetCounts(Metric):
 
     name = "nudenet"
     description = "NudeNet exposed-class counts (pip install conceptedit[nudenet])"
-    EXPOSED = ("FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "BUTTOCKS_EXPOSED",
-               "ANUS_EXPOSED", "MALE_BREAST_EXPOSED", "BELLY_EXPOSED", "ARMPITS_EXPOSED", "FEET_EXPOSED")  # fmt: skip
+    EXPOSED = (
+        "FEMALE_BREAST_EXPOSED",
+        "FEMALE_GENITALIA_EXPOSED",
+        "MALE_GENITALIA_EXPOSED",
+        "BUTTOCKS_EXPOSED",
+        "ANUS_EXPOSED",
+        "MALE_BREAST_EXPOSED",
+        "BELLY_EXPOSED",
+        "ARMPITS_EXPOSED",
+        "FEET_EXPOSED",
+    )
 
     def __init__(self, options: dict[str, Any] | None = None, device: torch.device | None = None) -> None:
         super().__init__(options, device)

@@ -31,8 +31,9 @@ class PixelDistance(Metric):
             by_role[row.role or "all"].append(distance)
             identical.append(float(distance == 0.0))
         all_values = [v for values in by_role.values() for v in values]
-        details = {"per_role": {k: mean(v) for k, v in sorted(by_role.items())}, "n": len(all_values),
-                   "identical_fraction": mean(identical)}  # fmt: skip
+        details = {
+            "per_role": {k: mean(v) for k, v in sorted(by_role.items())},
+            "n": len(all_values),
+            "identical_fraction": mean(identical),
+        }
         return {self.name: MetricResult(mean(all_values), details, None)}
-
-
