@@ -71,16 +71,30 @@ class AttackSet:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {f"prompt_{i}": p.vectors.detach().float().cpu().contiguous() for i, p in enumerate(self.prompts)
-                   if p.vectors is not None}  # fmt: skip
+        tensors = {
+            f"prompt_{i}": p.vectors.detach().float().cpu().contiguous()
+            for i, p in enumerate(self.prompts)
+            if p.vectors is not None
+        }
         if tensors:
             save_file(tensors, str(folder / VECTORS_FILE))
         meta = {
-            "attack": self.attack, "concept": self.concept, "config": self.config, "seconds": self.seconds,
+            "attack": self.attack,
+            "concept": self.concept,
+            "config": self.config,
+            "seconds": self.seconds,
             "history": self.history,
-            "prompts": [{"prompt": p.prompt, "seed": p.seed, "positions": list(p.positions), "loss": p.loss,
-                         "vectors": p.vectors is not None} for p in self.prompts],
-        }  # fmt: skip
+            "prompts": [
+                {
+                    "prompt": p.prompt,
+                    "seed": p.seed,
+                    "positions": list(p.positions),
+                    "loss": p.loss,
+                    "vectors": p.vectors is not None,
+                }
+                for p in self.prompts
+            ],
+        }
         tmp = folder / f".{ATTACK_FILE}.tmp"
         tmp.write_text(json.dumps(meta, indent=1))
         tmp.replace(folder / ATTACK_FILE)  # written last: a folder with attack.json is complete
@@ -99,8 +113,14 @@ class AttackSet:
                 vectors = tensors[f"prompt_{i}"] if p["vectors"] else None
                 positions = tuple(int(x) for x in p["positions"])
                 prompts.append(AttackPrompt(str(p["prompt"]), int(p["seed"]), positions, vectors, p["loss"]))
-            return cls(meta["attack"], meta["concept"], meta["config"], prompts, float(meta["seconds"]),
-                       list(meta.get("history", [])))  # fmt: skip
+            return cls(
+                meta["attack"],
+                meta["concept"],
+                meta["config"],
+                prompts,
+                float(meta["seconds"]),
+                list(meta.get("history", [])),
+            )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ArtifactError(f"{folder} is not a readable attack folder: {type(exc).__name__}: {exc}") from None
 
@@ -141,8 +161,14 @@ class AttackPlugin(Plugin):
         for path in request.images:
             with Image.open(path) as image:
                 images.append(image.convert("RGB"))
-        return self.attack(pipe, request.targets[0], images=images or None, prompts=request.prompts or None,
-                           seed=int(request.extra.get("seed", 0)), progress=progress)  # fmt: skip
+        return self.attack(
+            pipe,
+            request.targets[0],
+            images=images or None,
+            prompts=request.prompts or None,
+            seed=int(request.extra.get("seed", 0)),
+            progress=progress,
+        )
 
     def concept_prompts(self, concept: str, prompts: Sequence[str] | None, n: int) -> list[str]:
         """The prompts naming the concept that an attack starts from: the given ones, else generic frames."""
@@ -159,8 +185,14 @@ class AttackPlugin(Plugin):
         return list(images or [])
 
     def result(self, concept: str, prompts: list[AttackPrompt], start: float, history: list[float] | None = None):
-        return AttackSet(self.name, concept, config_to_dict(self.config), prompts,
-                         round(time.perf_counter() - start, 3), list(history or []))  # fmt: skip
+        return AttackSet(
+            self.name,
+            concept,
+            config_to_dict(self.config),
+            prompts,
+            round(time.perf_counter() - start, 3),
+            list(history or []),
+        )
 
 
 def attack_key(payload: dict[str, Any]) -> str:
@@ -273,8 +305,11 @@ def denoising_loss(
     if uncond is None:
         pred = unet(x_t.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample
     else:
-        both = unet(torch.cat([x_t, x_t]).to(dtype), torch.cat([t, t]),
-                    encoder_hidden_states=torch.cat([uncond, cond]).to(dtype)).sample  # fmt: skip
+        both = unet(
+            torch.cat([x_t, x_t]).to(dtype),
+            torch.cat([t, t]),
+            encoder_hidden_states=torch.cat([uncond, cond]).to(dtype),
+        ).sample
         pred_u, pred_c = both.chunk(2)
         pred = pred_u + guidance * (pred_c - pred_u)
     return torch.nn.functional.mse_loss(pred.float(), noise.float())
@@ -321,8 +356,13 @@ def generate_attack_images(
     for members in groups.values():
         first = prompts[members[0]].injection()
         with inject(pipe, [first] if first else []):
-            made = generate(pipe, [prompts[i].prompt for i in members], [prompts[i].seed for i in members],
-                            batch_size=batch_size, **settings)  # fmt: skip
+            made = generate(
+                pipe,
+                [prompts[i].prompt for i in members],
+                [prompts[i].seed for i in members],
+                batch_size=batch_size,
+                **settings,
+            )
         for i, image in zip(members, made, strict=True):
             images[i] = image
     return images

@@ -149,8 +149,15 @@ def write_images(
     todo = [i for i, (stem, meta) in enumerate(zip(stems, metas, strict=True)) if not _already_done(out, stem, meta)]
     if todo:
         out.mkdir(parents=True, exist_ok=True)
-    batches = iter_generate(pipe, [prompts[i] for i in todo], [seeds[i] for i in todo], batch_size=batch_size,
-                            negative_prompt=negative_prompt, progress=progress, **full)  # fmt: skip
+    batches = iter_generate(
+        pipe,
+        [prompts[i] for i in todo],
+        [seeds[i] for i in todo],
+        batch_size=batch_size,
+        negative_prompt=negative_prompt,
+        progress=progress,
+        **full,
+    )
     for start, images in batches:
         for offset, image in enumerate(images):
             i = todo[start + offset]

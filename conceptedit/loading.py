@@ -102,9 +102,12 @@ def _load_folder(folder: Path, dtype: torch.dtype, safety_checker: bool, allow_p
         _refuse_pickled_folder(folder)
     try:
         return DiffusionPipeline.from_pretrained(
-            folder, local_files_only=True, torch_dtype=dtype, use_safetensors=None if allow_pickle else True,
+            folder,
+            local_files_only=True,
+            torch_dtype=dtype,
+            use_safetensors=None if allow_pickle else True,
             **_sd_kwargs(class_name, safety_checker),
-        )  # fmt: skip
+        )
     except Exception as exc:  # diffusers raises many types; the user needs one clear message
         raise ModelLoadError(f"could not load the diffusers folder {folder}: {exc}") from exc
 
@@ -137,9 +140,12 @@ def _load_hub(repo_id: str, dtype: torch.dtype, offline: bool, safety_checker: b
         config = DiffusionPipeline.load_config(repo_id, local_files_only=offline)
         class_name = config.get("_class_name", "")
         return DiffusionPipeline.from_pretrained(
-            repo_id, local_files_only=offline, torch_dtype=dtype, use_safetensors=None if allow_pickle else True,
+            repo_id,
+            local_files_only=offline,
+            torch_dtype=dtype,
+            use_safetensors=None if allow_pickle else True,
             **_sd_kwargs(class_name, safety_checker),
-        )  # fmt: skip
+        )
     except Exception as exc:
         mode = "offline (HF_HUB_OFFLINE=1), from the local cache only" if offline else "from the hub"
         raise ModelLoadError(

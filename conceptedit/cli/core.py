@@ -93,9 +93,16 @@ def generate_command(
     ]
     try:
         written, skipped = write_images(
-            pipe, rows, out, extra_meta={"edits": edit_meta}, batch_size=batch_size, negative_prompt=negative_prompt,
-            progress=True, num_inference_steps=steps, guidance_scale=guidance,
-        )  # fmt: skip
+            pipe,
+            rows,
+            out,
+            extra_meta={"edits": edit_meta},
+            batch_size=batch_size,
+            negative_prompt=negative_prompt,
+            progress=True,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+        )
     finally:
         for handle in reversed(handles):
             handle.remove()

@@ -106,8 +106,9 @@ def train_command(
     if decoder_only:
         if vae_from is None or not (vae_from / "vae").is_dir():
             raise ConceptEditError("--decoder-only needs --vae-from FOLDER with a vae/ inside")
-        report = finetune_decoder(out, vae_from, minutes=vae_minutes, seed=seed, steps=vae_steps, threads=threads,
-                                  workers=workers)  # fmt: skip
+        report = finetune_decoder(
+            out, vae_from, minutes=vae_minutes, seed=seed, steps=vae_steps, threads=threads, workers=workers
+        )
         typer.echo(json.dumps(report["decoder_finetune"] | {"log": None}))
         return
     if vae_only:
@@ -120,10 +121,26 @@ def train_command(
         raise ConceptEditError(f"--vae-from {vae_from} has no vae/ folder")
     if init_unet is not None and not (init_unet / "unet").is_dir():
         raise ConceptEditError(f"--init-unet {init_unet} has no unet/ folder")
-    report = train(out, steps=steps, seed=seed, minutes=minutes, vae_minutes=vae_minutes, vae_steps=vae_steps,
-                   pool=pool, batch=batch, lr=lr, threads=threads, vae_from=vae_from, workers=workers,
-                   checkpoint_minutes=checkpoint_minutes, clip_minutes=clip_minutes, p_pad=p_pad,
-                   p_eos=p_eos, p_swap=p_swap, init_unet=init_unet)  # fmt: skip
+    report = train(
+        out,
+        steps=steps,
+        seed=seed,
+        minutes=minutes,
+        vae_minutes=vae_minutes,
+        vae_steps=vae_steps,
+        pool=pool,
+        batch=batch,
+        lr=lr,
+        threads=threads,
+        vae_from=vae_from,
+        workers=workers,
+        checkpoint_minutes=checkpoint_minutes,
+        clip_minutes=clip_minutes,
+        p_pad=p_pad,
+        p_eos=p_eos,
+        p_swap=p_swap,
+        init_unet=init_unet,
+    )
     if probe_from is not None:
         import shutil
 
@@ -136,8 +153,12 @@ def train_command(
         typer.echo(json.dumps({"probe_heldout_accuracy": probe_report["heldout_accuracy"]}))
     if fp16:
         to_fp16(out)
-    typer.echo(json.dumps({k: report[k] for k in ("seconds_total", "latent_scaling_factor")} | {
-        "unet_steps": report["unet"]["steps"], "unet_final_loss": report["unet"]["final_loss"]}))  # fmt: skip
+    typer.echo(
+        json.dumps(
+            {k: report[k] for k in ("seconds_total", "latent_scaling_factor")}
+            | {"unet_steps": report["unet"]["steps"], "unet_final_loss": report["unet"]["final_loss"]}
+        )
+    )
 
 
 def probe_command(
