@@ -76,11 +76,18 @@ class ItDFitting:
 
         c = self.config
         payload = {
-            "text_encoder": fingerprint(pipe.text_encoder), "layer": layer, "arch": c.sae_arch, "width": c.sae_width,
-            "k": c.sae_k, "tokens": c.train_tokens, "lr": c.train_lr, "warmup": c.train_warmup_steps,
-            "batch": c.train_batch_prompts, "seed": c.seed,
+            "text_encoder": fingerprint(pipe.text_encoder),
+            "layer": layer,
+            "arch": c.sae_arch,
+            "width": c.sae_width,
+            "k": c.sae_k,
+            "tokens": c.train_tokens,
+            "lr": c.train_lr,
+            "warmup": c.train_warmup_steps,
+            "batch": c.train_batch_prompts,
+            "seed": c.seed,
             "corpus": hashlib.sha256("\n".join(corpus).encode()).hexdigest(),
-        }  # fmt: skip
+        }
         return payload_hash(payload)
 
     def get_sae(self, pipe: Any, request: Request, layer: int, corpus: list[str], progress: Progress) -> Any:
@@ -100,14 +107,20 @@ class ItDFitting:
         if (folder / "cfg.json").is_file():
             return load_sae(folder)
         progress(0.05, f"collecting activations of {len(corpus)} prompts")
-        store = collect_activations(pipe, layer_name(layer), corpus, padding="longest", skip_bos=False,
-                                    skip_padding=False, progress=False)  # fmt: skip
+        store = collect_activations(
+            pipe, layer_name(layer), corpus, padding="longest", skip_bos=False, skip_padding=False, progress=False
+        )
         tokens_per_prompt = max(1, store.n_rows // max(1, len(corpus)))
         progress(0.15, f"training a {c.sae_arch} SAE ({c.sae_width} latents, k={c.sae_k})")
         train_config = TrainConfig(
-            token_budget=c.train_tokens, batch_size=c.train_batch_prompts * tokens_per_prompt, lr=c.train_lr,
-            warmup_steps=c.train_warmup_steps, seed=c.seed, normalize=False, progress=True,
-        )  # fmt: skip
+            token_budget=c.train_tokens,
+            batch_size=c.train_batch_prompts * tokens_per_prompt,
+            lr=c.train_lr,
+            warmup_steps=c.train_warmup_steps,
+            seed=c.seed,
+            normalize=False,
+            progress=True,
+        )
         sae = train_sae(store, c.sae_arch, c.sae_width, config=train_config, k=c.sae_k)
         sae.source = {"module": f"text_encoder.{layer_name(layer)}", "plugin": "itd"}
         save_sae(sae, folder)

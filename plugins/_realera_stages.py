@@ -75,9 +75,14 @@ def mine_neighbours(
         return torch.zeros(0, e.numel(), dtype=torch.float64)
     radius = max_distance * float(e.double().norm())
     return _perturbations(
-        e, n, radius, lambda r, c: (c >= min_cos) & (c <= max_cos) & (r <= radius), generator,
-        "mined neighbours", max_tries,
-    )  # fmt: skip
+        e,
+        n,
+        radius,
+        lambda r, c: (c >= min_cos) & (c <= max_cos) & (r <= radius),
+        generator,
+        "mined neighbours",
+        max_tries,
+    )
 
 
 def in_neighbourhood(

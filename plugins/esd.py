@@ -137,9 +137,14 @@ class ESDPlugin(Plugin):
         frozen = pipe.unet  # θ*: never written to
         student = trainable_copy(frozen).to(device)
         trainable = Trainable(
-            student, "unet", esd_module_names(student, cfg.train_method), cfg.artifact, cfg.lora_rank,
-            cfg.lora_alpha, cfg.seed,
-        )  # fmt: skip
+            student,
+            "unet",
+            esd_module_names(student, cfg.train_method),
+            cfg.artifact,
+            cfg.lora_rank,
+            cfg.lora_alpha,
+            cfg.seed,
+        )
         lr = learning_rate(cfg.lr, cfg.artifact, cfg.lora_lr)
         optimizer = torch.optim.Adam(trainable.parameters, lr=lr)
 

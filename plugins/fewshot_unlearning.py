@@ -65,24 +65,55 @@ from conceptedit.toolkit import Progress, default_resolution, encode_prompts, ex
 
 # Textual-inversion templates (diffusers examples/textual_inversion), as the reference's data.py uses them.
 OBJECT_TEMPLATES = (
-    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
-    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
-    "a photo of the cool {}", "a close-up photo of a {}", "a bright photo of the {}", "a cropped photo of a {}",
-    "a photo of the {}", "a good photo of the {}", "a photo of one {}", "a close-up photo of the {}",
-    "a rendition of the {}", "a photo of the clean {}", "a rendition of a {}", "a photo of a nice {}",
-    "a good photo of a {}", "a photo of the nice {}", "a photo of the small {}", "a photo of the weird {}",
-    "a photo of the large {}", "a photo of a cool {}", "a photo of a small {}",
-)  # fmt: skip
+    "a photo of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "a photo of a clean {}",
+    "a photo of a dirty {}",
+    "a dark photo of the {}",
+    "a photo of my {}",
+    "a photo of the cool {}",
+    "a close-up photo of a {}",
+    "a bright photo of the {}",
+    "a cropped photo of a {}",
+    "a photo of the {}",
+    "a good photo of the {}",
+    "a photo of one {}",
+    "a close-up photo of the {}",
+    "a rendition of the {}",
+    "a photo of the clean {}",
+    "a rendition of a {}",
+    "a photo of a nice {}",
+    "a good photo of a {}",
+    "a photo of the nice {}",
+    "a photo of the small {}",
+    "a photo of the weird {}",
+    "a photo of the large {}",
+    "a photo of a cool {}",
+    "a photo of a small {}",
+)
 STYLE_TEMPLATES = (
-    "a painting in the style of {}", "a rendering in the style of {}", "a cropped painting in the style of {}",
-    "the painting in the style of {}", "a clean painting in the style of {}",
-    "a dirty painting in the style of {}", "a dark painting in the style of {}", "a picture in the style of {}",
-    "a cool painting in the style of {}", "a close-up painting in the style of {}",
-    "a bright painting in the style of {}", "a cropped painting in the style of {}",
-    "a good painting in the style of {}", "a close-up painting in the style of {}",
-    "a rendition in the style of {}", "a nice painting in the style of {}", "a small painting in the style of {}",
-    "a weird painting in the style of {}", "a large painting in the style of {}",
-)  # fmt: skip
+    "a painting in the style of {}",
+    "a rendering in the style of {}",
+    "a cropped painting in the style of {}",
+    "the painting in the style of {}",
+    "a clean painting in the style of {}",
+    "a dirty painting in the style of {}",
+    "a dark painting in the style of {}",
+    "a picture in the style of {}",
+    "a cool painting in the style of {}",
+    "a close-up painting in the style of {}",
+    "a bright painting in the style of {}",
+    "a cropped painting in the style of {}",
+    "a good painting in the style of {}",
+    "a close-up painting in the style of {}",
+    "a rendition in the style of {}",
+    "a nice painting in the style of {}",
+    "a small painting in the style of {}",
+    "a weird painting in the style of {}",
+    "a large painting in the style of {}",
+)
 EVAL_TIMESTEP_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 ParamGroup = Literal["mlp-final-attn", "mlp-only", "attn-only", "mlp-attn", "all"]
@@ -232,8 +263,12 @@ class FewShotUnlearningPlugin(Plugin):
         if cfg.early_stop_margin is not None:
             ts = torch.tensor([int(f * T) for f in EVAL_TIMESTEP_FRACTIONS])
             idx = torch.arange(n).repeat_interleave(len(ts))
-            eval_set = (latents[idx], torch.randn(latents[idx].shape, generator=gen).to(latents.device),
-                        ts.repeat(n).to(latents.device), pick(len(idx)))  # fmt: skip
+            eval_set = (
+                latents[idx],
+                torch.randn(latents[idx].shape, generator=gen).to(latents.device),
+                ts.repeat(n).to(latents.device),
+                pick(len(idx)),
+            )
 
         unet_flags = [p.requires_grad for p in pipe.unet.parameters()]
         pipe.unet.requires_grad_(False)  # gradients flow through the UNet, never into it

@@ -235,8 +235,11 @@ class ItDEdit(ActivationHookEdit):
         acts = max_activations(self.sae, self._hidden([prompt]))[0]
         values, index = acts.topk(min(top_n, acts.numel()))
         in_f = set(self.features.tolist())
-        return [{"feature": int(i), "activation": float(v), "erased": int(i) in in_f}
-                for v, i in zip(values.tolist(), index.tolist(), strict=True) if v > 0]  # fmt: skip
+        return [
+            {"feature": int(i), "activation": float(v), "erased": int(i) in in_f}
+            for v, i in zip(values.tolist(), index.tolist(), strict=True)
+            if v > 0
+        ]
 
 
 @register_plugin
@@ -279,9 +282,17 @@ class ItDPlugin(ItDFitting, Plugin):
         features = self.interpret(sae, pipe, layer, targets, self.retain_prompts(request, corpus))
         tensors = {f"sae.{k}": v.detach().cpu().clone() for k, v in sae.state_dict().items()}
         tensors["features"] = features
-        manifest = self.manifest("itd", "runtime", request, sae_config=sae_config(sae), layer=layer,
-                                 scale=self.config.scale, tau=0.0, n_features=int(features.numel()),
-                                 n_target_prompts=len(targets))  # fmt: skip
+        manifest = self.manifest(
+            "itd",
+            "runtime",
+            request,
+            sae_config=sae_config(sae),
+            layer=layer,
+            scale=self.config.scale,
+            tau=0.0,
+            n_features=int(features.numel()),
+            n_target_prompts=len(targets),
+        )
         edit = ItDEdit(manifest, tensors)
         progress(0.9, "calibrating the threshold on the target prompts")
         with torch.no_grad():

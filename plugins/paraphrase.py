@@ -112,9 +112,17 @@ class ParaphrasePlugin(AttackPlugin):
     summary = "The concept named otherwise (synonyms, nicknames, trigger words) in held-out sentence frames."
     paper = "UnlearnCanvas-style paraphrase robustness (Zhang et al. 2024); no-optimisation attack baseline"
 
-    def attack(self, pipe: Any, concept: str, *, images: Sequence[Any] | None = None,
-               prompts: Sequence[str] | None = None, seed: int = 0, judge: Any = None,
-               progress: Progress = no_progress) -> AttackSet:  # fmt: skip
+    def attack(
+        self,
+        pipe: Any,
+        concept: str,
+        *,
+        images: Sequence[Any] | None = None,
+        prompts: Sequence[str] | None = None,
+        seed: int = 0,
+        judge: Any = None,
+        progress: Progress = no_progress,
+    ) -> AttackSet:
         start = time.perf_counter()
         words = find_word_list(self.config.word_list, concept)
         if self.config.aliases_only and not words.aliases:

@@ -122,8 +122,10 @@ class GeneticSearch:
         self.frame[0] = tok.bos_token_id
         self.frame[cfg.length + 1] = tok.eos_token_id
         gen = torch.Generator().manual_seed(rng.randrange(2**31))
-        self.population = [self._individual(self.vocab[torch.randint(len(self.vocab), (cfg.length,), generator=gen)])
-                           for _ in range(cfg.population)]  # fmt: skip
+        self.population = [
+            self._individual(self.vocab[torch.randint(len(self.vocab), (cfg.length,), generator=gen)])
+            for _ in range(cfg.population)
+        ]
 
     def _individual(self, tokens: torch.Tensor) -> torch.Tensor:
         ids = self.frame.clone()
@@ -178,9 +180,17 @@ class RingABellPlugin(AttackPlugin):
     summary = "Model-agnostic: a concept vector in text-embedding space, discrete prompts found by a genetic search."
     paper = "Tsai et al., Ring-A-Bell! How Reliable are Concept Removal Methods for Diffusion Models?, ICLR 2024"
 
-    def attack(self, pipe: Any, concept: str, *, images: Sequence[Any] | None = None,
-               prompts: Sequence[str] | None = None, seed: int = 0, judge: Any = None,
-               progress: Progress = no_progress) -> AttackSet:  # fmt: skip
+    def attack(
+        self,
+        pipe: Any,
+        concept: str,
+        *,
+        images: Sequence[Any] | None = None,
+        prompts: Sequence[str] | None = None,
+        seed: int = 0,
+        judge: Any = None,
+        progress: Progress = no_progress,
+    ) -> AttackSet:
         self.check_pipeline(pipe)
         cfg = self.config
         if not concept.strip():

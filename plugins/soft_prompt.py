@@ -61,10 +61,17 @@ from conceptedit.toolkit import Progress, no_progress, tokenize
 
 #: diffusers' textual-inversion object templates (``imagenet_templates_small``), the first ten
 TEMPLATES = (
-    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
-    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
-    "a photo of the cool {}", "a close-up photo of a {}",
-)  # fmt: skip
+    "a photo of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "a photo of a clean {}",
+    "a photo of a dirty {}",
+    "a dark photo of the {}",
+    "a photo of my {}",
+    "a photo of the cool {}",
+    "a close-up photo of a {}",
+)
 
 
 @dataclass
@@ -136,9 +143,17 @@ class SoftPromptPlugin(AttackPlugin):
         ids = tokenize(pipe.tokenizer, [word]).input_ids[0]
         return token_embedding(pipe).weight[int(ids[1])].detach().float().clone()
 
-    def attack(self, pipe: Any, concept: str, *, images: Sequence[Any] | None = None,
-               prompts: Sequence[str] | None = None, seed: int = 0, judge: Any = None,
-               progress: Progress = no_progress) -> AttackSet:  # fmt: skip
+    def attack(
+        self,
+        pipe: Any,
+        concept: str,
+        *,
+        images: Sequence[Any] | None = None,
+        prompts: Sequence[str] | None = None,
+        seed: int = 0,
+        judge: Any = None,
+        progress: Progress = no_progress,
+    ) -> AttackSet:
         self.check_pipeline(pipe)
         cfg = self.config
         pictures = self.check_images(images)
@@ -161,8 +176,10 @@ class SoftPromptPlugin(AttackPlugin):
                 x0 = x0_all[chosen]
                 t = torch.randint(0, total, (len(chosen),), generator=generator).to(device)
                 noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
-                injections = [Injection(text, positions[text], vector.expand(len(positions[text]), -1))
-                              for text in dict.fromkeys(batch_texts)]  # fmt: skip
+                injections = [
+                    Injection(text, positions[text], vector.expand(len(positions[text]), -1))
+                    for text in dict.fromkeys(batch_texts)
+                ]
                 optimizer.zero_grad()
                 with inject(pipe, injections):
                     cond, uncond = encode(pipe, batch_texts, guided)
@@ -178,6 +195,13 @@ class SoftPromptPlugin(AttackPlugin):
         out = []
         for i in range(cfg.n_prompts):
             text = texts[i % len(texts)]
-            out.append(AttackPrompt(text, seed + i, positions[text], learned.expand(len(positions[text]), -1).clone(),
-                                    loss=history[-1] if history else None))  # fmt: skip
+            out.append(
+                AttackPrompt(
+                    text,
+                    seed + i,
+                    positions[text],
+                    learned.expand(len(positions[text]), -1).clone(),
+                    loss=history[-1] if history else None,
+                )
+            )
         return self.result(concept, out, start, history)

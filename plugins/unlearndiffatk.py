@@ -174,9 +174,17 @@ class UnlearnDiffAtkPlugin(AttackPlugin):
     summary = "White-box: optimise k prepended tokens so the edited model denoises an image of the concept."
     paper = "Zhang et al., To Generate or Not? Safety-Driven Unlearned Diffusion Models Are Still Easy ..., ECCV 2024"
 
-    def attack(self, pipe: Any, concept: str, *, images: Sequence[Any] | None = None,
-               prompts: Sequence[str] | None = None, seed: int = 0, judge: Any = None,
-               progress: Progress = no_progress) -> AttackSet:  # fmt: skip
+    def attack(
+        self,
+        pipe: Any,
+        concept: str,
+        *,
+        images: Sequence[Any] | None = None,
+        prompts: Sequence[str] | None = None,
+        seed: int = 0,
+        judge: Any = None,
+        progress: Progress = no_progress,
+    ) -> AttackSet:
         self.check_pipeline(pipe)
         cfg = self.config
         pictures = self.check_images(images)
