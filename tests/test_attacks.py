@@ -204,8 +204,14 @@ def test_injection_touches_only_its_prompt(pipe):
 
 def test_attack_set_round_trip(tmp_path):
     vectors = torch.randn(2, 8)
-    original = AttackSet("soft-prompt", "cat", {"steps": 3}, [AttackPrompt("a *", 4, (2, 3), vectors, 0.5),
-                                                              AttackPrompt("a cat", 5)], 1.5, [1.0, 0.5])  # fmt: skip
+    original = AttackSet(
+        "soft-prompt",
+        "cat",
+        {"steps": 3},
+        [AttackPrompt("a *", 4, (2, 3), vectors, 0.5), AttackPrompt("a cat", 5)],
+        1.5,
+        [1.0, 0.5],
+    )
     loaded = AttackSet.load(original.save(tmp_path / "attack"))
     assert loaded.prompts[0].positions == (2, 3) and torch.equal(loaded.prompts[0].vectors, vectors)
     assert loaded.prompts[1].vectors is None and loaded.seconds_per_prompt == 0.75
@@ -241,11 +247,13 @@ def test_ring_a_bell_length_must_fit_the_tokenizer(pipe):
 
 def _config(**attack):
     return {
-        "name": "x", "models": ["shapes"], "metrics": ["probe"],
+        "name": "x",
+        "models": ["shapes"],
+        "metrics": ["probe"],
         "edits": [{"name": "np", "plugin": "negative-prompt", "concepts": ["zorblax"]}],
         "prompt_sets": [{"name": "erasure", "builtin": "shapes-erasure", "per_role": 1}],
         "attacks": [{"name": "a", "plugin": "paraphrase", **attack}],
-    }  # fmt: skip
+    }
 
 
 def test_eval_config_attacks_section():
@@ -253,9 +261,13 @@ def test_eval_config_attacks_section():
 
     cfg = parse_config(_config(config={"n_prompts": 2}))
     assert cfg.attacks[0].plugin == "paraphrase" and cfg.attacks[0].config == {"n_prompts": 2}
-    for attack, match in (({"plugin": "uce"}, "not an attack"), ({"edits": ["nope"]}, "unknown edit"),
-                          ({"config": {"n_prompts": "x"}}, "n_prompts"), ({"images": 0}, "images"),
-                          ({"plugin": "nonexistent"}, "unknown plugin")):  # fmt: skip
+    for attack, match in (
+        ({"plugin": "uce"}, "not an attack"),
+        ({"edits": ["nope"]}, "unknown edit"),
+        ({"config": {"n_prompts": "x"}}, "n_prompts"),
+        ({"images": 0}, "images"),
+        ({"plugin": "nonexistent"}, "unknown plugin"),
+    ):
         with pytest.raises(ConfigError, match=match) as info:
             parse_config(_config(**attack))
         assert "\n" not in str(info.value)
@@ -269,13 +281,23 @@ def test_report_gives_asr_with_n_and_wilson_interval():
         return {"model": "m", "edit": edit, "prompt_set": prompt_set, "metrics": {f"probe.{name}": metric}}
 
     results = {
-        "groups": [group("base", "attack:p[z]", "attack_success_rate", 1.0, 6),
-                   group("uce", "attack:p[z]", "attack_success_rate", 4 / 6, 6),
-                   group("base", "erasure[z]", "erased_accuracy", 1.0, 8),
-                   group("uce", "erasure[z]", "erased_accuracy", 0.0, 8)],
-        "attacks": [{"model": "m", "edit": "uce", "attack": "p", "concept": "z", "prompt_set": "attack:p[z]",
-                     "seconds_per_prompt": 0.1}],
-    }  # fmt: skip
+        "groups": [
+            group("base", "attack:p[z]", "attack_success_rate", 1.0, 6),
+            group("uce", "attack:p[z]", "attack_success_rate", 4 / 6, 6),
+            group("base", "erasure[z]", "erased_accuracy", 1.0, 8),
+            group("uce", "erasure[z]", "erased_accuracy", 0.0, 8),
+        ],
+        "attacks": [
+            {
+                "model": "m",
+                "edit": "uce",
+                "attack": "p",
+                "concept": "z",
+                "prompt_set": "attack:p[z]",
+                "seconds_per_prompt": 0.1,
+            }
+        ],
+    }
     (row,) = attack_rows(results)
     # Wilson 95 % intervals of 4/6, 6/6 and 0/8 (e.g. statsmodels proportion_confint(method="wilson"))
     assert (row["asr"].k, row["asr"].n) == (4, 6) and row["asr"].interval == pytest.approx((0.3000, 0.9032), abs=1e-4)

@@ -267,9 +267,13 @@ def test_generate_passes_the_negative_prompt_and_seeds_through(tiny_pipe):
     from conceptedit.generation import generation_settings
 
     ours = generate(tiny_pipe, [PROMPT, "a blue dog"], [4, 5], negative_prompt="blurry")
-    direct = tiny_pipe(prompt=[PROMPT, "a blue dog"], negative_prompt=["blurry"] * 2,
-                       generator=[generator_for(4), generator_for(5)], output_type="pil",
-                       **generation_settings(tiny_pipe)).images  # fmt: skip
+    direct = tiny_pipe(
+        prompt=[PROMPT, "a blue dog"],
+        negative_prompt=["blurry"] * 2,
+        generator=[generator_for(4), generator_for(5)],
+        output_type="pil",
+        **generation_settings(tiny_pipe),
+    ).images
     for a, b in zip(ours, direct, strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     plain = generate(tiny_pipe, [PROMPT], [4])[0]

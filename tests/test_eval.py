@@ -28,21 +28,30 @@ def write_config(tmp: Path, model: Path, name: str, n_prompts: int = 3, batch_si
     lines += [f"{words[i % len(words)]} {i},{10 + i},{i}" for i in range(n_prompts)]
     prompts.write_text("\n".join(lines) + "\n")
     config = {
-        "name": name, "models": [str(model)],
+        "name": name,
+        "models": [str(model)],
         "edits": [{"name": "neg-cat", "plugin": "negative-prompt", "concepts": ["cat"]}],
         "prompt_sets": [{"name": "simple", "csv": str(prompts)}],
-        "seeds_per_prompt": 2, "generation": {"batch_size": batch_size},
-        "metrics": ["pixel_distance"], "output": str(tmp / name), "cache_dir": str(tmp / f"cache-{name}"),
+        "seeds_per_prompt": 2,
+        "generation": {"batch_size": batch_size},
+        "metrics": ["pixel_distance"],
+        "output": str(tmp / name),
+        "cache_dir": str(tmp / f"cache-{name}"),
         **extra,
-    }  # fmt: skip
+    }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
 def test_config_validation_names_the_problem(tmp_path):
-    good = {"name": "x", "models": ["shapes"], "edits": [], "prompt_sets": [{"name": "p", "csv": "a.csv"}],
-            "metrics": ["probe"]}  # fmt: skip
+    good = {
+        "name": "x",
+        "models": ["shapes"],
+        "edits": [],
+        "prompt_sets": [{"name": "p", "csv": "a.csv"}],
+        "metrics": ["probe"],
+    }
     parse_config(good)
     with pytest.raises(ConfigError, match="unknown key.*modles.*valid keys"):
         parse_config({**good, "modles": ["x"]})
@@ -119,8 +128,13 @@ def _count(db: Path) -> int:
 def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path, tiny_model_dir):
     path = write_config(tmp_path, tiny_model_dir, "k", n_prompts=8, batch_size=1)
     db = tmp_path / "k" / "results.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "conceptedit", "eval", str(path)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conceptedit", "eval", str(path)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     while _count(db) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -128,8 +142,13 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path, tiny_model_
     proc.wait()
     killed_at = _count(db)
     assert 3 <= killed_at < 32, f"kill landed at {killed_at} rows"
-    done = subprocess.run([sys.executable, "-m", "conceptedit", "eval", str(path), "--json"], env=ENV,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "conceptedit", "eval", str(path), "--json"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert _count(db) == 32
     with sqlite3.connect(db) as conn:
@@ -142,9 +161,24 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path, tiny_model_
 
 def test_two_processes_with_accelerate(tmp_path, tiny_model_dir):
     path = write_config(tmp_path, tiny_model_dir, "dist")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "conceptedit", "eval", str(path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "conceptedit",
+        "eval",
+        str(path),
+    ]
     result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "img/s" in result.stderr
@@ -183,11 +217,15 @@ def test_i2p_per_row_settings_are_honoured_and_keyed(tmp_path, tiny_model_dir):
 
     def run(name: str, **generation) -> tuple[dict, dict[int, Image.Image]]:
         config = {
-            "name": name, "models": [str(tiny_model_dir)], "edits": [],
-            "prompt_sets": [{"name": "i2p", "csv": str(csv)}], "metrics": ["pixel_distance"],
+            "name": name,
+            "models": [str(tiny_model_dir)],
+            "edits": [],
+            "prompt_sets": [{"name": "i2p", "csv": str(csv)}],
+            "metrics": ["pixel_distance"],
             "generation": {"batch_size": 4, **generation},
-            "output": str(tmp_path / name), "cache_dir": str(tmp_path / "cache"),
-        }  # fmt: skip
+            "output": str(tmp_path / name),
+            "cache_dir": str(tmp_path / "cache"),
+        }
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
         results = evaluate(tmp_path / f"{name}.yaml", progress=False)
         store = ResultStore(tmp_path / name / "results.sqlite")

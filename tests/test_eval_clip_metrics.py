@@ -36,20 +36,35 @@ def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
     tok_dir = write_char_tokenizer(folder.parent / f"{folder.name}-tok", words=("cat", "dog", "red", "blue"))
     tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=16)
     config = CLIPConfig(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "max_position_embeddings": 16, "bos_token_id": tokenizer.bos_token_id,
-                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
-                       "image_size": 16, "patch_size": 4},
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 16,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 16,
+            "patch_size": 4,
+        },
         projection_dim=24,
-    )  # fmt: skip
+    )
     torch.manual_seed(seed)
     model = CLIPModel(config)
     with torch.no_grad():  # this seed's random towers give negative cosines, which CLIPScore clamps to 0
         model.visual_projection.weight.neg_()
     model.save_pretrained(folder)
-    images = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
-                                image_mean=[0.5] * 3, image_std=[0.5] * 3)  # fmt: skip
+    images = CLIPImageProcessor(
+        size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
     return folder
 
@@ -88,15 +103,20 @@ def shipped_run(tmp_path_factory: pytest.TempPathFactory, model_with_clip: Path,
 def run_config(tmp: Path, models: list[Path], name: str, metrics: list, cache: Path) -> dict:
     prompts = tmp / f"{name}.csv"
     rows = ["red cat", "blue dog", LONG_PROMPT, "a cat"]
-    prompts.write_text("prompt,evaluation_seed,case_number\n" + "".join(f"{p},{10 + i},{i}\n" for i, p in
-                                                                          enumerate(rows)))  # fmt: skip
+    prompts.write_text(
+        "prompt,evaluation_seed,case_number\n" + "".join(f"{p},{10 + i},{i}\n" for i, p in enumerate(rows))
+    )
     config = {
-        "name": name, "models": [str(m) for m in models],
+        "name": name,
+        "models": [str(m) for m in models],
         "edits": [{"name": "neg-cat", "plugin": "negative-prompt", "concepts": ["cat"]}],
-        "prompt_sets": [{"name": "p", "csv": str(prompts)}], "seeds_per_prompt": 1,
-        "generation": {"batch_size": 8}, "metrics": metrics, "output": str(tmp / name),
+        "prompt_sets": [{"name": "p", "csv": str(prompts)}],
+        "seeds_per_prompt": 1,
+        "generation": {"batch_size": 8},
+        "metrics": metrics,
+        "output": str(tmp / name),
         "cache_dir": str(cache),
-    }  # fmt: skip
+    }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return evaluate(path, progress=False)
@@ -123,8 +143,9 @@ def test_clip_score_uses_the_shipped_clip_offline_and_matches_a_direct_computati
     rows = list(store.rows())
     store.close()
     images = [Image.open(r.image_path).convert("RGB") for r in rows]
-    inputs = processor(text=[r.prompt for r in rows], images=images, return_tensors="pt", padding=True,
-                       truncation=True, max_length=16)  # fmt: skip
+    inputs = processor(
+        text=[r.prompt for r in rows], images=images, return_tensors="pt", padding=True, truncation=True, max_length=16
+    )
     assert inputs["input_ids"].shape[1] == 16  # the long prompt was cut to the CLIP's positions
     with torch.no_grad():
         out = clip(**inputs)

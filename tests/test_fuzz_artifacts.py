@@ -61,7 +61,7 @@ file_name = st.sampled_from(
         "x\x00y",
         "C:/x",
         "dir",
-    ]  # fmt: skip
+    ]
 ) | st.text(max_size=30)
 
 

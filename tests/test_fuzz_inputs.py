@@ -39,8 +39,9 @@ def sandbox():
         assert not outside, f"wrote outside the output folder: {outside}"
 
 
-NUMBERS = st.sampled_from(["0", "-1", "1", "nan", "inf", "-inf", "1e309", str(2**63), str(2**64), "1.5", "", "x",
-                           "0x10", " 3", "９"])  # fmt: skip
+NUMBERS = st.sampled_from(
+    ["0", "-1", "1", "nan", "inf", "-inf", "1e309", str(2**63), str(2**64), "1.5", "", "x", "0x10", " 3", "９"]
+)
 WORDS = st.text(alphabet=st.sampled_from("ab ,=./\\'\"\n\x00é-_"), max_size=12)
 
 
@@ -48,11 +49,31 @@ def _option(name: str) -> st.SearchStrategy[list[str]]:
     return st.tuples(st.just(name), st.one_of(NUMBERS, WORDS)).map(list)
 
 
-GENERATE_OPTIONS = ["--steps", "--batch-size", "--seed", "--guidance", "--device", "--dtype", "--prompt",
-                    "--negative-prompt", "--prompts-csv", "--edit"]  # fmt: skip
+GENERATE_OPTIONS = [
+    "--steps",
+    "--batch-size",
+    "--seed",
+    "--guidance",
+    "--device",
+    "--dtype",
+    "--prompt",
+    "--negative-prompt",
+    "--prompts-csv",
+    "--edit",
+]
 ERASE_OPTIONS = ["--concept", "--preserve", "--device", "--dtype", "--set", "--image"]
-SAE_TRAIN_OPTIONS = ["--width", "--k", "--tokens", "--batch-size", "--lr", "--warmup", "--seed", "--checkpoint-every",
-                     "--opt", "--device"]  # fmt: skip
+SAE_TRAIN_OPTIONS = [
+    "--width",
+    "--k",
+    "--tokens",
+    "--batch-size",
+    "--lr",
+    "--warmup",
+    "--seed",
+    "--checkpoint-every",
+    "--opt",
+    "--device",
+]
 
 
 def _assert_clear(result) -> None:
@@ -73,10 +94,16 @@ def test_generate_arguments(options):
 
 
 @FUZZ_CLI
-@given(st.sampled_from(["uce", "esd", "negative-prompt", "itd", "fewshot-unlearning", "nope"]),
-       st.lists(st.one_of(*[_option(o) for o in ERASE_OPTIONS]), max_size=4),
-       st.lists(st.tuples(st.sampled_from(["erase_scale", "lr", "iterations", "seed", "sae_k", "lamb", "bogus"]),
-                          NUMBERS).map(lambda kv: ["--set", f"{kv[0]}={kv[1]}"]), max_size=2))  # fmt: skip
+@given(
+    st.sampled_from(["uce", "esd", "negative-prompt", "itd", "fewshot-unlearning", "nope"]),
+    st.lists(st.one_of(*[_option(o) for o in ERASE_OPTIONS]), max_size=4),
+    st.lists(
+        st.tuples(st.sampled_from(["erase_scale", "lr", "iterations", "seed", "sae_k", "lamb", "bogus"]), NUMBERS).map(
+            lambda kv: ["--set", f"{kv[0]}={kv[1]}"]
+        ),
+        max_size=2,
+    ),
+)
 def test_erase_arguments(method, options, sets):
     with sandbox() as work:
         args = ["erase", "--method", method, "-m", str(work / "no-model"), "-o", str(work / "edit"), "-c", "cat"]
@@ -92,13 +119,30 @@ def test_sae_train_arguments(options):
 
 
 # -- eval configs ------------------------------------------------------------------------------------------------
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**65), 2**65), st.floats(allow_nan=True),
-                    st.text(max_size=8))  # fmt: skip
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-                      max_leaves=8)  # fmt: skip
-KEYS = st.sampled_from(["name", "models", "edits", "prompt_sets", "metrics", "seeds_per_prompt", "generation",
-                        "output", "cache_dir", "device", "grid_cases", "bogus"])  # fmt: skip
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**65), 2**65), st.floats(allow_nan=True), st.text(max_size=8)
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=8,
+)
+KEYS = st.sampled_from(
+    [
+        "name",
+        "models",
+        "edits",
+        "prompt_sets",
+        "metrics",
+        "seeds_per_prompt",
+        "generation",
+        "output",
+        "cache_dir",
+        "device",
+        "grid_cases",
+        "bogus",
+    ]
+)
 GOOD = {"name": "x", "models": ["m"], "prompt_sets": [{"name": "p", "builtin": "shapes-erasure"}]}
 
 
@@ -121,8 +165,10 @@ def test_config_values(overrides):
 
 
 @FUZZ
-@given(st.sampled_from(["num_inference_steps", "guidance_scale", "height", "width", "batch_size", "negative_prompt"]),
-       SCALARS)  # fmt: skip
+@given(
+    st.sampled_from(["num_inference_steps", "guidance_scale", "height", "width", "batch_size", "negative_prompt"]),
+    SCALARS,
+)
 def test_config_generation_values(key, value):
     with sandbox() as work:
         _read(work, yaml.safe_dump({**GOOD, "generation": {key: value}}))
@@ -140,8 +186,10 @@ CSV_TEXT = st.text(alphabet=st.sampled_from('ab,"\n\r\t 0123-\ufeff\x00é'), max
 
 
 @FUZZ
-@given(st.one_of(CSV_TEXT.map(lambda t: "prompt,evaluation_seed,case_number\n" + t), CSV_TEXT),
-       st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "latin-1"]))  # fmt: skip
+@given(
+    st.one_of(CSV_TEXT.map(lambda t: "prompt,evaluation_seed,case_number\n" + t), CSV_TEXT),
+    st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "latin-1"]),
+)
 def test_prompt_csv(text, encoding):
     from conceptedit.eval.prompts import read_prompt_csv
 

@@ -107,8 +107,15 @@ def test_generate_never_overwrites_other_images(tiny_model_dir, tmp_path):
 def test_api_generate_checks_arguments(tiny_pipe):
     from conceptedit import generate
 
-    for kwargs in ({"seeds": -1}, {"seeds": 2**64}, {"batch_size": 0}, {"num_inference_steps": 0},
-                   {"guidance_scale": float("nan")}, {"height": 0}, {"seeds": [1.5]}):  # fmt: skip
+    for kwargs in (
+        {"seeds": -1},
+        {"seeds": 2**64},
+        {"batch_size": 0},
+        {"num_inference_steps": 0},
+        {"guidance_scale": float("nan")},
+        {"height": 0},
+        {"seeds": [1.5]},
+    ):
         with pytest.raises(ConceptEditError):
             generate(tiny_pipe, ["a red cat"], **kwargs)
     with pytest.raises(ConceptEditError, match="one seed per prompt"):
@@ -304,8 +311,14 @@ def test_sae_sizes_and_numbers(tmp_path):
         create_sae("topk", 8, 16, k=0)
     with pytest.raises(ConceptEditError, match="finite"):
         create_sae("topk", 8, 16, aux_coef=float("nan"))
-    for kwargs in ({"lr": float("nan")}, {"lr": -1.0}, {"warmup_steps": -1}, {"checkpoint_every": -1},
-                   {"seed": -1}, {"beta1": 1.5}):  # fmt: skip
+    for kwargs in (
+        {"lr": float("nan")},
+        {"lr": -1.0},
+        {"warmup_steps": -1},
+        {"checkpoint_every": -1},
+        {"seed": -1},
+        {"beta1": 1.5},
+    ):
         with pytest.raises(ConceptEditError):
             TrainConfig(**kwargs)
 
@@ -360,8 +373,20 @@ def test_sae_resume_refuses_corrupted_state(sae_checkpoint, tmp_path, change, ma
 def test_sae_cli_shard_rows_zero(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cat\n")
-    message = cli_error("sae", "collect", "-m", tmp_path / "no-model", "--module", "m", "--prompts", prompts,
-                        "--out", tmp_path / "acts", "--shard-rows", "0")  # fmt: skip
+    message = cli_error(
+        "sae",
+        "collect",
+        "-m",
+        tmp_path / "no-model",
+        "--module",
+        "m",
+        "--prompts",
+        prompts,
+        "--out",
+        tmp_path / "acts",
+        "--shard-rows",
+        "0",
+    )
     assert "shard_rows" in message
 
 

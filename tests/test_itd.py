@@ -33,8 +33,17 @@ def _fit(tmp, tiny_model_dir, load_pipeline):
     pipe.set_progress_bar_config(disable=True)
     # τ from the template frames only: on a random tiny encoder, the diverse frames and corpus prompts
     # (the default) give a τ low enough to fire on almost every prompt, and this test needs quiet ones
-    config = dict(sae_width=128, sae_k=8, train_tokens=12_000, train_warmup_steps=5, top_n=8, corpus=str(corpus),
-                  train_batch_prompts=16, target_templates=False, target_from_corpus=0)  # fmt: skip
+    config = dict(
+        sae_width=128,
+        sae_k=8,
+        train_tokens=12_000,
+        train_warmup_steps=5,
+        top_n=8,
+        corpus=str(corpus),
+        train_batch_prompts=16,
+        target_templates=False,
+        target_from_corpus=0,
+    )
     edit = get_plugin("itd")(config).fit(pipe, Request(targets=["cat"]))
     return pipe, edit
 
@@ -126,9 +135,16 @@ def test_edit_leaves_the_bos_token_alone(itd_setup):
 
 HALO = "glowing|radiant|shining|luminous|halo|aura"
 RETAIN_CORPUS = [
-    "a radiant circle", "a red circle with an aura", "zorblax on a sky background", "a glowing star",
-    "a blue square", "zorb in the picture", "a Halo, big", "a green disc", "a luminous cross",
-]  # fmt: skip
+    "a radiant circle",
+    "a red circle with an aura",
+    "zorblax on a sky background",
+    "a glowing star",
+    "a blue square",
+    "zorb in the picture",
+    "a Halo, big",
+    "a green disc",
+    "a luminous cross",
+]
 
 
 def test_retain_set_excludes_the_concepts_other_words():
