@@ -101,18 +101,30 @@ def grid(columns: list[str], rows: list[tuple[str, list[Image.Image]]], path: Pa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--plugins", default=",".join(PLUGINS),
-                        help="runs: PLUGIN or LABEL:PLUGIN (LABEL ending in +preserve: preserve the other world words;"
-                        " --set keys use the label)")  # fmt: skip
+    parser.add_argument(
+        "--plugins",
+        default=",".join(PLUGINS),
+        help="runs: PLUGIN or LABEL:PLUGIN (LABEL ending in +preserve: preserve the other world words;"
+        " --set keys use the label)",
+    )
     parser.add_argument("--concepts", default=",".join(CONCEPTS))
     parser.add_argument("--per-role", type=int, default=10, help="prompts per role (4 roles) per concept")
     parser.add_argument("--batch-size", type=int, default=24)
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("CONCEPTEDIT_THREADS", "1")),
-                        help="torch intra-op threads (1 is fastest on a loaded 2-core machine)")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("CONCEPTEDIT_THREADS", "1")),
+        help="torch intra-op threads (1 is fastest on a loaded 2-core machine)",
+    )
     parser.add_argument("--model", default="shapes")
     parser.add_argument("--probe", default=None, help="probe folder (default: <model>/probe, else the shipped one)")
-    parser.add_argument("--set", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
-                        help="extra config override, e.g. esd.iterations=20 (recorded in the JSON)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PLUGIN.KEY=VALUE",
+        help="extra config override, e.g. esd.iterations=20 (recorded in the JSON)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -135,8 +147,11 @@ def main() -> None:
         n_images += len(rows)
         before = score_images(metric, rows, seeds, base_images, "base")
         # grid columns: two prompts of each role
-        picks = [i for role in ("target", "target_paraphrase", "in_domain", "cross_domain")
-                 for i in [k for k, r in enumerate(rows) if r.role == role][:2]]  # fmt: skip
+        picks = [
+            i
+            for role in ("target", "target_paraphrase", "in_domain", "cross_domain")
+            for i in [k for k, r in enumerate(rows) if r.role == role][:2]
+        ]
         grid_rows = [("base", [base_images[i] for i in picks])]
         for run in plugins:
             label, _, name = run.rpartition(":")

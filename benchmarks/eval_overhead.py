@@ -41,10 +41,15 @@ def bare_loop(model: str, prompts: list[str], seeds: list[int], batch_size: int,
 
 def write_config(tmp: Path, model: str, csv: Path, batch_size: int, metrics: list[str], name: str) -> Path:
     config = {
-        "name": name, "models": [model], "edits": [], "prompt_sets": [{"name": "p", "csv": str(csv)}],
-        "metrics": metrics, "generation": {"batch_size": batch_size}, "output": str(tmp / name),
+        "name": name,
+        "models": [model],
+        "edits": [],
+        "prompt_sets": [{"name": "p", "csv": str(csv)}],
+        "metrics": metrics,
+        "generation": {"batch_size": batch_size},
+        "output": str(tmp / name),
         "cache_dir": str(tmp / f"cache-{name}"),
-    }  # fmt: skip
+    }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -72,8 +77,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="eval-bench-"))
     csv = write_prompt_csv(rows, tmp / "prompts.csv")
     n = len(rows)
-    bare = bare_loop(args.model, [r.prompt for r in rows], [r.evaluation_seed for r in rows], args.batch_size,
-                     tmp / "bare")  # fmt: skip
+    bare = bare_loop(
+        args.model, [r.prompt for r in rows], [r.evaluation_seed for r in rows], args.batch_size, tmp / "bare"
+    )
     # In-process eval timing (same process, model load excluded like the bare loop).
     from conceptedit.eval.config import load_config
     from conceptedit.eval.runner import Evaluation
@@ -96,22 +102,55 @@ def main() -> None:
 
     eval_plain = in_process([], "plain")
     eval_probe = in_process(["probe"], "probe")
-    one = timed([sys.executable, "-m", "conceptedit", "eval", str(write_config(tmp, args.model, csv, args.batch_size,
-                                                                               [], "one"))])  # fmt: skip
-    two = timed([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "conceptedit",
-                 "eval", str(write_config(tmp, args.model, csv, args.batch_size, [], "two"))])  # fmt: skip
+    one = timed(
+        [
+            sys.executable,
+            "-m",
+            "conceptedit",
+            "eval",
+            str(write_config(tmp, args.model, csv, args.batch_size, [], "one")),
+        ]
+    )
+    two = timed(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "conceptedit",
+            "eval",
+            str(write_config(tmp, args.model, csv, args.batch_size, [], "two")),
+        ]
+    )
     shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps({
-        "model": args.model, "images": n, "batch_size": args.batch_size, "cpu_count": os.cpu_count(),
-        "bare_loop_images_per_s": round(n / bare, 3),
-        "eval_no_metrics_images_per_s": round(n / eval_plain, 3),
-        "eval_overhead_pct": round(100 * (eval_plain - bare) / bare, 2),
-        "eval_with_probe_images_per_s": round(n / eval_probe, 3),
-        "probe_metric_cost_pct": round(100 * (eval_probe - eval_plain) / eval_plain, 2),
-        "cli_1_process_s": round(one, 2), "cli_2_processes_s": round(two, 2),
-        "speedup_2_vs_1_processes": round(one / two, 3),
-    }, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "images": n,
+                "batch_size": args.batch_size,
+                "cpu_count": os.cpu_count(),
+                "bare_loop_images_per_s": round(n / bare, 3),
+                "eval_no_metrics_images_per_s": round(n / eval_plain, 3),
+                "eval_overhead_pct": round(100 * (eval_plain - bare) / bare, 2),
+                "eval_with_probe_images_per_s": round(n / eval_probe, 3),
+                "probe_metric_cost_pct": round(100 * (eval_probe - eval_plain) / eval_plain, 2),
+                "cli_1_process_s": round(one, 2),
+                "cli_2_processes_s": round(two, 2),
+                "speedup_2_vs_1_processes": round(one / two, 3),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

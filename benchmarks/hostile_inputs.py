@@ -976,8 +976,9 @@ def main() -> None:
             case_dir.mkdir(parents=True)
             ctx = Ctx(case_dir, tiny, tiny_bin, store, ckpt)
             kind, detail, seconds = run_case(case, ctx)
-            results.append({"case": case.name, "area": case.area, "outcome": kind, "detail": detail,
-                            "seconds": round(seconds, 1)})  # fmt: skip
+            results.append(
+                {"case": case.name, "area": case.area, "outcome": kind, "detail": detail, "seconds": round(seconds, 1)}
+            )
             print(f"{kind:<9} {seconds:5.1f}s  {case.name:<42} {detail[:110]}", flush=True)
     kinds = ["ok", "clear", "traceback", "hang", "silent"]
     print("\n| area | inputs | ok (valid, handled) | clear error | traceback | hang | silent / wrong / data loss |")

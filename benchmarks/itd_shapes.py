@@ -147,10 +147,14 @@ def overhead(pipe: Any, edit: Any, n: int = 32, repeats: int = 5) -> dict[str, f
     b, e = min(base_t), min(edit_t)
     extra = min(enc_edit) - min(enc_base)
     return {
-        "base_s": round(b, 3), "edited_s": round(e, 3), "overhead_pct": round(100 * (e - b) / b, 2),
-        "encode_base_s": round(min(enc_base), 4), "encode_edited_s": round(min(enc_edit), 4),
-        "edit_cost_pct_of_generation": round(100 * extra / b, 2), "images": n,
-    }  # fmt: skip
+        "base_s": round(b, 3),
+        "edited_s": round(e, 3),
+        "overhead_pct": round(100 * (e - b) / b, 2),
+        "encode_base_s": round(min(enc_base), 4),
+        "encode_edited_s": round(min(enc_edit), 4),
+        "edit_cost_pct_of_generation": round(100 * extra / b, 2),
+        "images": n,
+    }
 
 
 def grid(sections: list[tuple[str, list, list, list]], path: Path, per: int = 4, cell: int = 96) -> None:
@@ -197,8 +201,13 @@ def main() -> None:
             previous = plugin_cls.for_pipeline(pipe, {**overrides, **PREVIOUS})
             start = time.perf_counter()
             edit = previous.fit(pipe, Request(targets=targets, prompts=fit_prompts(targets)))
-            result = {"targets": targets, "fit_s": round(time.perf_counter() - start, 2),
-                      "n_features": len(edit.features), "tau": edit.tau, "erasure": {}}  # fmt: skip
+            result = {
+                "targets": targets,
+                "fit_s": round(time.perf_counter() - start, 2),
+                "n_features": len(edit.features),
+                "tau": edit.tau,
+                "erasure": {},
+            }
             for concept in dict.fromkeys(EVAL_CONCEPT[t] for t in targets):
                 scores = erasure(pipe, edit, concept, args.per_role, metric)
                 scores.pop("_images")
@@ -210,9 +219,14 @@ def main() -> None:
         start = time.perf_counter()
         edit = plugin.fit(pipe, Request(targets=targets, prompts=fit_prompts(targets)))
         fit_s = time.perf_counter() - start
-        result: dict[str, Any] = {"targets": targets, "fit_s": round(fit_s, 2), "n_features": len(edit.features),
-                                  "tau": edit.tau, "n_target_prompts": edit.manifest.extra["n_target_prompts"],
-                                  "erasure": {}}  # fmt: skip
+        result: dict[str, Any] = {
+            "targets": targets,
+            "fit_s": round(fit_s, 2),
+            "n_features": len(edit.features),
+            "tau": edit.tau,
+            "n_target_prompts": edit.manifest.extra["n_target_prompts"],
+            "erasure": {},
+        }
         for concept in dict.fromkeys(EVAL_CONCEPT[t] for t in targets):
             scores = erasure(pipe, edit, concept, args.per_role, metric)
             rows, before, after = scores.pop("_images")

@@ -64,16 +64,23 @@ def main() -> None:
         prompts, seeds = [r.prompt for r in rows], [r.evaluation_seed for r in rows]
         targets = [i for i, r in enumerate(rows) if r.role == "target"]
         base = generate(pipe, prompts, seeds, batch_size=24)
-        record: dict[str, Any] = {"plugin": name, "concept": concept, "chance": round(chance_level(concept), 4),
-                                  "base": score_images(metric, rows, seeds, base, "base")}  # fmt: skip
+        record: dict[str, Any] = {
+            "plugin": name,
+            "concept": concept,
+            "chance": round(chance_level(concept), 4),
+            "base": score_images(metric, rows, seeds, base, "base"),
+        }
         common: dict[str, Any] = {"images_from_model": True} if name == "fewshot-unlearning" else {}
         for item in args.set:
             key, _, value = item.partition("=")
             if key.startswith(name + "."):
                 common[key[len(name) + 1 :]] = json.loads(value) if value[:1] in "0123456789-[{tn" else value
         full_lr = get_plugin(name).for_pipeline(pipe, common).config.lr
-        variants = {"weight_delta": {"artifact": "weight_delta"}, "lora": {"artifact": "lora"},
-                    "lora@same-lr": {"artifact": "lora", "lora_lr": full_lr}}  # fmt: skip
+        variants = {
+            "weight_delta": {"artifact": "weight_delta"},
+            "lora": {"artifact": "lora"},
+            "lora@same-lr": {"artifact": "lora", "lora_lr": full_lr},
+        }
         for label, extra in variants.items():
             plugin = get_plugin(name).for_pipeline(pipe, {**common, **extra})
             request = Request(targets=[concept], prompts=training_prompts(concept) if common else [])
@@ -90,8 +97,14 @@ def main() -> None:
             }
             print(json.dumps({"run": run, label: record[label]}), flush=True)
         results.append(record)
-    report = {"benchmark": "lora_vs_full", "model": args.model, "per_role": args.per_role, "overrides": args.set,
-              "total_seconds": round(time.perf_counter() - started, 1), "results": results}  # fmt: skip
+    report = {
+        "benchmark": "lora_vs_full",
+        "model": args.model,
+        "per_role": args.per_role,
+        "overrides": args.set,
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "results": results,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lora_vs_full.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

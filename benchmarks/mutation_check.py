@@ -429,8 +429,9 @@ MUTATIONS: list[Mutation] = [
 # -- running -------------------------------------------------------------------------------------------------
 def export_tree(dest: Path, worktree: bool) -> None:
     if worktree:
-        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
-                               capture_output=True, text=True).stdout.splitlines()  # fmt: skip
+        files = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout.splitlines()
         for rel in files:
             src = ROOT / rel
             if src.is_file():
@@ -446,8 +447,9 @@ def export_tree(dest: Path, worktree: bool) -> None:
 def replace_tests(dest: Path, rev: str) -> str:
     """Swap the copy's ``tests/`` for the one of git revision ``rev``; returns the full commit id."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT, check=True,
-                                capture_output=True, text=True).stdout.strip()  # fmt: skip
+        commit = subprocess.run(
+            ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout.strip()
     except subprocess.CalledProcessError:
         raise SystemExit(f"--tests-from: {rev!r} is not a git revision of this repository") from None
     archive = subprocess.run(["git", "archive", commit, "tests"], cwd=ROOT, check=True, capture_output=True).stdout
@@ -468,14 +470,22 @@ def test_present(tree: Path, test_id: str) -> bool:
 
 def environment(tree: Path, cache: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CONCEPTEDIT_CACHE")}
-    env.update(PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", CONCEPTEDIT_CACHE=str(cache))  # fmt: skip
+    env.update(
+        PYTHONPATH=str(tree),
+        PYTHONDONTWRITEBYTECODE="1",
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        CONCEPTEDIT_CACHE=str(cache),
+    )
     return env
 
 
 def check_imports(tree: Path, env: dict[str, str]) -> None:
-    code = "import conceptedit, conceptedit.plugins, conceptedit.pipelines; print(conceptedit.__file__); " \
-           "print(conceptedit.plugins.__file__); print(conceptedit.pipelines.__file__)"  # fmt: skip
+    code = (
+        "import conceptedit, conceptedit.plugins, conceptedit.pipelines; print(conceptedit.__file__); "
+        "print(conceptedit.plugins.__file__); print(conceptedit.pipelines.__file__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True, check=True)
     paths = [Path(p).resolve() for p in out.stdout.split()]
     if not all(tree.resolve() in p.parents for p in paths):
@@ -531,8 +541,11 @@ def main() -> None:
         export_tree(tree, args.worktree)
         if args.tests_from:
             commit = replace_tests(tree, args.tests_from)
-            print(f"tests/ from {commit[:12]} ({args.tests_from}), code from "
-                  f"{'the working tree' if args.worktree else 'HEAD'}", flush=True)  # fmt: skip
+            print(
+                f"tests/ from {commit[:12]} ({args.tests_from}), code from "
+                f"{'the working tree' if args.worktree else 'HEAD'}",
+                flush=True,
+            )
         env = environment(tree, Path(tmp) / "cache")
         check_imports(tree, env)
         # tests named by a mutation that the exported tree does not have are left out (and reported)
@@ -556,8 +569,17 @@ def main() -> None:
                 print(f"STALE   {m.name}: snippet found {source.count(m.old)} times in {m.file}", flush=True)
                 continue
             if not tests:  # none of its tests exists here (--tests-from): nothing guards it; never run bare pytest
-                results.append({"name": m.name, "package": m.package, "status": "missed", "seconds": 0.0,
-                                "tests": [], "caught_by": [], "why": m.why})  # fmt: skip
+                results.append(
+                    {
+                        "name": m.name,
+                        "package": m.package,
+                        "status": "missed",
+                        "seconds": 0.0,
+                        "tests": [],
+                        "caught_by": [],
+                        "why": m.why,
+                    }
+                )
                 print(f"MISSED  {m.name} (no test of it exists in this tests/) {m.why}", flush=True)
                 continue
             path.write_text(source.replace(m.old, m.new))
@@ -568,8 +590,17 @@ def main() -> None:
                 path.write_text(source)
             status = "missed" if passed else "caught"
             caught_by = failed_ids(tail)[:1] if not passed else []
-            results.append({"name": m.name, "package": m.package, "status": status, "seconds": round(seconds, 1),
-                            "tests": list(tests), "caught_by": caught_by, "why": m.why})  # fmt: skip
+            results.append(
+                {
+                    "name": m.name,
+                    "package": m.package,
+                    "status": status,
+                    "seconds": round(seconds, 1),
+                    "tests": list(tests),
+                    "caught_by": caught_by,
+                    "why": m.why,
+                }
+            )
             print(f"{status.upper():7s} {m.name} ({seconds:.0f}s) {m.why} {' '.join(caught_by)}", flush=True)
         # the tests that caught a mutation must pass without it, else the catch proves nothing
         catchers = sorted({t for r in results for t in r.get("caught_by", [])})
@@ -594,11 +625,15 @@ def main() -> None:
             total[k] += counts[k]
         scored = counts["caught"] + counts["missed"]
         score = f"{100 * counts['caught'] / scored:.0f} %" if scored else "-"
-        print(f"{package:27s} {counts['caught']:6d}  {counts['missed']:6d}  {counts['stale']:5d}  "
-              f"{counts['invalid']:7d}  {score}")  # fmt: skip
+        print(
+            f"{package:27s} {counts['caught']:6d}  {counts['missed']:6d}  {counts['stale']:5d}  "
+            f"{counts['invalid']:7d}  {score}"
+        )
     scored = total["caught"] + total["missed"]
-    print(f"{'total':27s} {total['caught']:6d}  {total['missed']:6d}  {total['stale']:5d}  {total['invalid']:7d}  "
-          f"{100 * total['caught'] / max(1, scored):.0f} %")  # fmt: skip
+    print(
+        f"{'total':27s} {total['caught']:6d}  {total['missed']:6d}  {total['stale']:5d}  {total['invalid']:7d}  "
+        f"{100 * total['caught'] / max(1, scored):.0f} %"
+    )
     missed = [r["name"] for r in results if r["status"] == "missed"]
     if missed:
         print("missed:", ", ".join(missed))
