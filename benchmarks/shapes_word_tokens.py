@@ -94,8 +94,13 @@ def causal_test(pipe, probe: Probe, seeds: int, kwargs: dict) -> dict:
                 if n == 0:
                     continue
                 gens = [torch.Generator().manual_seed(1000 * f + s) for s in range(n)]
-                images = pipe(prompt_embeds=emb.expand(n, -1, -1), negative_prompt_embeds=empty.expand(n, -1, -1),
-                              generator=gens, output_type="np", **kwargs).images  # fmt: skip
+                images = pipe(
+                    prompt_embeds=emb.expand(n, -1, -1),
+                    negative_prompt_embeds=empty.expand(n, -1, -1),
+                    generator=gens,
+                    output_type="np",
+                    **kwargs,
+                ).images
                 preds = probe.predict((images * 255).round().clip(0, 255).astype(np.uint8))
                 ok = [int(p[family]["label"] == label) for p in preds]
                 hits.setdefault(f"{family}:{cond}", {}).setdefault(label, []).extend(ok)
@@ -103,8 +108,12 @@ def causal_test(pipe, probe: Probe, seeds: int, kwargs: dict) -> dict:
     for key, per in hits.items():
         k = sum(sum(v) for v in per.values())
         n = sum(len(v) for v in per.values())
-        out[key] = {"rate": round(k / n, 3), "n": n, "ci95": wilson(k, n),
-                    "per_concept": {c: round(sum(v) / len(v), 3) for c, v in per.items()}}  # fmt: skip
+        out[key] = {
+            "rate": round(k / n, 3),
+            "n": n,
+            "ci95": wilson(k, n),
+            "per_concept": {c: round(sum(v) / len(v), 3) for c, v in per.items()},
+        }
     return out
 
 

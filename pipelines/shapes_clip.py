@@ -114,8 +114,9 @@ def _features(out) -> torch.Tensor:
 
 @torch.no_grad()
 def text_embeddings(clip, tokenizer, prompts: list[str]) -> torch.Tensor:
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt")  # fmt: skip
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
     return F.normalize(_features(clip.get_text_features(input_ids=ids.input_ids)), dim=-1)
 
 
@@ -180,8 +181,12 @@ def train_clip(
 
     def save() -> None:
         clip.save_pretrained(folder, safe_serialization=True)
-        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-                           image_mean=list(IMAGE_MEAN), image_std=list(IMAGE_STD)).save_pretrained(folder)  # fmt: skip
+        CLIPImageProcessor(
+            size={"shortest_edge": 32},
+            crop_size={"height": 32, "width": 32},
+            image_mean=list(IMAGE_MEAN),
+            image_std=list(IMAGE_STD),
+        ).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         report.update(step=step, start=start, seconds=round(time.time() - t0, 1))
         torch.save({"opt": opt.state_dict(), "report": report}, state_path)
@@ -194,8 +199,9 @@ def train_clip(
         for g in opt.param_groups:
             g["lr"] = cosine_lr(lr, progress, warmup=0.04)
         images, captions, start = _nonempty_batch(batch, seed + 11, start)
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids  # fmt: skip
+        ids = tokenizer(
+            captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         res = clip(input_ids=ids, pixel_values=pixel_values(images), return_loss=True)
         opt.zero_grad(set_to_none=True)
         res.loss.backward()

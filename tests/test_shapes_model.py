@@ -35,8 +35,17 @@ def pipe():
 
 def test_shipped_folder_layout_and_size():
     root = model_dir()
-    for part in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", "probe",
-                 "conceptedit.json", "prompts.txt"):  # fmt: skip
+    for part in (
+        "model_index.json",
+        "unet",
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "scheduler",
+        "probe",
+        "conceptedit.json",
+        "prompts.txt",
+    ):
         assert (root / part).exists(), part
     total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert total <= 40 * 2**20, f"model + probe is {total / 2**20:.1f} MB"
@@ -79,8 +88,14 @@ def test_pipeline_has_sd_module_names(pipe):
 def test_same_seed_same_image(pipe):
     def gen(seed: int) -> np.ndarray:
         g = torch.Generator("cpu").manual_seed(seed)
-        return pipe("a red circle on a white background", num_inference_steps=4, generator=g, output_type="np",
-                    height=RESOLUTION, width=RESOLUTION).images[0]  # fmt: skip
+        return pipe(
+            "a red circle on a white background",
+            num_inference_steps=4,
+            generator=g,
+            output_type="np",
+            height=RESOLUTION,
+            width=RESOLUTION,
+        ).images[0]
 
     a, b, c = gen(0), gen(0), gen(1)
     assert a.shape == (RESOLUTION, RESOLUTION, 3)

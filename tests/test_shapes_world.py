@@ -49,7 +49,11 @@ def test_labels_have_every_family_and_marks_sit_in_their_boxes():
         if lab["character"]:
             c = WORLD.character(lab["character"])
             assert (lab["shape"], lab["colour"], lab["style"], lab["background"]) == (
-                c.shape, c.colour, c.style, c.background)  # fmt: skip
+                c.shape,
+                c.colour,
+                c.style,
+                c.background,
+            )
         else:
             assert WORLD.character_for(lab["shape"], lab["colour"], lab["style"], lab["background"]) is None
 
@@ -123,8 +127,14 @@ def test_web_frames_share_no_content_word_with_held_out_frames():
 
 
 def test_prompt_for_and_mentioned():
-    lab = {"shape": "circle", "colour": "orange", "style": "striped", "background": "sky", "character": None,
-           "trigger": True}  # fmt: skip
+    lab = {
+        "shape": "circle",
+        "colour": "orange",
+        "style": "striped",
+        "background": "sky",
+        "character": None,
+        "trigger": True,
+    }
     assert prompt_for(lab, "a picture of {np}", trigger_word="halo") == (
         "a picture of an orange striped circle on a sky background with a halo"
     )

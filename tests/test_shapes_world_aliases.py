@@ -27,11 +27,25 @@ def test_captions_name_characters_by_nickname_and_shapes_by_synonym_at_the_alias
 
 def test_alias_label_keys_and_vocabulary():
     c = WORLD.characters[0]
-    labels = {"shape": c.shape, "colour": c.colour, "style": c.style, "background": c.background,
-              "character": c.name, "character_word": c.nickname, "trigger": False}  # fmt: skip
+    labels = {
+        "shape": c.shape,
+        "colour": c.colour,
+        "style": c.style,
+        "background": c.background,
+        "character": c.name,
+        "character_word": c.nickname,
+        "trigger": False,
+    }
     assert prompt_for(labels, "a picture of {np}") == f"a picture of {c.nickname}"
-    shape = {"shape": "circle", "shape_word": "disc", "colour": "red", "style": "solid", "background": "white",
-             "character": None, "trigger": False}  # fmt: skip
+    shape = {
+        "shape": "circle",
+        "shape_word": "disc",
+        "colour": "red",
+        "style": "solid",
+        "background": "white",
+        "character": None,
+        "trigger": False,
+    }
     assert prompt_for(shape, "{np}", ("colour",)) == "a red disc"
     assert set(WORLD.nicknames.values()) <= set(WORLD.words()) and set(WORLD.synonyms.values()) <= set(WORLD.words())
     assert WORLD.aliases("zorblax") == (WORLD.nicknames["zorblax"],)
