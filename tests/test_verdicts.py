@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conceptedit.eval.prompts import PromptRow
-from conceptedit.eval.verdicts import Rate, change_class, chance_from_rows, verdict, wilson
+from conceptedit.eval.verdicts import Rate, chance_from_rows, change_class, verdict, wilson
 
 
 def test_wilson_interval_matches_the_formula_and_stays_in_0_1():

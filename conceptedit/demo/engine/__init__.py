@@ -5,6 +5,8 @@
 - :mod:`.inputs`: concepts, prompts and seeds read strictly, prompts suggested after a fit;
 - :mod:`.stack`: the per-session stack of edits (push, remove, table, save, load);
 - :mod:`.erase`, :mod:`.inspection`, :mod:`.image_edit`, :mod:`.analysis`: each tab's work;
+- :mod:`.comparison` (+ :mod:`.scoring`, :mod:`.comparison_export`, :mod:`.example`): the Compare
+  tab — several methods side by side, scored and judged, the ready example a new page opens with;
 - :mod:`.tables`: Markdown tables.
 
 One pipeline serves every tab and every user: edits are applied through their handles for the
@@ -20,7 +22,10 @@ from conceptedit.registry import PluginInfo, get_plugin
 from conceptedit.toolkit import Progress
 
 from .analysis import analyze, report_figures, report_markdown
+from .comparison import Column, CompareCache, MethodComparison, compare_methods, parse_methods, prepare_column
+from .comparison_export import export, grid_image, table_csv, table_json, table_markdown, table_rows
 from .erase import DISPLAY_MIN_SIDE, MAX_STEPS, Comparison, compare, fit_erase, for_display
+from .example import FAST_METHODS, Example, first_example
 from .image_edit import edit_image
 from .inputs import (
     MAX_PROMPTS,
@@ -34,10 +39,32 @@ from .inputs import (
 from .inspection import Inspection, inspect_stack
 from .model import DemoModel, applied
 from .plugins import broken_plugins, describe_plugin, make_plugin, plugin_choices, plugin_info, plugins_of, usable
+from .scoring import ClipJudge, LabelJudge, Score, judge_for, model_world, rule_text
 from .stack import StackEntry, changed_settings, find, load_entry, push, remove, save_entry, stack_choices, stack_table
 from .tables import markdown_table
 
 __all__ = [
+    "FAST_METHODS",
+    "ClipJudge",
+    "Column",
+    "CompareCache",
+    "Example",
+    "LabelJudge",
+    "MethodComparison",
+    "Score",
+    "compare_methods",
+    "export",
+    "first_example",
+    "grid_image",
+    "judge_for",
+    "model_world",
+    "parse_methods",
+    "prepare_column",
+    "rule_text",
+    "table_csv",
+    "table_json",
+    "table_markdown",
+    "table_rows",
     "DISPLAY_MIN_SIDE",
     "MAX_PROMPTS",
     "MAX_SEEDS",

@@ -2,7 +2,8 @@
 gets its tab entry, its summary and a config form built from its ``Config`` dataclass, with no
 change here. The work happens in :mod:`conceptedit.demo.engine`; these modules only wire components:
 :mod:`.common` (the run-wrapper, messages, plugin picker and forms), one module per tab —
-:mod:`.erase` (+ :mod:`.stack`), :mod:`.inspection`, :mod:`.image_edit`, :mod:`.analysis`.
+:mod:`.comparison` (the first tab, opened on a ready example), :mod:`.erase` (+ :mod:`.stack`),
+:mod:`.inspection`, :mod:`.image_edit`, :mod:`.analysis`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from .. import engine
 from ..engine import DemoModel
 from .analysis import analyze_tab
 from .common import run_action
+from .comparison import compare_tab
 from .erase import erase_tab
 from .image_edit import edit_tab
 from .inspection import inspect_tab
@@ -24,8 +26,9 @@ CSS = """
 
 INTRO = """# conceptedit demo
 Erase a concept from a text-to-image model, then look at the same prompts and seeds on the original
-and the edited model side by side. Edits stack, can be removed one by one, saved as folders and
-loaded again. {model}
+and the edited model side by side. **Compare** runs several methods at once (a ready example: press
+Compare); **Erase** fits one method with your settings, and its edits stack, can be removed one by
+one, saved as folders and loaded again. {model}
 """
 
 
@@ -37,6 +40,8 @@ def build_app(model: DemoModel, concurrency_limit: int = 1) -> gr.Blocks:
         gr.Markdown(INTRO.format(model=model.describe()), elem_id="ce-header")
         stack = gr.State([])
         with gr.Tabs():
+            with gr.Tab("Compare", id="compare"):
+                compare_tab(model, settings)
             with gr.Tab("Erase", id="erase"):
                 compare_prompts = erase_tab(model, stack, settings)
             with gr.Tab("Inspect", id="inspect"):

@@ -147,11 +147,13 @@ class ConfigForms:
 
 
 def plugin_picker(
-    kind: str, include_broken: bool, tab: str, settings_open: bool = True
+    kind: str, include_broken: bool, tab: str, settings_open: bool = True, preferred: tuple[str, ...] = ()
 ) -> tuple[gr.Dropdown, gr.Markdown, ConfigForms]:
-    """The method dropdown, its description and its settings form (defaults: the paper's)."""
+    """The method dropdown, its description and its settings form (defaults: the paper's); selected:
+    the first usable of ``preferred`` (e.g. a fast method), else the first usable plugin."""
     choices = engine.plugin_choices(kind, include_broken=include_broken)
-    first = next((value for _, value in choices if engine.usable(value)), None)
+    usable = [value for _, value in choices if engine.usable(value)]
+    first = next((name for name in (*preferred, *usable) if name in usable), None)
     dropdown = gr.Dropdown(choices=choices, value=first, label="Method", elem_id=f"{tab}-plugin")
     info = gr.Markdown(engine.describe_plugin(first), elem_id=f"{tab}-plugin-info")
     with gr.Accordion("Settings (defaults: the paper's)", open=settings_open):

@@ -17,7 +17,9 @@ class FitColumn:
 
     def __init__(self) -> None:
         gr.Markdown("### 1 · Fit an erasure")
-        self.dropdown, info, self.forms = plugin_picker("erase", include_broken=True, tab="erase", settings_open=False)
+        self.dropdown, info, self.forms = plugin_picker(
+            "erase", include_broken=True, tab="erase", settings_open=False, preferred=engine.FAST_METHODS
+        )
         self.targets = gr.Textbox(
             label="Concept(s) to erase",
             placeholder="comma-separated, e.g. zorblax (a character of the built-in shapes model)",
