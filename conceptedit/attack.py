@@ -297,7 +297,8 @@ def denoising_loss(
     guidance: float = 1.0,
 ) -> torch.Tensor:
     """``‖ε − ε̂(x_t, t | c)‖²`` (mean) on the pipeline's UNet; with ``uncond`` the guided prediction
-    ``ε̂_u + g (ε̂_c − ε̂_u)`` is matched (Pham et al. 2024, Sec. 4, for inference-time erasure)."""
+    ``ε̂_u + g (ε̂_c − ε̂_u)`` is matched (Pham et al. 2024, Sec. 4, for inference-time erasure). A
+    v-prediction model (SD 2.x 768) is compared with ``v`` instead of ``ε``, as it was trained."""
     scheduler = pipe.scheduler
     x_t = scheduler.add_noise(x0, noise, t)
     unet = pipe.unet
@@ -312,7 +313,10 @@ def denoising_loss(
         ).sample
         pred_u, pred_c = both.chunk(2)
         pred = pred_u + guidance * (pred_c - pred_u)
-    return torch.nn.functional.mse_loss(pred.float(), noise.float())
+    target = noise
+    if getattr(scheduler.config, "prediction_type", "epsilon") == "v_prediction":  # SD 2.x 768: the UNet predicts v
+        target = scheduler.get_velocity(x0, noise, t)
+    return torch.nn.functional.mse_loss(pred.float(), target.float())
 
 
 def frozen(pipe: Any) -> contextlib.AbstractContextManager[None]:

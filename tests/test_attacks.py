@@ -189,6 +189,24 @@ def test_soft_prompt_learns_an_embedding_the_pipeline_uses(pipe, cat_images):
         assert np.array_equal(np.asarray(a), np.asarray(c))
 
 
+def test_denoising_loss_targets_v_on_v_prediction_models():
+    from diffusers import DDIMScheduler
+
+    from conceptedit.attack import denoising_loss
+
+    sd2 = tiny_pipeline(sd2=True)
+    sd2.scheduler = DDIMScheduler.from_config(sd2.scheduler.config, prediction_type="v_prediction")
+    g = torch.Generator().manual_seed(0)
+    x0, noise, t = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g), torch.tensor([500])
+    with torch.no_grad():
+        cond, _ = encode(sd2, ["a cat"], False)
+        loss = denoising_loss(sd2, x0, cond, t, noise)
+        pred = sd2.unet(sd2.scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+    v = sd2.scheduler.get_velocity(x0, noise, t)
+    assert float(loss) == pytest.approx(float(torch.nn.functional.mse_loss(pred, v)), rel=1e-6)
+    assert float(loss) != pytest.approx(float(torch.nn.functional.mse_loss(pred, noise)), rel=1e-3)
+
+
 def test_injection_touches_only_its_prompt(pipe):
     vector = torch.randn(1, pipe.text_encoder.config.hidden_size)
     with torch.no_grad():
