@@ -25,7 +25,7 @@ class Example:
     preserve: str
     methods: tuple[str, ...]
     prompts: str
-    seeds: str = "0, 1"
+    seeds: str = "0"
 
 
 def first_example(model: DemoModel) -> Example:

@@ -269,7 +269,10 @@ class ClipJudge:
         return Verdict("partial" if falls and max(falls) >= self.MIN_DROP else "failed", reasons)
 
 
-def judge_for(model: DemoModel, per_role: int = 6) -> LabelJudge | ClipJudge:
+DEMO_PER_ROLE = 4  # scored prompts per role and column: 16 images per column, seconds on CPU
+
+
+def judge_for(model: DemoModel, per_role: int = DEMO_PER_ROLE) -> LabelJudge | ClipJudge:
     """The model's world's label judge when it names one and it is registered, else CLIP."""
     world = model_world(model)
     judge = LabelJudge.for_world(world, per_role=per_role) if world else None
