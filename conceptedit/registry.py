@@ -7,7 +7,7 @@ different object under a taken name raises the same :class:`DuplicateNameError` 
 Every registry with an entry-point ``group`` finds other packages' entries the same way
 (:meth:`Registry.discover`, run on first read): ``conceptedit.plugins``, ``conceptedit.metrics``,
 ``conceptedit.sae_architectures``, ``conceptedit.models``, ``conceptedit.prompt_sets``. An entry that
-fails to load is recorded in ``registry.broken`` with its error and never breaks the others. The
+fails to load is recorded in the table's ``broken`` with its error and never breaks the others. The
 built-in shapes world registers through the same entry points (:data:`BUILT_IN_ENTRY_POINTS`), so
 the core never imports it.
 
@@ -43,7 +43,7 @@ ENTRY_POINT_GROUP = "conceptedit.plugins"
 # prompt sets, probe metric). Declared here, in the format of ``[project.entry-points]``, rather
 # than in pyproject.toml, so that a checkout works without reinstalling (an editable install's
 # entry-point metadata is only rewritten by ``pip install``). They load exactly like another
-# package's entry points; this table is the only place the core names the shapes world.
+# package's entry points; this table is the only place the core names a shapes-world module.
 BUILT_IN_ENTRY_POINTS: dict[str, dict[str, str]] = {
     "conceptedit.models": {"shapes": "conceptedit.pipelines.shapes:model_dir"},
     "conceptedit.prompt_sets": {"shapes-erasure": "conceptedit.datasets.shapes.prompt_sets:erasure_prompt_set"},
