@@ -6,7 +6,8 @@ different object under a taken name raises the same :class:`DuplicateNameError` 
 
 Every registry with an entry-point ``group`` finds other packages' entries the same way
 (:meth:`Registry.discover`, run on first read): ``conceptedit.plugins``, ``conceptedit.metrics``,
-``conceptedit.sae_architectures``, ``conceptedit.models``, ``conceptedit.prompt_sets``. An entry that
+``conceptedit.sae_architectures``, ``conceptedit.models``, ``conceptedit.prompt_sets`` (and the
+paraphrase attack's ``conceptedit.word_lists``). An entry that
 fails to load is recorded in the table's ``broken`` with its error and never breaks the others. The
 built-in shapes world registers through the same entry points (:data:`BUILT_IN_ENTRY_POINTS`), so
 the core never imports it.
@@ -40,7 +41,7 @@ T = TypeVar("T")
 ENTRY_POINT_GROUP = "conceptedit.plugins"
 
 # The entry points of what ships in this distribution outside the core: the shapes world (model,
-# prompt sets, probe metric). Declared here, in the format of ``[project.entry-points]``, rather
+# prompt sets, probe metric, word list). Declared here, in the format of ``[project.entry-points]``, rather
 # than in pyproject.toml, so that a checkout works without reinstalling (an editable install's
 # entry-point metadata is only rewritten by ``pip install``). They load exactly like another
 # package's entry points; this table is the only place the core names a shapes-world module.
@@ -48,6 +49,7 @@ BUILT_IN_ENTRY_POINTS: dict[str, dict[str, str]] = {
     "conceptedit.models": {"shapes": "conceptedit.pipelines.shapes:model_dir"},
     "conceptedit.prompt_sets": {"shapes-erasure": "conceptedit.datasets.shapes.prompt_sets:erasure_prompt_set"},
     "conceptedit.metrics": {"probe": "conceptedit.datasets.shapes.probe_metric:ProbeAccuracy"},
+    "conceptedit.word_lists": {"shapes": "conceptedit.datasets.shapes.word_list:word_list"},  # paraphrase attack
 }
 
 

@@ -5,15 +5,15 @@ no-optimisation baseline).
 
 Words come from a word list: a CSV the user gives (``word_list: path.csv``; columns ``concept, text,
 kind`` with kind ``alias`` or ``frame``, frames hold ``{}`` where the concept goes) or a registered list
-(``WORD_LISTS``: name → ``"module:function"`` returning a :class:`WordList` for a concept, or ``None``).
-``auto`` uses the first registered list that knows the concept (the shapes world registers its own).
+(``WORD_LISTS``: name → function returning a :class:`WordList` for a concept, or ``None``; other
+packages add theirs through the ``conceptedit.word_lists`` entry point, the shapes world included).
+``auto`` uses the first registered list that knows the concept.
 Every prompt is ``frame.format(word)`` for a word among the concept and its aliases (aliases first)
 and a frame of the list; nothing else is added. Black-box: reads no weights.
 """
 
 from __future__ import annotations
 
-import importlib
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -26,9 +26,17 @@ from conceptedit.errors import ConfigError, RequestError
 from conceptedit.registry import Registry, register_plugin
 from conceptedit.toolkit import Progress, no_progress
 
-#: registered word lists: name -> "module:function" (function(concept) -> WordList | None)
-WORD_LISTS: Registry[str] = Registry("word list")
-WORD_LISTS.register("shapes", "conceptedit.plugins._shapes_words:word_list")
+
+def _word_list_from_entry_point(name: str, obj: Any) -> None:
+    if not callable(obj):
+        raise TypeError(f"entry point {name!r} must point at a function (concept) -> WordList | None")
+    WORD_LISTS.register(name, obj)
+
+
+#: registered word lists: name -> function(concept) -> WordList | None (entry-point group conceptedit.word_lists)
+WORD_LISTS: Registry[Callable[[str], WordList | None]] = Registry(
+    "word list", group="conceptedit.word_lists", load=_word_list_from_entry_point
+)
 
 #: frames used when a list gives aliases but no frames (textual-inversion-style object templates)
 DEFAULT_FRAMES = ("a photo of {}", "a picture of {}", "an image of {}", "a rendering of {}", "a close-up of {}")
@@ -73,8 +81,7 @@ def read_word_csv(path: str | Path, concept: str) -> WordList:
 
 
 def _registered(name: str) -> Callable[[str], WordList | None]:
-    module, _, func = WORD_LISTS[name].partition(":")
-    return getattr(importlib.import_module(module), func)
+    return WORD_LISTS[name]
 
 
 def find_word_list(source: str, concept: str) -> WordList:

@@ -1,7 +1,8 @@
 """Other packages plug into every registry through entry points, one mechanism for all
-(``conceptedit.registry.Registry.discover``): plugins, metrics, SAE architectures, built-in models and
-prompt sets. ``importlib.metadata.entry_points`` is replaced by a fake that declares a third-party
-package's entries; a broken entry is recorded with its error and breaks nothing else."""
+(``conceptedit.registry.Registry.discover``): plugins, metrics, SAE architectures, built-in models,
+prompt sets and the paraphrase attack's word lists. ``importlib.metadata.entry_points`` is replaced
+by a fake that declares a third-party package's entries; a broken entry is recorded with its error
+and breaks nothing else."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from conceptedit.errors import BrokenPluginError, ConfigError, ModelLoadError
 from conceptedit.eval.metrics import METRICS, create_metric
 from conceptedit.eval.prompts import BUILTIN_PROMPT_SETS, builtin_prompt_set
 from conceptedit.loading import BUILTIN_MODELS, builtin_model_dir
+from conceptedit.plugins.paraphrase import WORD_LISTS, WordList, find_word_list
 from conceptedit.sae import SAE_ARCHITECTURES, create_sae
 
 MODULE = "fake_ce_third_party"
@@ -27,6 +29,7 @@ DECLARED = {
     "conceptedit.sae_architectures": {"fake-ep-sae": f"{MODULE}:FakeSAE", "fake-ep-broken": "no_such_module_xyz:X"},
     "conceptedit.models": {"fake-ep-model": f"{MODULE}:model_dir", "fake-ep-broken": "no_such_module_xyz:X"},
     "conceptedit.prompt_sets": {"fake-ep-set": f"{MODULE}:prompt_set", "fake-ep-broken": "no_such_module_xyz:X"},
+    "conceptedit.word_lists": {"fake-ep-words": f"{MODULE}:word_list", "fake-ep-broken": "no_such_module_xyz:X"},
 }
 TABLES = {
     "conceptedit.plugins": registry._PLUGINS,
@@ -34,6 +37,7 @@ TABLES = {
     "conceptedit.sae_architectures": SAE_ARCHITECTURES,
     "conceptedit.models": BUILTIN_MODELS,
     "conceptedit.prompt_sets": BUILTIN_PROMPT_SETS,
+    "conceptedit.word_lists": WORD_LISTS,
 }
 
 
@@ -50,6 +54,7 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
             from conceptedit.eval.metrics import Metric, MetricResult
             from conceptedit.eval.prompts import PromptRow
             from conceptedit.plugin import Plugin
+            from conceptedit.plugins.paraphrase import WordList
             from conceptedit.sae.topk import TopKSAE
 
 
@@ -77,6 +82,10 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 
             def model_dir():
                 return {str(model)!r}
+
+
+            def word_list(concept):
+                return WordList(concept, aliases=("zee",)) if concept == "zorblax" else None
 
 
             def prompt_set(targets, per_role, seed):
@@ -115,9 +124,10 @@ def test_every_registry_loads_its_entry_point_group(third_party: Path):
     assert builtin_model_dir("fake-ep-model") == third_party
     rows = builtin_prompt_set("fake-ep-set")(["zorblax"], 1, 7)
     assert [(r.prompt, r.evaluation_seed) for r in rows] == [("a picture of zorblax", 7)]
+    assert find_word_list("fake-ep-words", "zorblax") == WordList("zorblax", aliases=("zee",))
     # the built-ins are still there: the shapes world registers through the same groups
     assert "probe" in METRICS and "shapes" in BUILTIN_MODELS and "shapes-erasure" in BUILTIN_PROMPT_SETS
-    assert "topk" in SAE_ARCHITECTURES and "negative-prompt" in registry._PLUGINS
+    assert "topk" in SAE_ARCHITECTURES and "negative-prompt" in registry._PLUGINS and "shapes" in WORD_LISTS
 
 
 def test_a_broken_entry_point_is_reported_by_name(third_party: Path):

@@ -20,9 +20,6 @@ SHAPES_WORLD = ("conceptedit.datasets.shapes", "conceptedit.pipelines.shapes", "
 # Modules allowed to import the shapes world although they are not part of it, each with its reason.
 EXCEPTIONS = {
     "conceptedit.eval.probe": "compatibility alias for benchmarks/shapes_quality.py until it imports the new path",
-    # the paraphrase attack's word list for the shapes world, registered by name in plugins/paraphrase.py;
-    # it belongs in datasets/shapes/ (registered through an entry point) once that plugin settles
-    "conceptedit.plugins._shapes_words": "shapes-world word list of the paraphrase attack (to move to datasets/shapes/)",
 }
 
 

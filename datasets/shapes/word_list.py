@@ -1,6 +1,7 @@
 """The shapes world's word list for the ``paraphrase`` attack: each concept's aliases (a character's
 nickname, a shape's synonym, the halo's other trigger words) and the held-out caption frames the model
-never saw in training. Kept out of the core: the paraphrase plugin finds it through its word-list table."""
+never saw in training. Registered as the word list ``shapes`` through the ``conceptedit.word_lists`` entry
+point (``conceptedit.registry.BUILT_IN_ENTRY_POINTS``), as another package's list would be."""
 
 from __future__ import annotations
 
