@@ -159,6 +159,23 @@ def test_unlearndiffatk_lowers_its_loss_and_never_touches_weights(pipe, cat_imag
     assert prompt.endswith("a cat") and prompt != "a cat" and result.prompts[0].seed == 0
 
 
+def test_unlearndiffatk_stops_at_the_first_success(pipe, cat_images, monkeypatch):
+    import conceptedit.plugins.unlearndiffatk as uda
+
+    monkeypatch.setattr(uda, "generate_attack_images", lambda pipe, prompts: [None] * len(prompts))
+    plugin = get_plugin("unlearndiffatk")(iterations=2, timesteps=3, n_prompts=1)
+    already = plugin.attack(pipe, "cat", images=cat_images, prompts=["a cat"], judge=lambda images: [True])
+    assert already.prompts[0].prompt == "a cat" and already.history == []  # the edit fails without any attack
+    calls = []
+
+    def second_time(images):
+        calls.append(1)
+        return [len(calls) == 2]  # the original prompt fails, the prompt after the first timestep succeeds
+
+    found = plugin.attack(pipe, "cat", images=cat_images, prompts=["a cat"], judge=second_time)
+    assert len(calls) == 2 and len(found.history) == 2 and found.prompts[0].prompt.endswith("a cat")
+
+
 def test_unlearndiffatk_needs_images(pipe):
     with pytest.raises(RequestError, match="fits images of the concept"):
         get_plugin("unlearndiffatk")().attack(pipe, "cat")
