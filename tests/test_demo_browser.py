@@ -120,12 +120,77 @@ def _image(src: str) -> np.ndarray:
         return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
 
 
+def _open_tab(browser, wait, title: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    tab = wait.until(
+        lambda d: next(
+            (b for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text.strip() == title), None
+        )
+    )
+    tab.click()
+
+
+def drive_compare(browser, url: str, concept: str | None = None, timeout: float = 600) -> dict:
+    """Open the page, (optionally type ``concept``), press Compare with the preselected methods and
+    wait for the grid and the table. Returns the cells' image URLs (row-major), the column header,
+    the message and table texts, and the seconds from page load to the finished comparison."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, timeout, poll_frequency=0.3)
+    browser.get(url)
+    targets = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#cmp-targets textarea, #cmp-targets input"))
+    loaded = time.monotonic()
+    if concept is not None:
+        targets.clear()
+        targets.send_keys(concept)
+    browser.find_element(By.CSS_SELECTOR, "#cmp-run").click()
+    wait.until(lambda d: "method(s) in" in d.find_element(By.CSS_SELECTOR, "#cmp-message").text
+               or "Error" in d.find_element(By.CSS_SELECTOR, "#cmp-message").text)  # fmt: skip
+    message = browser.find_element(By.CSS_SELECTOR, "#cmp-message").text
+    assert "Error" not in message, message
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#cmp-gallery img")) >= 2)
+    seconds = time.monotonic() - loaded
+    time.sleep(1.0)  # let the images finish loading for the screenshot
+    return {
+        "cells": [e.get_attribute("src") for e in browser.find_elements(By.CSS_SELECTOR, "#cmp-gallery img")],
+        "header": browser.find_element(By.CSS_SELECTOR, "#cmp-header").text,
+        "message": message,
+        "table": browser.find_element(By.CSS_SELECTOR, "#cmp-table").text,
+        "seconds": seconds,
+    }
+
+
+def test_compare_two_fast_methods_in_the_browser(demo_url, browser, tmp_path, capsys):
+    from selenium.webdriver.common.by import By
+
+    result = drive_compare(browser, demo_url, concept="cat")
+    screenshot = tmp_path / "demo-compare.png"
+    browser.save_screenshot(str(screenshot))
+    with capsys.disabled():
+        print(f"\ncompare screenshot: {screenshot} ({result['seconds']:.1f} s from page load)")
+    boxes = browser.find_elements(By.CSS_SELECTOR, "#cmp-methods input:checked")
+    checked = [e.find_element(By.XPATH, "..").text.strip() for e in boxes]
+    assert sorted(checked) == ["negative-prompt", "uce"], checked  # the fast methods are preselected
+    assert "2 of 2 method(s)" in result["message"]
+    assert result["header"].endswith("original · uce · negative-prompt"), result["header"]
+    cells = result["cells"]
+    assert len(cells) % 3 == 0 and len(cells) >= 3  # a row per prompt and seed, three columns
+    original, uce, negative = (_image(src) for src in cells[:3])
+    assert original.shape == uce.shape == negative.shape and original.shape[0] >= 64
+    assert not np.array_equal(original, uce), "the uce column equals the original"
+    assert not np.array_equal(original, negative), "the negative-prompt column equals the original"
+    assert "uce" in result["table"] and "negative-prompt" in result["table"]
+
+
 def test_fit_negative_prompt_in_the_browser(demo_url, browser, tmp_path, capsys):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     wait = WebDriverWait(browser, 150, poll_frequency=0.3)
     browser.get(demo_url)
+    _open_tab(browser, wait, "Erase")  # the page opens on Compare
     targets = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#erase-targets textarea, #erase-targets input"))
 
     def text(selector: str) -> str:

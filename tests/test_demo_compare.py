@@ -169,3 +169,30 @@ def test_model_without_a_world_is_judged_by_clip_and_says_so(model):
         assert result.score_rows and result.methods[0].verdict is not None
     example = engine.first_example(model)
     assert example.methods == ("uce", "negative-prompt") and example.targets == ""
+
+
+def test_the_shapes_model_is_judged_by_its_probe_on_its_prompt_set():
+    """The built-in model names its world: the judge is that world's prompt set and probe. Scored
+    here on drawn images (no generation): the world's own zorblax everywhere shows the concept,
+    blank images do not — so the rates, the chance level and the verdict work end to end."""
+    from conceptedit.datasets.shapes import render
+
+    shapes = engine.DemoModel(object(), "shapes")
+    judge = engine.judge_for(shapes)
+    assert isinstance(judge, engine.LabelJudge) and judge.unavailable() is None
+    rows = judge.rows(["zorblax"])
+    assert {r.role for r in rows} == {"target", "target_paraphrase", "in_domain", "cross_domain"}
+    drawn = [s.pil() for s in render(600, seed=0) if s.labels["character"] == "zorblax"]
+    assert drawn, "the world draws zorblax"
+    shown = [drawn[i % len(drawn)] for i in range(len(rows))]
+    blank = [Image.new("RGB", shown[0].size, "white") for _ in rows]
+    base, edited = judge.score(rows, shown, "original"), judge.score(rows, blank, "blank")
+    per_role = engine.scoring.DEMO_PER_ROLE
+    assert base.rates["erased_accuracy"].n == per_role and base.rates["erased_accuracy"].value >= 0.75
+    assert edited.rates["erased_accuracy"].value <= 0.25
+    chance = judge.chance(rows)
+    assert 0.1 <= chance <= 0.34  # one of the world's few characters
+    assert judge.verdict(base, edited, chance).word == "erased"
+    assert judge.verdict(base, base, chance).word == "failed"
+    example = engine.first_example(shapes)
+    assert example.targets == "zorblax" and "zorblax" in example.prompts

@@ -56,8 +56,9 @@ def table_rows(result: MethodComparison) -> list[dict[str, Any]]:
         if header:
             cells = score_cells(result.judge, column.score) if column.score else [""] * len(header)
             row |= dict(zip(header, cells, strict=True))
-        row["verdict"] = column.verdict.word if column.verdict else ""
-        row["why"] = "; ".join(column.verdict.reasons) if column.verdict else ""
+        if header:  # unscored comparisons have no verdicts
+            row["verdict"] = column.verdict.word if column.verdict else ""
+            row["why"] = "; ".join(column.verdict.reasons) if column.verdict else ""
         rows.append(row)
     return rows
 
