@@ -49,11 +49,11 @@ from conceptedit.datasets.shapes import WORLD, prompt_for
 from conceptedit.datasets.shapes.erasure import chance_level
 from conceptedit.datasets.shapes.probe_metric import ProbeAccuracy
 from conceptedit.datasets.shapes.prompt_sets import ATTRIBUTE_SETS, concept_family, erasure_prompt_set
+from conceptedit.eval.verdicts import wilson
 from conceptedit.generation import generate
 from conceptedit.loading import load_pipeline
 from conceptedit.plugin import Request
 from conceptedit.registry import get_plugin
-from conceptedit.stats import wilson_interval
 from conceptedit.toolkit import parse_overrides
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -147,7 +147,7 @@ def score(metric: ProbeAccuracy, rows: list[dict[str, Any]], images: list[Any]) 
     for name, values in counts.items():
         if values:
             k, n = int(sum(values)), len(values)
-            lo, hi = wilson_interval(k, n)
+            lo, hi = wilson(k, n)
             out[name] = {"rate": round(k / n, 4), "k": k, "n": n, "ci95": [round(lo, 4), round(hi, 4)]}
     return out
 
@@ -240,7 +240,10 @@ def add_goals(record: dict[str, Any]) -> None:
             continue
         a = entry["after"]
         rate = lambda d, k: d.get(k, {}).get("rate")  # noqa: E731
+        base = record["base"]
         goals = {
+            # untestable when the original model does not show the concept through the other words either
+            "residue_testable": (rate(base, "residue") or 0) > chance + 0.10,
             "residue_le_chance_plus_0.10": rate(a, "residue") is not None and rate(a, "residue") <= chance + 0.10,
             "erased_le_chance_plus_0.10": rate(a, "erased") is not None and rate(a, "erased") <= chance + 0.10,
         }

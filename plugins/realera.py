@@ -309,11 +309,11 @@ class RealEraPlugin(Plugin):
         if cfg.lora_steps:
             t0 = time.perf_counter()
             progress(0.15, "LoRA stage: generating concept latents")
-            lora, losses = self._lora_stage(
+            lora, losses, seconds["lora_latents"] = self._lora_stage(
                 pipe, deltas, NoiseAlignmentData(sequences, rows, anchor_seqs, neighbours, beyond, torch.empty(0)),
                 prompts, gen, progress,
             )  # fmt: skip
-            seconds["lora"] = time.perf_counter() - t0
+            seconds["lora"] = time.perf_counter() - t0 - seconds["lora_latents"]
 
         manifest = self.manifest(
             "realera",
@@ -353,12 +353,15 @@ class RealEraPlugin(Plugin):
         prompts: list[str],
         gen: torch.Generator,
         progress: Progress,
-    ) -> tuple[dict[str, torch.Tensor], list[float]]:
-        """LoRA factors trained on a copy of the UNet with the closed-form delta added."""
+    ) -> tuple[dict[str, torch.Tensor], list[float], float]:
+        """LoRA factors trained on a copy of the UNet with the closed-form delta added, the losses, and the
+        seconds spent generating the concept latents."""
         cfg = self.config
         device = pipe.unet.device
         per = max(1, -(-cfg.n_images // len(prompts)))
+        t0 = time.perf_counter()
         data.latents = torch.cat([concept_latents(pipe, p, per, cfg.seed + i) for i, p in enumerate(prompts)])
+        latent_seconds = time.perf_counter() - t0
         data.sequences = [s.to(device) for s in data.sequences]
         data.anchor_sequences = [s.to(device) for s in data.anchor_sequences]
         student = trainable_copy(pipe.unet).to(device)
@@ -379,4 +382,4 @@ class RealEraPlugin(Plugin):
             student, pipe.unet, scheduler, data, trainable.parameters, cfg.lora_steps, cfg.lora_lr,
             cfg.lora_regularisation, gen, report,
         )  # fmt: skip
-        return lora_tensors_from_peft(student, "unet"), losses
+        return lora_tensors_from_peft(student, "unet"), losses, latent_seconds

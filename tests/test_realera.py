@@ -165,7 +165,7 @@ def test_realera_artifact_round_trip_and_exact_removal(tiny_pipe, tmp_path):
     assert_same_state(before, full_state(tiny_pipe))  # fit leaves the pipeline as it was
     assert isinstance(edit, RealEraEdit) and edit.manifest.plugin == "realera"
     assert edit.delta.tensors and edit.lora is not None and edit.lora.modules
-    assert set(edit.manifest.extra["stage_seconds"]) == {"mining", "closed_form", "lora"}
+    assert set(edit.manifest.extra["stage_seconds"]) == {"mining", "closed_form", "lora_latents", "lora"}
     assert edit.manifest.extra["n_neighbours_mined"] == 8
 
     edit.save(tmp_path / "re")
