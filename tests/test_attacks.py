@@ -119,8 +119,8 @@ def test_ring_a_bell_search_moves_the_prompt_towards_the_concept_target(pipe):
     result = plugin.attack(pipe, "cat", seed=0)
     assert_same_state(before, full_state(pipe))
     history = result.history
-    assert len(history) == 25 and all(b <= a for a, b in zip(history, history[1:], strict=False))
-    assert history[-1] < history[0]
+    # mutation reaches the kept half too (as in the reference), so the best need not improve every generation
+    assert len(history) == 25 and history[-1] < history[0] and min(history) < history[0]
     # the fitness is the distance to E(p) + η·c: the best start scores it, the search lowers it
     target = embed_texts(pipe, ["a picture of cat"])[0] + 3.0 * concept_vector(pipe, default_pairs("cat", ""))
     search = GeneticSearch(pipe, target, plugin.config, random.Random(0))
