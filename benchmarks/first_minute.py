@@ -73,6 +73,8 @@ def main() -> None:
         result = drive_compare(driver, url, concept=args.concept, timeout=args.timeout)
         total = time.monotonic() - start
         if args.screenshot:
+            driver.set_window_size(1400, 1900)  # the grid and the scored table in one picture
+            time.sleep(1.0)
             Path(args.screenshot).parent.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(args.screenshot)
     finally:

@@ -388,12 +388,12 @@ def test_app_tabs_follow_the_registry(fake_plugins, model):
         return [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
 
     demo = build_app(model)
-    assert tab_labels(demo) == ["Erase", "Inspect", "Edit an image", "Analyze"]
+    assert tab_labels(demo) == ["Compare", "Erase", "Inspect", "Edit an image", "Analyze"]
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"edit-fake-image-edit-strength", "analyze-fake-analysis-rows", "erase-negative-prompt-mode"} <= ids
     # Everything that runs the model shares one queue slot (default concurrency limit 1).
     heavy = {fn.api_name: fn for fn in demo.fns.values() if fn.concurrency_id == "model"}
-    assert {"fit", "compare", "save", "load", "edit_image", "analyze"} <= set(heavy)
+    assert {"fit", "compare", "compare_methods", "save", "load", "edit_image", "analyze"} <= set(heavy)
     assert all(fn.concurrency_limit == "default" for fn in heavy.values())
     assert demo._queue.default_concurrency_limit == 1
 
@@ -405,7 +405,7 @@ def test_edit_and_analyze_tabs_appear_only_with_such_plugins(model):
 
     demo = build_app(model)
     labels = [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
-    expected = ["Erase", "Inspect"]
+    expected = ["Compare", "Erase", "Inspect"]
     expected += ["Edit an image"] if engine.plugins_of("edit") else []
     expected += ["Analyze"] if engine.plugins_of("analyze") else []
     assert labels == expected

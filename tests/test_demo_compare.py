@@ -196,3 +196,14 @@ def test_the_shapes_model_is_judged_by_its_probe_on_its_prompt_set():
     assert judge.verdict(base, base, chance).word == "failed"
     example = engine.first_example(shapes)
     assert example.targets == "zorblax" and "zorblax" in example.prompts
+
+
+def test_the_page_opens_on_compare_with_the_fast_methods_preselected(model):
+    pytest.importorskip("gradio")
+    from conceptedit.demo.ui import build_app
+
+    demo = build_app(model)
+    by_id = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    assert by_id["cmp-methods"].value == ["uce", "negative-prompt"]
+    assert by_id["erase-plugin"].value == "uce"  # the Erase tab too starts on the fast method
+    assert by_id["cmp-seeds"].value == "0"

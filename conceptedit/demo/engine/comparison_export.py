@@ -66,7 +66,11 @@ def table_rows(result: MethodComparison) -> list[dict[str, Any]]:
 def table_markdown(result: MethodComparison) -> str:
     from .tables import markdown_table
 
-    parts = [markdown_table(table_rows(result))]
+    rows = table_rows(result)
+    parts = [markdown_table([{k: v for k, v in row.items() if k != "why"} for row in rows])]
+    reasons = [f"- **{row['method']}** — {row['verdict']}: {row['why']}" for row in rows if row.get("why")]
+    if reasons:
+        parts.append("\n".join(reasons))
     if result.judge is not None and result.score_rows:
         chance = f"chance level {result.chance:.2f} · " if result.chance is not None else ""
         parts.append(
