@@ -270,3 +270,24 @@ def test_defaults_are_documented_values():
     cfg = get_plugin("realera")().config
     assert (cfg.max_distance, cfg.min_cos, cfg.max_cos, cfg.n_neighbours) == (0.75, 0.8, 0.95, 16)
     assert cfg.anchor == "" and cfg.lamb == 0.5 and cfg.lora_rank == 4
+
+
+def test_lora_stage_aligns_the_concept_prediction_with_the_anchor(tiny_pipe):
+    """The LoRA stage alone (no closed form) brings the concept prompt's noise prediction towards the
+    anchor's (the original model's on ``""``), at noise and timesteps it never saw."""
+    cfg = dict(FAST, closed_form=False, lora_steps=40, lora_lr=2e-2, n_neighbours=4, lora_regularisation=0.0)
+    edit = get_plugin("realera")(cfg).fit(tiny_pipe, Request(targets=["cat"]))
+    seq, _ = encode_concept(tiny_pipe, "cat")
+    anchor, _ = encode_concept(tiny_pipe, "")
+    g = torch.Generator().manual_seed(123)
+    x, t = torch.randn(4, 4, 8, 8, generator=g), torch.tensor([50, 300, 600, 900])
+
+    def eps(cond: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return tiny_pipe.unet(x, t, encoder_hidden_states=cond.expand(4, -1, -1)).sample
+
+    target = eps(anchor)
+    before = float((eps(seq) - target).pow(2).mean())
+    with edit.apply(tiny_pipe):
+        after = float((eps(seq) - target).pow(2).mean())
+    assert after < 0.5 * before, (after, before)
