@@ -6,8 +6,10 @@ prints one JSON object: seconds until the server answers, until the page is usab
 page load to the finished comparison, plus the table's text. ``--screenshot PATH`` saves the page
 (the README's picture: ``python benchmarks/first_minute.py --screenshot docs/demo.png``).
 
-Needs chromium, chromium-driver and selenium (as ``tests/test_demo_browser.py``). Runs about a
-minute on an idle 2-core machine; the CPU count and load average are printed with the figures.
+``--engine-only`` runs the same comparison in-process (no server, no browser) and adds CPU seconds,
+which depend less on other load than wall time. Needs chromium, chromium-driver and selenium (as
+``tests/test_demo_browser.py``) unless ``--engine-only``. The CPU count and load average are printed
+with the figures; on 2 cores shared with a training run (load average ~10) the whole run took 3 min.
 """
 
 from __future__ import annotations
@@ -25,13 +27,55 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
+def engine_only(model: str | None) -> dict:
+    """The example's comparison in this process, without server or browser: wall and CPU seconds
+    (CPU time depends less on other load than wall time does)."""
+    import resource
+
+    from conceptedit.demo import engine
+    from conceptedit.toolkit import DEFAULT_MODEL
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    start = time.monotonic()
+    demo_model = engine.DemoModel.load(model or DEFAULT_MODEL, device="cpu")
+    loaded, loaded_cpu = time.monotonic(), cpu()
+    example = engine.first_example(demo_model)
+    result = engine.compare_methods(
+        demo_model,
+        engine.CompareCache(),
+        example.targets,
+        list(example.methods),
+        example.preserve,
+        example.prompts,
+        example.seeds,
+    )
+    done, done_cpu = time.monotonic(), cpu()
+    return {
+        "model": model or DEFAULT_MODEL,
+        "torch_threads": __import__("torch").get_num_threads(),
+        "load_s": round(loaded - start, 1),
+        "compare_wall_s": round(done - loaded, 1),
+        "compare_cpu_s": round(done_cpu - loaded_cpu, 1),
+        "images": sum(len(c.images) for c in result.columns) + len(result.score_rows) * len(result.columns),
+        "verdicts": {c.label: c.verdict.word if c.verdict else c.error for c in result.methods},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="load_pipeline source (default: the demo's default model)")
     parser.add_argument("--screenshot", default=None, help="save the page after the comparison to this PNG")
     parser.add_argument("--concept", default=None, help="type this concept instead of the example's")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--engine-only", action="store_true", help="time the comparison in-process (no browser)")
     args = parser.parse_args()
+    if args.engine_only:
+        figures = engine_only(args.model)
+        print(json.dumps({**figures, "cpus": os.cpu_count(), "load_average": os.getloadavg()}, indent=2))
+        return
 
     from test_demo_browser import CHROME_ARGS, CHROMEDRIVER, CHROMIUM, _free_port, drive_compare
 

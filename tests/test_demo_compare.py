@@ -207,3 +207,28 @@ def test_the_page_opens_on_compare_with_the_fast_methods_preselected(model):
     assert by_id["cmp-methods"].value == ["uce", "negative-prompt"]
     assert by_id["erase-plugin"].value == "uce"  # the Erase tab too starts on the fast method
     assert by_id["cmp-seeds"].value == "0"
+
+
+def test_a_model_that_ships_a_clip_is_scored_by_clip_score_and_never_called_erased(tmp_path_factory, tiny_model_dir):
+    import shutil
+
+    from test_eval_clip_metrics import save_tiny_clip
+
+    from conceptedit.loading import load_pipeline
+
+    folder = tmp_path_factory.mktemp("with_clip") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    save_tiny_clip(folder / "clip")
+    settings = json.loads((folder / "conceptedit.json").read_text())
+    (folder / "conceptedit.json").write_text(json.dumps({**settings, "files": {"clip": "clip"}}))
+    clip_model = engine.DemoModel(load_pipeline(str(folder), device="cpu"), str(folder))
+    result = engine.compare_methods(
+        clip_model, engine.CompareCache(), "cat", ["negative-prompt"], preserve="dog", prompts="a cat", **FAST
+    )
+    assert isinstance(result.judge, engine.ClipJudge) and not result.unscored
+    base = result.original.score.means
+    assert set(base) == {"target", "target_paraphrase", "in_domain", "cross_domain"} and base["target"][3] == 2
+    assert all(0 <= m <= 100 and lo <= m <= hi for m, lo, hi, _ in base.values())
+    assert result.methods[0].verdict.word in {"partial", "failed", "damaging"}
+    record = engine.table_json(result)["columns"][1]["scores"]
+    assert record["clip_target"]["n"] == 2 and "CLIP" in engine.table_markdown(result)

@@ -26,7 +26,7 @@ from typing import Any
 from PIL import Image
 
 from conceptedit.eval.prompts import PromptRow
-from conceptedit.eval.verdicts import RETAIN_BUCKETS, RULE, Rate, Verdict, chance_from_rows, verdict, wilson
+from conceptedit.eval.verdicts import RULE, Rate, Verdict, chance_from_rows, verdict
 
 from .model import DemoModel
 
@@ -332,6 +332,4 @@ __all__ = [
     "score_cells",
     "score_header",
     "score_record",
-    "wilson",
-    "RETAIN_BUCKETS",
 ]
