@@ -48,6 +48,15 @@ def test_generate_refuses_bad_numbers_before_loading(tmp_path, extra, word):
     assert not (tmp_path / "out").exists()
 
 
+def test_generate_refuses_a_bad_seed_even_when_every_csv_row_has_its_own(tmp_path):
+    csv = tmp_path / "prompts.csv"
+    csv.write_text("prompt,evaluation_seed\na cat,3\n")
+    message = cli_error("generate", "-m", tmp_path / "no-model", "--prompts-csv", csv, "-o", tmp_path / "out",
+                        "--seed", "-1")  # fmt: skip
+    assert "seed" in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_generate_out_that_is_a_file_is_refused_and_kept(tmp_path):
     target = tmp_path / "notes.txt"
     target.write_text("keep me")

@@ -72,8 +72,9 @@ def generate_command(
     from conceptedit.eval.prompts import read_prompt_csv
     from conceptedit.generation import check_request, write_images
     from conceptedit.loading import load_pipeline
-    from conceptedit.validate import check_generation_settings
+    from conceptedit.validate import check_generation_settings, check_seed
 
+    check_seed(seed, "--seed")  # even when every CSV row has its own seed: a bad value is never silent
     rows = [(p, seed, i) for i, p in enumerate(prompt or [])]
     if prompts_csv is not None:
         rows += [(r.prompt, r.evaluation_seed, r.case_number) for r in read_prompt_csv(prompts_csv, default_seed=seed)]
