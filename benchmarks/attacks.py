@@ -13,7 +13,9 @@ the prompts naming the concept (the images the white-box attacks fit, same seeds
 attack prompts on the unedited model (sanity: they should show the concept); attack cost in seconds
 per prompt on this machine. One JSON document goes to stdout and ``benchmarks/results/attacks.json``.
 
-    python benchmarks/attacks.py                      # small budgets; ~10 min on a loaded 2-core machine
+    python benchmarks/attacks.py                      # small budgets, n = 6: 24 min on 2 cores shared with a
+                                                      # training run (load ~9); about a third of that alone
+    python benchmarks/attacks.py --n 2 --set esd.iterations=5    # a smoke run (~6 min loaded)
     python benchmarks/attacks.py --model path/to/v2 --n 16 --set unlearndiffatk.timesteps=50
 
 Budgets are far below the papers' (Ring-A-Bell 200 × 3,000, UnlearnDiffAtk 50 × 40 steps, concept
