@@ -15,7 +15,8 @@ per prompt on this machine. One JSON document goes to stdout and ``benchmarks/re
 
     python benchmarks/attacks.py                      # small budgets, n = 6: 24 min on 2 cores shared with a
                                                       # training run (load ~9); about a third of that alone
-    python benchmarks/attacks.py --n 2 --set esd.iterations=5    # a smoke run (~6 min loaded)
+    python benchmarks/attacks.py --n 2 --set esd.iterations=5 --set ring-a-bell.generations=5 \
+        --set unlearndiffatk.timesteps=1 --set soft-prompt.steps=5     # a smoke run: 6 min loaded
     python benchmarks/attacks.py --model path/to/v2 --n 16 --set unlearndiffatk.timesteps=50
 
 Budgets are far below the papers' (Ring-A-Bell 200 × 3,000, UnlearnDiffAtk 50 × 40 steps, concept
