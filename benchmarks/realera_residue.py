@@ -18,7 +18,8 @@ machine's CPU.
 Runs (``--runs``, comma-separated; ``LABEL`` or ``LABEL:PLUGIN``): ``realera`` (paper defaults as
 implemented), ``realera-no-mining`` (``n_neighbours=0``), ``realera-no-reg`` (no beyond-concept terms),
 ``realera-no-lora`` (``lora_steps=0``), ``uce`` (defaults, the same target word), ``esd`` (defaults;
-200 iterations, minutes per concept on CPU, so not in the default list). ``--set LABEL.KEY=VALUE``
+200 iterations: did not finish within 10 minutes for one concept on the loaded 2-core machine, so not in
+the default list). ``--set LABEL.KEY=VALUE``
 overrides a run's config (recorded in the JSON).
 
 Goals (issue 14): residue ≤ chance + 0.10 while UCE leaves more; erased ≤ chance + 0.10; in-domain
