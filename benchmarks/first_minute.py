@@ -2,8 +2,8 @@
 
 Starts the demo (default: the built-in shapes model, on CPU), opens it in headless Chromium, presses
 **Compare** on the ready example (nothing typed), waits for the grid and the scored table, and
-prints one JSON object: seconds until the server answers, until the page is usable, and from the
-page load to the finished comparison, plus the table's text. ``--screenshot PATH`` saves the page
+prints one JSON object: seconds until the server answers, and from the page load to the grid (shown
+first) and to the scored table, plus the table's text. ``--screenshot PATH`` saves the page
 (the README's picture: ``python benchmarks/first_minute.py --screenshot docs/demo.png``).
 
 ``--engine-only`` runs the same comparison in-process (no server, no browser) and adds CPU seconds,
@@ -136,7 +136,8 @@ def main() -> None:
                 "cpus": os.cpu_count(),
                 "load_average": os.getloadavg(),
                 "seconds_to_server": round(served, 1),
-                "seconds_page_load_to_comparison": round(result["seconds"], 1),
+                "seconds_page_load_to_grid": round(result["seconds_to_grid"], 1),
+                "seconds_page_load_to_scored_table": round(result["seconds"], 1),
                 "seconds_app_start_to_comparison": round(total, 1),
                 "message": result["message"],
                 "columns": result["header"],

@@ -7,6 +7,8 @@ success."""
 from __future__ import annotations
 
 import tempfile
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
@@ -89,6 +91,24 @@ def compare_tab(model: DemoModel, settings: dict[str, Any]) -> None:
             table = gr.Markdown(elem_id="cmp-table")
             files = gr.File(label="Download: grid (PNG), table (CSV, JSON)", file_count="multiple", elem_id="cmp-files")
 
+    def outputs(result: MethodComparison, started: float, scoring: bool) -> list[Any]:
+        shown = [c for c in result.columns if c.ok]
+        errors = [f"**{c.label}** failed: {c.error}" for c in result.columns if c.error]
+        seconds = time.perf_counter() - started
+        done = f"{len(result.methods) - len(errors)} of {len(result.methods)} method(s) in {seconds:.1f} s"
+        state = "scoring every column …" if scoring else ("scored" if result.score_rows else "not scored")
+        summary = ok(f"{done}; {len(result.prompts)} prompt(s) × {len(result.seeds)} seed(s); {state}")
+        head = "Columns, left to right: " + " · ".join(f"**{c.label}**" for c in shown)
+        paths = engine.export(result, tempfile.mkdtemp(prefix="conceptedit-compare-"))
+        table_text = "_Scoring: the same prompts and seeds in every column …_" if scoring else None
+        return [
+            "\n\n".join([summary, *errors]),
+            head,
+            gr.update(value=gallery_items(result), columns=len(shown)),
+            table_text or engine.table_markdown(result),
+            [str(p) for p in paths],
+        ]
+
     def run(
         target_text: str,
         preserve_text: str,
@@ -100,8 +120,12 @@ def compare_tab(model: DemoModel, settings: dict[str, Any]) -> None:
         guidance_value: Any,
         score_value: bool,
         progress: gr.Progress = gr.Progress(),
-    ) -> list[Any]:
-        def call(**kwargs: Any) -> MethodComparison:
+    ) -> Iterator[list[Any]]:
+        """Two steps: the grid first (fits and a few images), then the scored table (cached fits and
+        grid images; only the scoring images are generated)."""
+        started = time.perf_counter()
+
+        def call(score: bool, **kwargs: Any) -> MethodComparison:
             names = engine.parse_methods(method_names, folder_text)
             return engine.compare_methods(
                 model,
@@ -113,26 +137,22 @@ def compare_tab(model: DemoModel, settings: dict[str, Any]) -> None:
                 seed_text,
                 steps_value,
                 guidance_value,
-                score=score_value,
+                score=score,
                 **kwargs,
             )
 
-        result, error = run_action("comparison", call, progress=progress)
+        result, error = run_action("comparison", call, False, progress=progress)
         if error:
-            return failed(error, 5)
-        shown = [c for c in result.columns if c.ok]
-        errors = [f"**{c.label}** failed: {c.error}" for c in result.columns if c.error]
-        done = f"{len(result.methods) - len(errors)} of {len(result.methods)} method(s) in {result.seconds:.1f} s"
-        summary = ok(f"{done}; {len(result.prompts)} prompt(s) × {len(result.seeds)} seed(s)")
-        head = "Columns, left to right: " + " · ".join(f"**{c.label}**" for c in shown)
-        paths = engine.export(result, tempfile.mkdtemp(prefix="conceptedit-compare-"))
-        return [
-            "\n\n".join([summary, *errors]),
-            head,
-            gr.update(value=gallery_items(result), columns=len(shown)),
-            engine.table_markdown(result),
-            [str(p) for p in paths],
-        ]
+            yield failed(error, 5)
+            return
+        yield outputs(result, started, scoring=score_value)
+        if not score_value:
+            return
+        result, error = run_action("scoring", call, True, progress=progress)
+        if error:
+            yield failed(error, 5)
+            return
+        yield outputs(result, started, scoring=False)
 
     button.click(
         run,
