@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from conceptedit.sae.base import SAE, SparseCodes, TrainOut, register_sae
-from conceptedit.sae.kernels import matching_pursuit_select
+from conceptedit.sparsity.mp import matching_pursuit_select
 
 
 @register_sae("mp")
