@@ -50,6 +50,7 @@ BUILT_IN_ENTRY_POINTS: dict[str, dict[str, str]] = {
     "conceptedit.prompt_sets": {"shapes-erasure": "conceptedit.datasets.shapes.prompt_sets:erasure_prompt_set"},
     "conceptedit.metrics": {"probe": "conceptedit.datasets.shapes.probe_metric:ProbeAccuracy"},
     "conceptedit.word_lists": {"shapes": "conceptedit.datasets.shapes.word_list:word_list"},  # paraphrase attack
+    "conceptedit.image_sets": {"shapes": "conceptedit.datasets.shapes_images:real_images"},  # blindspots
 }
 
 

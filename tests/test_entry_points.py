@@ -1,8 +1,8 @@
 """Other packages plug into every registry through entry points, one mechanism for all
 (``conceptedit.registry.Registry.discover``): plugins, metrics, SAE architectures, built-in models,
-prompt sets and the paraphrase attack's word lists. ``importlib.metadata.entry_points`` is replaced
-by a fake that declares a third-party package's entries; a broken entry is recorded with its error
-and breaks nothing else."""
+prompt sets, the paraphrase attack's word lists and blindspots' image sets.
+``importlib.metadata.entry_points`` is replaced by a fake that declares a third-party package's
+entries; a broken entry is recorded with its error and breaks nothing else."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from conceptedit.errors import BrokenPluginError, ConfigError, ModelLoadError
 from conceptedit.eval.metrics import METRICS, create_metric
 from conceptedit.eval.prompts import BUILTIN_PROMPT_SETS, builtin_prompt_set
 from conceptedit.loading import BUILTIN_MODELS, builtin_model_dir
+from conceptedit.plugins.blindspots import IMAGE_SETS
 from conceptedit.plugins.paraphrase import WORD_LISTS, WordList, find_word_list
 from conceptedit.sae import SAE_ARCHITECTURES, create_sae
 
@@ -30,6 +31,7 @@ DECLARED = {
     "conceptedit.models": {"fake-ep-model": f"{MODULE}:model_dir", "fake-ep-broken": "no_such_module_xyz:X"},
     "conceptedit.prompt_sets": {"fake-ep-set": f"{MODULE}:prompt_set", "fake-ep-broken": "no_such_module_xyz:X"},
     "conceptedit.word_lists": {"fake-ep-words": f"{MODULE}:word_list", "fake-ep-broken": "no_such_module_xyz:X"},
+    "conceptedit.image_sets": {"fake-ep-images": f"{MODULE}:image_set", "fake-ep-broken": "no_such_module_xyz:X"},
 }
 TABLES = {
     "conceptedit.plugins": registry._PLUGINS,
@@ -38,6 +40,7 @@ TABLES = {
     "conceptedit.models": BUILTIN_MODELS,
     "conceptedit.prompt_sets": BUILTIN_PROMPT_SETS,
     "conceptedit.word_lists": WORD_LISTS,
+    "conceptedit.image_sets": IMAGE_SETS,
 }
 
 
@@ -88,6 +91,10 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
                 return WordList(concept, aliases=("zee",)) if concept == "zorblax" else None
 
 
+            def image_set(n, seed):
+                return [], [], []
+
+
             def prompt_set(targets, per_role, seed):
                 return [PromptRow(f"a picture of {{t}}", seed, i) for i, t in enumerate(targets)]
             """
@@ -125,9 +132,11 @@ def test_every_registry_loads_its_entry_point_group(third_party: Path):
     rows = builtin_prompt_set("fake-ep-set")(["zorblax"], 1, 7)
     assert [(r.prompt, r.evaluation_seed) for r in rows] == [("a picture of zorblax", 7)]
     assert find_word_list("fake-ep-words", "zorblax") == WordList("zorblax", aliases=("zee",))
+    assert IMAGE_SETS["fake-ep-images"](1, 0) == ([], [], [])
     # the built-ins are still there: the shapes world registers through the same groups
     assert "probe" in METRICS and "shapes" in BUILTIN_MODELS and "shapes-erasure" in BUILTIN_PROMPT_SETS
     assert "topk" in SAE_ARCHITECTURES and "negative-prompt" in registry._PLUGINS and "shapes" in WORD_LISTS
+    assert "shapes" in IMAGE_SETS
 
 
 def test_a_broken_entry_point_is_reported_by_name(third_party: Path):

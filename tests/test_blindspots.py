@@ -1,0 +1,176 @@
+"""The blind-spot analysis: energy statistics on synthetic codes with planted shifts, the report schema,
+memorisation flags, naming, and bad inputs (plugins/blindspots.py and its helpers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conceptedit.errors import ConceptEditError
+from conceptedit.plugins._blindspots_report import check_schema, write_report
+from conceptedit.plugins._blindspots_stats import (
+    benjamini_hochberg,
+    concept_stats,
+    label_correlations,
+    memorisation_flags,
+)
+
+
+def _energies(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Sparse non-negative per-image energies: each concept present in ~40 % of images."""
+    return rng.gamma(2.0, 1.0, (n, k)) * (rng.random((n, k)) < 0.4)
+
+
+def test_planted_shifts_are_found_with_the_right_sign():
+    rng = np.random.default_rng(0)
+    n, k = 200, 60
+    real = _energies(n, k, rng)
+    gen = _energies(n, k, rng)
+    gen[:, :4] *= 0.15  # suppressed
+    gen[:, 4:7] = _energies(n, 3, rng) * 3.0  # exaggerated
+    stats = concept_stats(real, gen, fdr=0.05, bootstrap=300)
+    labels = [s.label for s in stats]
+    assert labels[:4] == ["suppressed"] * 4
+    assert labels[4:7] == ["exaggerated"] * 3
+    assert sum(lab != "faithful" for lab in labels[7:]) <= 1  # null concepts: at most one false discovery
+    for s in stats[:4]:
+        assert s.delta_high < 0.5 and s.effect < 0 and s.q <= 0.05
+    for s in stats[4:7]:
+        assert s.delta_low > 0.5 and s.effect > 0
+
+
+def test_no_false_positives_under_the_null():
+    """20 data sets with no shift at all: BH at 5 % keeps discoveries rare (global null: P(any) ≤ 5 %)."""
+    discoveries = 0
+    for seed in range(20):
+        rng = np.random.default_rng(100 + seed)
+        real, gen = _energies(120, 80, rng), _energies(120, 80, rng)
+        discoveries += sum(s.label in ("suppressed", "exaggerated") for s in concept_stats(real, gen, bootstrap=0))
+    assert discoveries <= 3
+
+
+def test_bootstrap_interval_covers_the_true_delta():
+    rng = np.random.default_rng(3)
+    covered = 0
+    for _ in range(40):
+        real = rng.exponential(1.0, (150, 1))
+        gen = rng.exponential(1.0 / 3.0, (150, 1))  # true delta = (1/3) / (1 + 1/3) = 0.25
+        (s,) = concept_stats(real, gen, bootstrap=400, seed=int(rng.integers(1 << 30)))
+        covered += s.delta_low <= 0.25 <= s.delta_high
+    assert covered >= 32  # nominal 95 %: 38 of 40; a broken interval covers far less
+
+
+def test_inactive_concepts_are_not_tested():
+    rng = np.random.default_rng(1)
+    real, gen = _energies(50, 5, rng), _energies(50, 5, rng)
+    real[:, 0] = 0
+    gen[:, 0] = 0
+    gen[0, 0] = 1.0
+    stats = concept_stats(real, gen)
+    assert stats[0].label == "inactive" and stats[0].p == 1.0
+
+
+def test_benjamini_hochberg_matches_hand_computation():
+    p = np.array([0.01, 0.04, 0.03, 0.20])
+    # sorted 0.01, 0.03, 0.04, 0.20 -> 0.04, 0.06, 0.0533, 0.20 -> monotone from the top: 0.04, .0533, .0533, .2
+    assert np.allclose(benjamini_hochberg(p), [0.04, 0.05333333, 0.05333333, 0.2])
+
+
+def test_memorisation_flags_near_copies_only():
+    gen_rng = torch.Generator().manual_seed(0)
+    real = torch.randn(100, 16, generator=gen_rng)
+    gen = torch.randn(10, 16, generator=gen_rng)
+    gen[3] = real[42] + 1e-4 * torch.randn(16, generator=gen_rng)
+    flags, nearest, _, _ = memorisation_flags(real, gen, quantile=0.01)
+    assert flags[3] and nearest[3] == 42
+    assert sum(flags) == 1
+
+
+def test_label_correlation_names_the_planted_concept():
+    rng = np.random.default_rng(0)
+    labels = [
+        {"shape": str(rng.choice(["circle", "square", "crescent"])), "halo": bool(rng.random() < 0.3)}
+        for _ in range(90)
+    ]
+    energy = rng.random((90, 3)) * 0.1
+    energy[:, 1] += [row["shape"] == "crescent" for row in labels]
+    energy[:, 2] += [row["halo"] for row in labels]
+    names = label_correlations(energy, labels)
+    assert names[1][0] == "shape=crescent" and names[1][1] > 0.9
+    assert names[2][0] == "halo=True"
+
+
+def _result(n_concepts: int = 4) -> dict:
+    rng = np.random.default_rng(0)
+    stats = concept_stats(_energies(30, n_concepts, rng), _energies(30, n_concepts, rng), bootstrap=50)
+    concepts = [{**s.to_dict(), "top_real_images": [0, 1]} for s in stats]
+    return {
+        "format": "conceptedit.blindspots",
+        "version": 1,
+        "model": "m",
+        "features": "f",
+        "n_images": 30,
+        "sae": {},
+        "counts": {},
+        "concepts": concepts,
+        "memorisation": {"threshold": 0.1, "flagged": [], "pairs": []},
+        "config": {"fdr": 0.05},
+    }
+
+
+def test_report_schema_and_files(tmp_path: Path):
+    result = _result()
+    images = [Image.new("RGB", (8, 8), (i * 20, 0, 0)) for i in range(30)]
+    write_report(result, images, images, tmp_path)
+    back = json.loads((tmp_path / "report.json").read_text())
+    check_schema(back)
+    assert (tmp_path / "report.html").read_text().startswith("<!doctype html>")
+    assert (tmp_path / "delta.png").stat().st_size > 0
+    broken = _result()
+    del broken["concepts"][0]["q"]
+    with pytest.raises(ValueError, match="q"):
+        check_schema(broken)
+    broken = _result()
+    broken["concepts"][1]["label"] = "weird"
+    with pytest.raises(ValueError, match="label"):
+        check_schema(broken)
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path: Path):
+    from conceptedit.plugins.blindspots import check_user_images
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConceptEditError, match="holds no images"):
+        check_user_images([empty], ["a"])
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(folder / f"{i}.png")
+    with pytest.raises(ConceptEditError, match="3 images but 2 captions"):
+        check_user_images([folder], ["a", "b"])
+    with pytest.raises(ConceptEditError, match="caption 2 is empty"):
+        check_user_images([folder], ["a", " ", "c"])
+    with pytest.raises(ConceptEditError, match="pairs"):
+        concept_stats(np.ones((1, 3)), np.ones((1, 3)))
+
+
+def test_cli_mismatch_is_one_error_line(tmp_path: Path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8)).save(folder / f"{i}.png")
+    captions = tmp_path / "c.txt"
+    captions.write_text("one caption\n")
+    args = ["analyze", "blindspots", "--images", str(folder), "--captions", str(captions)]
+    result = subprocess.run([sys.executable, "-m", "conceptedit", *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "error: 2 images but 1 captions" in result.stderr and "Traceback" not in result.stderr
