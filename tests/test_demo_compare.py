@@ -101,6 +101,8 @@ def test_fits_and_images_are_cached(model, monkeypatch):
     assert len(calls) == 2 and all(len(c) for c in calls)  # uce's grid and its scored rows, nothing else
     again = _run(model, cache, ["negative-prompt", "uce"])
     assert cache.fits == 2 and all(c.cached for c in again.methods) and len(calls) == 2
+    assert again.methods[1].fit_seconds == more.methods[1].fit_seconds > 0  # the table keeps the real fit time
+    assert engine.table_rows(again)[2]["status"] == "fitted (cached)"
     for a, b in zip(more.columns, again.columns, strict=True):
         assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a.images, b.images, strict=True))
     assert all(

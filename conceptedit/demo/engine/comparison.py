@@ -62,6 +62,7 @@ class CompareCache:
 
     def __init__(self, max_images: int = MAX_CACHED_IMAGES) -> None:
         self.edits: dict[str, Edit] = {}
+        self.fit_seconds: dict[str, float] = {}  # how long each cached edit took to fit (or load)
         self.images: OrderedDict[str, Image.Image] = OrderedDict()
         self.max_images = max_images
         self.fits = 0  # how many fits actually ran (the rest came from the cache)
@@ -155,6 +156,7 @@ def prepare_column(
     if key in cache.edits:
         column.edit, column.cached = cache.edits[key], True
         column.plugin = column.edit.manifest.plugin
+        column.fit_seconds = cache.fit_seconds.get(key, 0.0)
         return column
     start = time.perf_counter()
     try:
@@ -176,6 +178,7 @@ def prepare_column(
     column.fit_seconds = time.perf_counter() - start
     if column.edit is not None:
         cache.edits[key] = column.edit
+        cache.fit_seconds[key] = column.fit_seconds
     return column
 
 

@@ -46,7 +46,7 @@ def table_rows(result: MethodComparison) -> list[dict[str, Any]]:
         status = (
             "original"
             if column is result.original
-            else (f"error: {column.error}" if column.error else "cached" if column.cached else "fitted")
+            else (f"error: {column.error}" if column.error else "fitted (cached)" if column.cached else "fitted")
         )
         row: dict[str, Any] = {
             "method": column.label,
