@@ -49,12 +49,13 @@ def _degenerate(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     raise AssertionError(kind)
 
 
+@pytest.mark.parametrize("working_set", [None, 4])
 @pytest.mark.parametrize("kind", ["random", "k_gt_d", "duplicates", "zero_signal"])
 @pytest.mark.parametrize(("l1_ratio", "positive"), [(1.0, False), (0.7, False), (1.0, True)])
-def test_elastic_net_matches_sklearn_objective(kind, l1_ratio, positive):
+def test_elastic_net_matches_sklearn_objective(kind, l1_ratio, positive, working_set):
     x, D = _degenerate(kind)
     alpha = 0.01
-    res = elastic_net(x, D, alpha, l1_ratio, positive=positive, tol=1e-10, max_iter=50000)
+    res = elastic_net(x, D, alpha, l1_ratio, positive=positive, tol=1e-10, max_iter=50000, working_set=working_set)
     ours = objective(x, D, res.codes, alpha, l1_ratio).numpy()
     ref = _sk_objective(x, D, alpha, l1_ratio, positive)
     assert res.converged.all()
@@ -66,7 +67,7 @@ def test_elastic_net_matches_sklearn_objective(kind, l1_ratio, positive):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_lasso_float32_and_float64(dtype):
     x, D = _problem(4, 64, 100, 8, dtype)
-    res = lasso(x, D, 0.005, tol=1e-7 if dtype == torch.float32 else 1e-10)
+    res = lasso(x, D, 0.005, tol=1e-7 if dtype == torch.float32 else 1e-10)  # K > 64: working set
     assert res.codes.dtype == dtype and res.codes.shape == (8, 100)
     ref = _sk_objective(x, D, 0.005, 1.0, False)
     np.testing.assert_allclose(objective(x, D, res.codes, 0.005).numpy(), ref, rtol=1e-4)
@@ -158,3 +159,15 @@ def test_bad_inputs_are_one_line_errors(call):
     with pytest.raises(ConceptEditError) as e:
         call(x, D)
     assert "\n" not in str(e.value)
+
+
+def test_working_set_closes_the_gap_without_the_full_fallback():
+    from conceptedit.sparsity.lasso import _working_set
+
+    x, D = _problem(10, 64, 300, 6)
+    codes = torch.zeros(6, 300, dtype=torch.float64)
+    gap, iters = torch.zeros(6, dtype=torch.float64), torch.zeros(6, dtype=torch.long)
+    a1 = 0.01 * 64
+    open_rows = _working_set(x, D, codes, x @ D.T, (x * x).sum(1), a1, 0.0, False, 1e-8, 5000, 8, gap, iters)
+    assert open_rows.numel() == 0 and (codes != 0).sum(1).max() < 64
+    np.testing.assert_allclose(objective(x, D, codes, 0.01).numpy(), _sk_objective(x, D, 0.01, 1.0, False), rtol=1e-4)

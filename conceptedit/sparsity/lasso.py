@@ -119,6 +119,7 @@ def elastic_net(
     max_iter: int = 5000,
     check_every: int = 10,
     init: torch.Tensor | None = None,
+    working_set: int | None = 64,
 ) -> SparseCodes:
     """Minimise scikit-learn's elastic-net objective for each row of ``signals`` (see module doc).
 
@@ -129,6 +130,9 @@ def elastic_net(
         tol: stop a signal when its duality gap (of ``d·f``) is ≤ ``tol·‖y‖²`` (scikit-learn's rule).
         max_iter: FISTA iterations at most; signals not converged by then report ``converged=False``.
         init: optional warm start ``(B, K)``.
+        working_set: first solve on this many atoms per signal (its support plus the atoms whose
+            optimality conditions are most violated), doubling until the full duality gap closes;
+            ``None`` runs FISTA on the whole dictionary from the start.
     """
     x, single = check_problem(signals, dictionary)
     _check_reg(alpha, l1_ratio, tol, max_iter)
@@ -159,10 +163,16 @@ def elastic_net(
     thr = a1 * step
 
     rows = torch.arange(B, device=x.device)
-    w = codes.clone()
+    if working_set is not None and K > working_set:
+        rows = _working_set(
+            x, D, codes, c_all, ynorm2, a1, a2, positive, tol, max_iter, working_set, gap_out, iters_out
+        )
+        if rows.numel() == 0:
+            return _finish(codes, gap_out, iters_out, conv_out, single)
+    w = codes[rows].clone()
     z = w.clone()
-    t = torch.ones(B, 1, dtype=x.dtype, device=x.device)
-    y, c = x, c_all
+    t = torch.ones(rows.numel(), 1, dtype=x.dtype, device=x.device)
+    y, c = x[rows], c_all[rows]
 
     def grad(v: torch.Tensor, y_: torch.Tensor, c_: torch.Tensor) -> torch.Tensor:
         # ∇ of ½‖y − Dᵀv‖² + a2/2‖v‖²  =  (DDᵀ)v − Dy + a2·v
@@ -189,12 +199,111 @@ def elastic_net(
         if done.any():
             codes[rows[done]] = w[done]
             gap_out[rows[done]] = gap[done]
-            iters_out[rows[done]] = it
+            iters_out[rows[done]] += it
             keep = ~done
             rows, w, z, t, y, c = rows[keep], w[keep], z[keep], t[keep], y[keep], c[keep]
             if rows.numel() == 0:
                 break
     return _finish(codes, gap_out, iters_out, conv_out, single)
+
+
+def _working_set(
+    x: torch.Tensor,
+    D: torch.Tensor,
+    codes: torch.Tensor,
+    c: torch.Tensor,
+    ynorm2: torch.Tensor,
+    a1: float,
+    a2: float,
+    positive: bool,
+    tol: float,
+    max_iter: int,
+    m: int,
+    gap_out: torch.Tensor,
+    iters_out: torch.Tensor,
+    max_elems: int = 1 << 24,
+) -> torch.Tensor:
+    """Working-set outer loop (cf. Blitz/Celer): lasso solutions are sparse, so each round solves
+    the problem restricted to m atoms per signal — through their m × m Gram matrix, in float64 —
+    then checks the full duality gap. Fills ``codes`` of converged signals in place; returns the
+    rows still open (handed to full FISTA) once m would make the Gram batch too large."""
+    B, K = codes.shape
+    rows = torch.arange(B, device=x.device)
+    while True:
+        gap = _gap(x[rows], D, codes[rows], a1, a2, positive)
+        gap_out[rows] = gap
+        rows = rows[gap > tol * ynorm2[rows]]
+        if rows.numel() == 0 or int(iters_out[rows].max()) >= max_iter:
+            return rows
+        mm = min(m, K)
+        if rows.numel() * mm * mm > max_elems:
+            return rows
+        wr, cr = codes[rows], c[rows]
+        g = cr - (wr @ D) @ D.T - a2 * wr  # D r − a2 w: the optimality conditions
+        score = g if positive else g.abs()
+        score = torch.where(wr != 0, torch.full_like(score, float("inf")), score)
+        idx = score.topk(mm, dim=1).indices
+        Dw = D[idx]
+        G = torch.bmm(Dw, Dw.transpose(1, 2)).double()
+        sol, n = _fista_gram(
+            G, cr.gather(1, idx).double(), ynorm2[rows], wr.gather(1, idx).double(), a1, a2, positive, 0.1 * tol,
+            max_iter,
+        )  # fmt: skip
+        iters_out[rows] += n
+        codes[rows] = torch.zeros_like(wr).scatter_(1, idx, sol.to(codes.dtype))
+        if mm == K:  # the whole dictionary was the working set: nothing more to add
+            gap_out[rows] = _gap(x[rows], D, codes[rows], a1, a2, positive)
+            return rows[gap_out[rows] > tol * ynorm2[rows]]
+        m *= 2
+
+
+def _fista_gram(
+    G: torch.Tensor,
+    c: torch.Tensor,
+    yy: torch.Tensor,
+    w: torch.Tensor,
+    a1: float,
+    a2: float,
+    positive: bool,
+    tol: float,
+    max_iter: int,
+    check_every: int = 10,
+) -> tuple[torch.Tensor, int]:
+    """FISTA with restart on per-signal Gram problems ``½wᵀGw − cᵀw + ½‖y‖² + a1‖w‖₁ + a2/2‖w‖²``."""
+
+    def mv(v: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(G, v[..., None])[..., 0]
+
+    v = torch.ones_like(c) / c.shape[1] ** 0.5
+    for _ in range(30):  # power iteration for each signal's λmax(G)
+        v = mv(v)
+        v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    lip = 1.02 * (v * mv(v)).sum(1, keepdim=True).clamp_min(1e-300) + a2
+    step = 1.0 / lip
+    thr = a1 * step
+    z, t = w.clone(), torch.ones_like(lip)
+    it = 0
+    for it in range(1, max_iter + 1):
+        u = z - step * (mv(z) - c + a2 * z)
+        w_new = (u - thr).clamp_min(0) if positive else torch.sign(u) * (u.abs() - thr).clamp_min(0)
+        restart = ((z - w_new) * (w_new - w)).sum(1, keepdim=True) > 0
+        t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+        z = w_new + torch.where(restart, torch.zeros_like(t), (t - 1) / t_new) * (w_new - w)
+        t = torch.where(restart, torch.ones_like(t), t_new)
+        w = w_new
+        if it % check_every == 0:
+            Gw = mv(w)
+            wc = (w * c).sum(1)
+            rn2 = (yy - 2 * wc + (w * Gw).sum(1)).clamp_min(0)
+            xta = c - Gw - a2 * w
+            dual = xta.max(1).values if positive else xta.abs().max(1).values
+            const = torch.where(dual > a1, a1 / dual.clamp_min(1e-300), torch.ones_like(dual))
+            const = const if a1 > 0 else torch.ones_like(dual)
+            gap = torch.where(dual > a1, 0.5 * rn2 * (1 + const * const), rn2)
+            gap = gap + a1 * w.abs().sum(1) - const * (yy - wc) + 0.5 * a2 * (1 + const * const) * (w * w).sum(1)
+            if bool((gap <= tol * yy).all()):
+                break
+    return w, it
 
 
 def _gap(y: torch.Tensor, D: torch.Tensor, w: torch.Tensor, a1: float, a2: float, positive: bool) -> torch.Tensor:
@@ -228,6 +337,17 @@ def lasso(
     tol: float = 1e-4,
     max_iter: int = 5000,
     init: torch.Tensor | None = None,
+    working_set: int | None = 64,
 ) -> SparseCodes:
     """``sklearn.linear_model.Lasso(alpha, fit_intercept=False)`` objective: 1/(2d)‖y − Dᵀw‖² + α‖w‖₁."""
-    return elastic_net(signals, dictionary, alpha, 1.0, positive=positive, tol=tol, max_iter=max_iter, init=init)
+    return elastic_net(
+        signals,
+        dictionary,
+        alpha,
+        1.0,
+        positive=positive,
+        tol=tol,
+        max_iter=max_iter,
+        init=init,
+        working_set=working_set,
+    )
