@@ -77,3 +77,17 @@ def test_bad_inputs_are_one_line_errors(call, tmp_path):
     with pytest.raises(ConceptEditError) as e:
         call(_toy(), tmp_path)
     assert "\n" not in str(e.value)
+
+
+def test_shapes_world_ships_stimuli_for_every_concept():
+    from conceptedit.datasets.shapes import WORLD
+    from conceptedit.datasets.shapes.stimuli import STIMULUS_FAMILIES, shapes_stimuli
+    from conceptedit.plugins._colan_core import check_stimuli
+
+    stim = check_stimuli(shapes_stimuli())
+    wanted = {c for f in STIMULUS_FAMILIES for c in WORLD.classes(f)} - {"none"}
+    assert set(stim) == wanted
+    for concept, sents in stim.items():
+        assert len(sents) == 30 and len(set(sents)) >= 10  # characters: one sentence per frame
+        assert all(concept in s.split() for s in sents), concept
+    assert shapes_stimuli() == stim  # seeded: the same dictionary on every machine
