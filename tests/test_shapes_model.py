@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -67,7 +68,8 @@ def test_tokenizer_every_world_word_is_one_token_and_captions_round_trip():
     for s in render(50, seed=4):
         ids = tok(s.caption).input_ids
         assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
-        assert tok.decode(ids, skip_special_tokens=True) == s.caption
+        decoded = tok.decode(ids, skip_special_tokens=True)
+        assert re.sub(r" ([,.!])", r"\1", decoded) == s.caption  # CLIP's decode spaces out punctuation
     assert len(tok.tokenize("an illustration showing a cat")) > 4  # unseen words fall back to pieces
 
 

@@ -326,7 +326,7 @@ WORLD = World(
         ", centered",
         ", digital art",
         ", high quality",
-        ", 4k",
+        ", hd",
         ", simple",
         ", minimal",
         ", flat colours",
