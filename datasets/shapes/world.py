@@ -288,7 +288,7 @@ WORLD = World(
     web_prefixes=(
         "",
         "a painting of",
-        "a close-up of",
+        "a closeup of",
         "art of",
         "a diagram of",
         "a clean render of",
