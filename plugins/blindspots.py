@@ -25,6 +25,7 @@ difference). ``request.targets`` is not used: the analysis covers every concept 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -182,18 +183,22 @@ def _features_store(extractor: Any, images: list[Any], folder: Path, batch_size:
     """Token features of ``images`` into an on-disk activation store (one row per token)."""
     from conceptedit.sae.store import ActivationStore, ShardWriter
 
+    digest = hashlib.sha256()
+    for im in images:
+        digest.update(im.convert("RGB").tobytes())
+    key = f"{extractor.name}|{len(images)}|{digest.hexdigest()}"
     if (folder / "index.json").is_file():
         store = ActivationStore(folder)
-        if store.meta.get("extractor") == extractor.name and store.meta.get("images") == len(images):
+        if store.meta.get("key") == key:
             return store, int(store.meta["tokens"])
-        raise RequestError(f"{folder} holds features of other images; use another --out folder")
+        raise RequestError(f"{folder} holds features of other images or another extractor; use another --out folder")
     writer: Any = None
     tokens = 0
     for s in range(0, len(images), batch_size):
         t = extractor.tokens(images[s : s + batch_size], batch_size)
         tokens = t.shape[1]
         if writer is None:
-            meta = {"extractor": extractor.name, "images": len(images), "tokens": tokens, "model": extractor.name}
+            meta = {"key": key, "images": len(images), "tokens": tokens, "model": extractor.name}
             writer = ShardWriter(folder, t.shape[2], meta=meta)
         img = torch.arange(s, s + t.shape[0]).repeat_interleave(tokens)
         writer.add(t.reshape(-1, t.shape[2]), prompt_id=img, position=torch.arange(tokens).repeat(t.shape[0]))

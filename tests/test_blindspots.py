@@ -136,6 +136,10 @@ def test_report_schema_and_files(tmp_path: Path):
     with pytest.raises(ValueError, match="q"):
         check_schema(broken)
     broken = _result()
+    broken["concepts"][0]["q"] = 1.5
+    with pytest.raises(ValueError, match="q out of range"):
+        check_schema(broken)
+    broken = _result()
     broken["concepts"][1]["label"] = "weird"
     with pytest.raises(ValueError, match="label"):
         check_schema(broken)
@@ -174,3 +178,64 @@ def test_cli_mismatch_is_one_error_line(tmp_path: Path):
     result = subprocess.run([sys.executable, "-m", "conceptedit", *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "error: 2 images but 1 captions" in result.stderr and "Traceback" not in result.stderr
+
+
+def _tiny_model_with_clip(folder: Path) -> Path:
+    """The tiny pipeline saved with a tiny CLIP in ``clip/`` named by conceptedit.json, as v2 ships."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from tests.tiny import save_tiny_pipeline
+
+    save_tiny_pipeline(folder)
+    settings = json.loads((folder / "conceptedit.json").read_text())
+    (folder / "conceptedit.json").write_text(json.dumps({**settings, "files": {"clip": "clip"}}))
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1},
+        vision_config={
+            "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1,
+            "image_size": 16, "patch_size": 4,
+        },
+        projection_dim=16,
+    )  # fmt: skip
+    CLIPModel(config).save_pretrained(folder / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(
+        folder / "clip"
+    )
+    return folder
+
+
+@pytest.mark.slow
+def test_end_to_end_on_the_tiny_model_writes_a_valid_report_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from conceptedit.loading import load_pipeline
+    from conceptedit.plugin import Request
+    from conceptedit.registry import get_plugin
+
+    model = _tiny_model_with_clip(tmp_path / "model")
+    pipe = load_pipeline(str(model), device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "real"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    captions = ["cat" if i % 2 else "red dog" for i in range(12)]
+    values = {"sae_width": 16, "sae_k": 2, "n_archetypes": 16, "train_tokens": 2048, "bootstrap": 50}
+    plugin = get_plugin("blindspots")({**values, "out": str(tmp_path / "out")})
+    report = plugin.fit(pipe, Request(targets=["all"], images=[folder], extra={"captions": captions}))
+    result = json.loads((tmp_path / "out" / "report.json").read_text())
+    check_schema(result)
+    assert result["features"].startswith("clip:") and result["features"].endswith("clip")  # the model's own CLIP
+    assert sum(result["counts"].values()) == 16 == len(result["concepts"])
+    assert len(result["memorisation"]["pairs"]) == 12 and result["captions"] == captions
+    assert report.data["counts"] == result["counts"]
+    cached = sorted((tmp_path / "out" / "cache").rglob("*.png"))
+    assert len(cached) == 12
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated again although every image is cached")
+
+    monkeypatch.setattr("conceptedit.generation.generate", no_generation)
+    again = plugin.fit(pipe, Request(targets=["all"], images=[folder], extra={"captions": captions}))
+    assert sorted((tmp_path / "out" / "cache").rglob("*.png")) == cached  # nothing generated twice
+    assert [c["delta"] for c in again.data["concepts"]] == [c["delta"] for c in result["concepts"]]
