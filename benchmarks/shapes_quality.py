@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from conceptedit.datasets.shapes import WORLD, balanced_world, mentioned, prompt_for
-from conceptedit.eval.probe import Probe, evaluate
+from conceptedit.datasets.shapes.probe import Probe, evaluate
 from conceptedit.loading import load_pipeline
 from conceptedit.pipelines.shapes import default_generation_kwargs, model_dir
 

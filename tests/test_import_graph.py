@@ -18,9 +18,7 @@ from pathlib import Path
 ROOTS = ("conceptedit", "conceptedit.plugins", "conceptedit.pipelines", "conceptedit.datasets")
 SHAPES_WORLD = ("conceptedit.datasets.shapes", "conceptedit.pipelines.shapes", "conceptedit.cli.shapes")
 # Modules allowed to import the shapes world although they are not part of it, each with its reason.
-EXCEPTIONS = {
-    "conceptedit.eval.probe": "compatibility alias for benchmarks/shapes_quality.py until it imports the new path",
-}
+EXCEPTIONS: dict[str, str] = {}
 
 
 def _in_shapes_world(module: str) -> bool:
