@@ -1,0 +1,75 @@
+"""The colan edit plugin on the built-in shapes model: zero-edit reconstruction, transplant, bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conceptedit.datasets.shapes import render
+from conceptedit.errors import ConceptEditError
+from conceptedit.pipelines.shapes import model_images
+from conceptedit.registry import get_plugin
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from conceptedit.loading import load_pipeline
+
+    return load_pipeline("shapes")
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return model_images(np.asarray(render(1, seed=3)[0].pil())[None])[0]
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255**2 / ((a.astype(float) - b.astype(float)) ** 2).mean()))
+
+
+def test_inversion_reconstructs_the_source_at_zero_edit(pipe, image):
+    plugin = get_plugin("colan")()
+    src = plugin.encode(pipe, ["a purple striped star on a black background"])[0]
+    out = plugin.invert_and_regenerate(pipe, image, src, src)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert _psnr(out, image) >= 20.0  # stated tolerance: 20 dB at 20 DDIM steps, no guidance
+
+
+def test_transplant_moves_source_weight_to_target_and_edit_runs(pipe, image):
+    plugin = get_plugin("colan")({"steps": 4})
+    prompt = "a red circle"
+    edited, weights = plugin.transplant(pipe, prompt, "circle", "square")
+    assert weights.get("circle", 0) > 0 and "square" not in weights  # target excluded from the dictionary
+    v = plugin.encode(pipe, [prompt])[0].double()
+    dic = plugin.dictionary(pipe)
+    delta = weights["circle"] * (dic.atoms[dic.index("square")] - dic.atoms[dic.index("circle")])
+    torch.testing.assert_close(edited.double().flatten(), v.flatten() + delta, rtol=1e-5, atol=1e-5)
+    out = plugin.edit_image(pipe, image, prompt, "circle -> square")
+    assert out["image"].shape == image.shape and out["weights"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "img"),
+    [
+        ("triangle2 -> square", None),
+        ("circle -> hexagon", None),
+        ("circle square", None),
+        ("circle -> square", "small"),
+        ("circle -> square", "gray"),
+        ("circle -> square", "float"),
+    ],
+)
+def test_bad_inputs_are_one_line_errors(pipe, image, edit, img):
+    plugin = get_plugin("colan")({"steps": 2})
+    bad = {None: image, "small": image[:16], "gray": image[..., 0], "float": image.astype(np.float32)}[img]
+    with pytest.raises(ConceptEditError) as e:
+        plugin.edit_image(pipe, bad, "a red circle", edit)
+    assert "\n" not in str(e.value)
+
+
+def test_empty_stimulus_file_is_an_error(pipe, tmp_path):
+    (tmp_path / "s.json").write_text("{}")
+    plugin = get_plugin("colan")({"stimuli": str(tmp_path / "s.json")})
+    with pytest.raises(ConceptEditError, match="non-empty"):
+        plugin.dictionary(pipe)
