@@ -239,3 +239,14 @@ def test_end_to_end_on_the_tiny_model_writes_a_valid_report_and_caches(tmp_path:
     again = plugin.fit(pipe, Request(targets=["all"], images=[folder], extra={"captions": captions}))
     assert sorted((tmp_path / "out" / "cache").rglob("*.png")) == cached  # nothing generated twice
     assert [c["delta"] for c in again.data["concepts"]] == [c["delta"] for c in result["concepts"]]
+
+
+def test_feature_extractor_errors_are_one_line():
+    from conceptedit.plugins._blindspots_features import make_extractor
+
+    with pytest.raises(ConceptEditError, match="cannot load DINOv2 'no-such-org/dinov2-xyz'"):
+        make_extractor("dinov2:no-such-org/dinov2-xyz")  # offline: not in the hub cache
+    with pytest.raises(ConceptEditError, match="ships no CLIP"):
+        make_extractor("clip")
+    with pytest.raises(ConceptEditError, match="unknown feature extractor"):
+        make_extractor("resnet")
