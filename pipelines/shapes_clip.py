@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from conceptedit.datasets.shapes import WORLD, render
-from conceptedit.pipelines.shapes_train import _lr as cosine_lr
+from conceptedit.pipelines.shapes_parallel import cosine_lr
 
 CLIP_TEXT_CONFIG = dict(
     hidden_size=128,

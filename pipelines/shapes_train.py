@@ -2,8 +2,7 @@
 
 Stage 0: a CLIP-format BPE tokenizer on the world's captions (seconds).
 Stage 0b: a tiny CLIP, contrastively (:mod:`.shapes_clip`); its text tower becomes the frozen text encoder.
-Stage 1: the VAE (``AutoencoderKL``, 32×32×3 → 8×8×8), MSE + L1 + a tiny KL term (SD's habit);
-stage 1b fine-tunes its decoder. v2 reuses v1's VAE (``vae_from``): the images did not change.
+Stage 1: the VAE (:mod:`.shapes_vae_train`); v2 reuses v1's VAE (``vae_from``): the images did not change.
 Stage 2: the UNet on the FROZEN text encoder (as SD 1.x on CLIP), DDPM ε-prediction on VAE latents
 with min-SNR-γ weighting, 10 % empty captions (the generator's, for classifier-free guidance), EMA
 of the weights, and padding dropout (:func:`drop_padding`) so concepts are read from word tokens.
@@ -11,218 +10,29 @@ Latents come from a pool of encoded generator images; each use draws a fresh lat
 fresh caption.
 
 Everything is seeded. The learning rate follows the larger of step and time progress, so a run cut
-by ``minutes`` still anneals. ``workers`` > 1 runs data-parallel single-thread processes (gloo
-all-reduce of gradients): on a shared CPU, N one-thread processes keep going where one N-thread
-process stalls on its thread barriers.
+by ``minutes`` still anneals. ``workers`` > 1 runs data-parallel single-thread processes
+(:mod:`.shapes_parallel`).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
-import os
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from conceptedit.datasets.shapes import caption_for, render_batch
 from conceptedit.pipelines import shapes as S
+from conceptedit.pipelines.shapes_parallel import average_grads, cosine_lr, run_stage, synced_progress, to_tensor, world
 from conceptedit.pipelines.shapes_tokenizer import save_tokenizer, train_tokenizer
+from conceptedit.pipelines.shapes_vae_train import finetune_decoder, train_vae_only
 
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """World images uint8 (N, H, W, 3) → float (N, 3, r, r) in [-1, 1] at the model's resolution."""
-    images = S.model_images(images)
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def _lr(base: float, progress: float, warmup: float = 0.03, floor: float = 0.05) -> float:
-    if progress < warmup:
-        return base * progress / warmup
-    p = (progress - warmup) / (1 - warmup)
-    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
-
-
-# ------------------------------------------------------------------------------- data parallelism
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _average_grads(params: list[torch.nn.Parameter]) -> None:
-    rank, size = _world()
-    if size == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= size
-    offset = 0
-    for p, g in zip(params, grads, strict=True):
-        n = g.numel()
-        p.grad = flat[offset : offset + n].view_as(p)
-        offset += n
-
-
-def _synced_progress(value: float) -> float:
-    """All ranks take the same learning-rate / stop decision (the slowest clock wins)."""
-    rank, size = _world()
-    if size == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn_entry(rank: int, size: int, port: int, fn_name: str, kwargs: dict) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(kwargs.pop("threads", None) or 1)
-    dist.init_process_group("gloo", rank=rank, world_size=size)
-    try:
-        globals()[fn_name](**kwargs)
-    finally:
-        dist.destroy_process_group()
-
-
-def _run(fn_name: str, workers: int, **kwargs) -> None:
-    if workers <= 1:
-        if kwargs.get("threads"):
-            torch.set_num_threads(kwargs["threads"])
-        kwargs.pop("threads", None)
-        globals()[fn_name](**kwargs)
-        return
-    import torch.multiprocessing as mp
-
-    mp.spawn(_spawn_entry, args=(workers, _free_port(), fn_name, kwargs), nprocs=workers, join=True)
-
-
-# ------------------------------------------------------------------------------------------ stage 1
-def train_vae(vae, steps: int, minutes: float, seed: int, batch: int = 16, lr: float = 1e-3, kl: float = 1e-6):
-    rank, size = _world()
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    params = list(vae.parameters())
-    gen = torch.Generator().manual_seed(seed + 17 * rank)
-    t0 = time.time()
-    bar = tqdm(range(steps), desc="stage 1: vae", dynamic_ncols=True, disable=rank != 0, mininterval=5)
-    log = []
-    step = 0
-    progress = 0.0
-    for step in bar:
-        progress = _synced_progress(max(step / steps, (time.time() - t0) / (60 * minutes)))
-        if progress >= 1:
-            break
-        for g in opt.param_groups:
-            g["lr"] = _lr(lr, progress)
-        images, _, _ = render_batch(batch, seed=seed + 1, start=(step * size + rank) * batch)
-        x = to_tensor(images)
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
-        rec = vae.decode(z).sample
-        loss_rec = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
-        loss_kl = post.kl().mean() / x[0].numel()
-        loss = loss_rec + kl * loss_kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        _average_grads(params)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if step % 20 == 0:
-            bar.set_postfix(rec=f"{loss_rec.item():.4f}", kl=f"{loss_kl.item():.2f}")
-            log.append({"step": step, "rec": round(loss_rec.item(), 5), "kl": round(loss_kl.item(), 4)})
-    done = step + 1 if progress < 1 else step
-    return {"steps": done, "images": done * batch * size, "seconds": round(time.time() - t0, 1), "log": log[-5:]}
-
-
-def _vae_stage(out: str, minutes: float, seed: int, steps: int, batch: int) -> None:
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(**S.VAE_CONFIG)  # same init on every rank
-    report = train_vae(vae, steps, minutes, seed, batch=batch)
-    if _world()[0] == 0:
-        vae.eval().save_pretrained(Path(out) / "vae")
-        (Path(out) / "vae_report.json").write_text(json.dumps(report, indent=2))
-
-
-def train_vae_only(out: str | Path, minutes: float = 10.0, seed: int = 0, steps: int = 100_000, batch: int = 32,
-                   threads: int | None = None, workers: int = 1) -> dict:  # fmt: skip
-    """Stage 1 alone: save ``out/vae`` (reuse with ``train(..., vae_from=out)``)."""
-    Path(out).mkdir(parents=True, exist_ok=True)
-    _run("_vae_stage", workers, out=str(out), minutes=minutes, seed=seed, steps=steps, batch=batch, threads=threads)
-    return json.loads((Path(out) / "vae_report.json").read_text())
-
-
-def _decoder_stage(out: str, vae_from: str, minutes: float, seed: int, steps: int, batch: int, lr: float = 5e-4,
-                   latent_noise: float = 0.1) -> None:  # fmt: skip
-    from diffusers import AutoencoderKL
-
-    rank, size = _world()
-    vae = AutoencoderKL.from_pretrained(Path(vae_from) / "vae")
-    vae.encoder.requires_grad_(False)
-    vae.quant_conv.requires_grad_(False)
-    params = [p for p in vae.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed + 31 * rank)
-    t0 = time.time()
-    bar = tqdm(range(steps), desc="stage 1b: decoder", dynamic_ncols=True, disable=rank != 0, mininterval=5)
-    log = []
-    step, progress = 0, 0.0
-    for step in bar:
-        progress = _synced_progress(max(step / steps, (time.time() - t0) / (60 * minutes)))
-        if progress >= 1:
-            break
-        for g in opt.param_groups:
-            g["lr"] = _lr(lr, progress, warmup=0.01)
-        images, _, _ = render_batch(batch, seed=seed + 5, start=(step * size + rank) * batch)
-        x = to_tensor(images)
-        with torch.no_grad():
-            post = vae.encode(x).latent_dist
-            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
-            z = z + latent_noise * z.std() * torch.randn(z.shape, generator=gen)  # generated latents are imperfect
-        rec = vae.decode(z).sample
-        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        _average_grads(params)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if step % 20 == 0:
-            bar.set_postfix(rec=f"{loss.item():.4f}")
-            log.append({"step": step, "rec": round(loss.item(), 5)})
-        if rank == 0 and step % 200 == 0:
-            vae.eval().save_pretrained(Path(out) / "vae")  # the latest decoder, usable any time
-            vae.train()
-    done = step + 1 if progress < 1 else step
-    if rank == 0:
-        vae.eval().save_pretrained(Path(out) / "vae")
-        seconds = round(time.time() - t0, 1)
-        stage = {"steps": done, "images": done * batch * size, "seconds": seconds, "latent_noise": latent_noise}
-        report = {"decoder_finetune": stage | {"log": log[-5:]}, "from": str(vae_from)}
-        (Path(out) / "vae_report.json").write_text(json.dumps(report, indent=2))
-
-
-def finetune_decoder(out: str | Path, vae_from: str | Path, minutes: float = 30.0, seed: int = 0, steps: int = 100_000,
-                     batch: int = 32, threads: int | None = None, workers: int = 1) -> dict:  # fmt: skip
-    """Stage 1b: fine-tune only the VAE decoder (encoder frozen, so latents and a UNet trained on
-    them stay valid), on slightly noised latents; save ``out/vae``. SD's ft-MSE decoder did the same."""
-    Path(out).mkdir(parents=True, exist_ok=True)
-    _run("_decoder_stage", workers, out=str(out), vae_from=str(vae_from), minutes=minutes, seed=seed, steps=steps,
-         batch=batch, threads=threads)  # fmt: skip
-    return json.loads((Path(out) / "vae_report.json").read_text())
+__all__ = ["drop_padding", "finetune_decoder", "load_text_encoder", "to_fp16", "train", "train_vae_only"]
 
 
 # ------------------------------------------------------------------------------------------ stage 2
@@ -230,7 +40,7 @@ def finetune_decoder(out: str | Path, vae_from: str | Path, minutes: float = 30.
 def encode_pool(vae, n: int, seed: int, batch: int = 256):
     """Encode ``n`` generator images: latent means/stds (fp16) and their labels."""
     means, stds, labels = [], [], []
-    rank = _world()[0]
+    rank = world()[0]
     for start in tqdm(range(0, n, batch), desc="encoding latent pool", dynamic_ncols=True, disable=rank != 0):
         images, lab, _ = render_batch(min(batch, n - start), seed=seed, start=start)
         post = vae.encode(to_tensor(images)).latent_dist
@@ -333,14 +143,27 @@ def _save_resume(folder: Path, unet, ema_unet, opt, state: dict) -> None:
     tmp.rename(folder)  # the old checkpoint is replaced only by a complete new one
 
 
-def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, batch: int, lr: float,
-                ema_decay: float, min_snr_gamma: float, checkpoint_minutes: float, p_pad: float,
-                p_eos: float, init_unet: str | None = None, p_swap: float = 0.0) -> None:  # fmt: skip
+def _unet_stage(
+    out: str,
+    steps: int,
+    seed: int,
+    deadline: float,
+    pool: int,
+    batch: int,
+    lr: float,
+    ema_decay: float,
+    min_snr_gamma: float,
+    checkpoint_minutes: float,
+    p_pad: float,
+    p_eos: float,
+    init_unet: str | None = None,
+    p_swap: float = 0.0,
+) -> None:
     from diffusers import AutoencoderKL, DDPMScheduler
     from safetensors.torch import load_file
     from transformers import CLIPTokenizer
 
-    rank, size = _world()
+    rank, size = world()
     out = Path(out)
     report = json.loads((out / "training_report.json").read_text())
     tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
@@ -367,8 +190,9 @@ def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, bat
         report["init_unet"] = str(init_unet)
 
     def encode(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids  # fmt: skip
+        ids = tokenizer(
+            captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         with torch.no_grad():
             return ids, text_encoder(ids).last_hidden_state
 
@@ -394,18 +218,25 @@ def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, bat
     alphas = noise_sched.alphas_cumprod
     gen = torch.Generator().manual_seed(seed + 3 + 101 * rank + 7919 * first)
     rng = np.random.default_rng([seed + 4, rank, first])
-    bar = tqdm(range(first, steps), desc="stage 2: unet", dynamic_ncols=True, disable=rank != 0, mininterval=5,
-               initial=first, total=steps)  # fmt: skip
+    bar = tqdm(
+        range(first, steps),
+        desc="stage 2: unet",
+        dynamic_ncols=True,
+        disable=rank != 0,
+        mininterval=5,
+        initial=first,
+        total=steps,
+    )
     ema_loss = None
     step = first
     last_checkpoint = time.time()
     progress = 0.0
     for step in bar:
-        progress = _synced_progress(max(step / steps, (time.time() - t0) / budget))
+        progress = synced_progress(max(step / steps, (time.time() - t0) / budget))
         if progress >= 1:
             break
         for g in opt.param_groups:
-            g["lr"] = _lr(lr, progress)
+            g["lr"] = cosine_lr(lr, progress)
         idx = torch.randint(0, means.shape[0], (batch,), generator=gen)
         z0 = (means[idx].float() + stds[idx].float() * torch.randn(batch, *means.shape[1:], generator=gen)) * scale
         ids, hidden = encode([caption_for(pool_labels[int(i)], rng)[0] for i in idx])
@@ -421,7 +252,7 @@ def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, bat
         loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        _average_grads(params)
+        average_grads(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if rank != 0:
@@ -438,16 +269,25 @@ def _unet_stage(out: str, steps: int, seed: int, deadline: float, pool: int, bat
             print(json.dumps(log[-1]), flush=True)
         if time.time() - last_checkpoint > 60 * checkpoint_minutes:
             last_checkpoint = time.time()
-            report["unet"] = {"steps": step, "seconds": round(time.time() - t0, 1), "final_loss": ema_loss,
-                              "log": log}  # fmt: skip
+            report["unet"] = {"steps": step, "seconds": round(time.time() - t0, 1), "final_loss": ema_loss, "log": log}
             save_pipeline(out / "checkpoint", vae, text_encoder, tokenizer, ema_unet, report)
-            _save_resume(resume, unet, ema_unet, opt, {"step": step + 1, "budget_s": budget,
-                                                       "elapsed_s": time.time() - t0, "log": log})  # fmt: skip
+            _save_resume(
+                resume,
+                unet,
+                ema_unet,
+                opt,
+                {"step": step + 1, "budget_s": budget, "elapsed_s": time.time() - t0, "log": log},
+            )
             print(json.dumps({"checkpoint": step}), flush=True)
     done = step + 1 if progress < 1 else step
     if rank == 0:
-        report["unet"] = {"steps": done, "samples": done * batch * size, "seconds": round(time.time() - t0, 1),
-                          "final_loss": ema_loss, "log": log}  # fmt: skip
+        report["unet"] = {
+            "steps": done,
+            "samples": done * batch * size,
+            "seconds": round(time.time() - t0, 1),
+            "final_loss": ema_loss,
+            "log": log,
+        }
         report["seconds_total"] = round(time.time() - report.pop("_t_start"), 1)
         save_pipeline(out, vae, text_encoder, tokenizer, ema_unet, report)
 
@@ -494,8 +334,14 @@ def train(
             torch.set_num_threads(threads)
         clip_report = train_clip(out, tokenizer, minutes=clip_minutes, seed=seed)
     t_start = time.time()
-    report: dict = {"seed": seed, "tokenizer_size": len(tokenizer), "workers": workers, "batch_per_worker": batch,
-                    "_t_start": t_start, "clip": {k: v for k, v in clip_report.items() if k != "log"}}  # fmt: skip
+    report: dict = {
+        "seed": seed,
+        "tokenizer_size": len(tokenizer),
+        "workers": workers,
+        "batch_per_worker": batch,
+        "_t_start": t_start,
+        "clip": {k: v for k, v in clip_report.items() if k != "log"},
+    }
     if vae_from:
         if Path(vae_from).resolve() != out.resolve():
             shutil.copytree(Path(vae_from) / "vae", out / "vae", dirs_exist_ok=True)
@@ -506,10 +352,25 @@ def train(
     else:
         report["vae"] = train_vae_only(out, vae_minutes, seed, vae_steps, threads=threads, workers=workers)
     (out / "training_report.json").write_text(json.dumps(report, indent=2))
-    _run("_unet_stage", workers, out=str(out), steps=steps, seed=seed, deadline=t_start + 60 * minutes, pool=pool,
-         batch=batch, lr=lr, ema_decay=ema_decay, min_snr_gamma=min_snr_gamma,
-         checkpoint_minutes=checkpoint_minutes, threads=threads, p_pad=p_pad, p_eos=p_eos, p_swap=p_swap,
-         init_unet=str(init_unet) if init_unet else None)  # fmt: skip
+    run_stage(
+        f"{__name__}:_unet_stage",
+        workers,
+        out=str(out),
+        steps=steps,
+        seed=seed,
+        deadline=t_start + 60 * minutes,
+        pool=pool,
+        batch=batch,
+        lr=lr,
+        ema_decay=ema_decay,
+        min_snr_gamma=min_snr_gamma,
+        checkpoint_minutes=checkpoint_minutes,
+        threads=threads,
+        p_pad=p_pad,
+        p_eos=p_eos,
+        p_swap=p_swap,
+        init_unet=str(init_unet) if init_unet else None,
+    )
     return json.loads((out / "training_report.json").read_text())
 
 

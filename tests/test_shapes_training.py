@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from conceptedit.pipelines.shapes import model_dir
@@ -61,3 +62,28 @@ def test_clip_stage_trains_checkpoints_and_resumes(tmp_path):
     resumed = CLIPModel.from_pretrained(tmp_path / "clip").state_dict()
     assert any(not torch.equal(weights[k], resumed[k]) for k in weights)  # one more step was taken
     assert json.loads((tmp_path / "clip_report.json").read_text())["step"] == 3
+
+
+@pytest.mark.slow
+def test_train_runs_every_stage_end_to_end_and_records_the_recipe(tmp_path):
+    """Two UNet steps on the shipped VAE: the stages chain, the folder loads, the recipe is recorded."""
+    from conceptedit.loading import load_pipeline
+    from conceptedit.pipelines.shapes_train import train
+
+    report = train(
+        tmp_path,
+        steps=2,
+        minutes=10,
+        clip_minutes=0.02,
+        vae_from=model_dir(),
+        pool=32,
+        batch=4,
+        p_pad=1.0,
+        p_eos=1.0,
+        p_swap=0.5,
+    )
+    assert report["unet"]["steps"] == 2 and report["padding_dropout"] == {"p_pad": 1.0, "p_eos": 1.0, "p_swap": 0.5}
+    assert (tmp_path / "clip" / "config.json").is_file() and (tmp_path / "prompts.txt").is_file()
+    pipe = load_pipeline(str(tmp_path), device="cpu")
+    image = pipe("a red circle", num_inference_steps=2, height=32, width=32, output_type="np").images
+    assert image.shape == (1, 32, 32, 3)
