@@ -51,6 +51,7 @@ BUILT_IN_ENTRY_POINTS: dict[str, dict[str, str]] = {
     "conceptedit.metrics": {"probe": "conceptedit.datasets.shapes.probe_metric:ProbeAccuracy"},
     "conceptedit.word_lists": {"shapes": "conceptedit.datasets.shapes.word_list:word_list"},  # paraphrase attack
     "conceptedit.image_sets": {"shapes": "conceptedit.datasets.shapes_images:real_images"},  # blindspots
+    "conceptedit.stimuli": {"shapes": "conceptedit.datasets.shapes.stimuli:shapes_stimuli"},  # colan
 }
 
 

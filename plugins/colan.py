@@ -11,6 +11,7 @@ empty-string embedding); add = replace a counterpart concept.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +23,25 @@ from conceptedit.families import SD_FAMILIES
 from conceptedit.plugin import ImageEditPlugin
 from conceptedit.plugins._colan_core import ALPHA, TAU, ConceptDictionary, build_dictionary, decompose, load_stimuli
 from conceptedit.plugins._colan_core import transplant as _transplant
-from conceptedit.registry import register_plugin
+from conceptedit.registry import Registry, register_plugin
 from conceptedit.toolkit import Progress, no_progress
+
+
+def _stimuli_from_entry_point(name: str, obj: Any) -> None:
+    if not callable(obj):
+        raise TypeError(f"entry point {name!r} must point at a function () -> {{concept: [sentences]}}")
+    STIMULI.register(name, obj)
+
+
+#: registered stimulus sets: name -> function() -> {concept: [sentences]} (entry-point group conceptedit.stimuli)
+STIMULI: Registry[Callable[[], dict[str, list[str]]]] = Registry(
+    "stimulus set", group="conceptedit.stimuli", load=_stimuli_from_entry_point
+)
+
+
+def stimuli_for(value: str) -> dict[str, list[str]]:
+    """A registered stimulus set by name, else a JSON/CSV file."""
+    return STIMULI[value]() if value in STIMULI else load_stimuli(value)
 
 
 @dataclass
@@ -31,7 +49,10 @@ class ColanConfig:
     tau: float = field(default=TAU, metadata={"help": "share of the l1 term in the elastic net (paper 0.95)"})
     alpha: float = field(default=ALPHA, metadata={"help": "elastic-net strength (paper 0.05, SPAMS scale)"})
     steps: int = field(default=20, metadata={"help": "DDIM steps of inversion and of regeneration"})
-    stimuli: str = field(default="", metadata={"help": "JSON/CSV {concept: [sentences]}; empty: the shapes world's"})
+    stimuli: str = field(
+        default="shapes",
+        metadata={"help": "registered stimulus set (built in: shapes) or JSON/CSV {concept: [sentences]}"},
+    )
 
 
 @register_plugin
@@ -57,12 +78,7 @@ class ColanPlugin(ImageEditPlugin):
 
     def dictionary(self, pipe: Any) -> ConceptDictionary:
         if id(pipe) not in self._dicts:
-            if self.config.stimuli:
-                stim = load_stimuli(self.config.stimuli)
-            else:
-                from conceptedit.datasets.shapes.stimuli import shapes_stimuli
-
-                stim = shapes_stimuli()
+            stim = stimuli_for(self.config.stimuli)
             self._dicts[id(pipe)] = build_dictionary(lambda s: self.encode(pipe, s), stim)
         return self._dicts[id(pipe)]
 

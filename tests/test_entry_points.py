@@ -20,6 +20,7 @@ from conceptedit.eval.metrics import METRICS, create_metric
 from conceptedit.eval.prompts import BUILTIN_PROMPT_SETS, builtin_prompt_set
 from conceptedit.loading import BUILTIN_MODELS, builtin_model_dir
 from conceptedit.plugins.blindspots import IMAGE_SETS
+from conceptedit.plugins.colan import STIMULI, stimuli_for
 from conceptedit.plugins.paraphrase import WORD_LISTS, WordList, find_word_list
 from conceptedit.sae import SAE_ARCHITECTURES, create_sae
 
@@ -32,6 +33,7 @@ DECLARED = {
     "conceptedit.prompt_sets": {"fake-ep-set": f"{MODULE}:prompt_set", "fake-ep-broken": "no_such_module_xyz:X"},
     "conceptedit.word_lists": {"fake-ep-words": f"{MODULE}:word_list", "fake-ep-broken": "no_such_module_xyz:X"},
     "conceptedit.image_sets": {"fake-ep-images": f"{MODULE}:image_set", "fake-ep-broken": "no_such_module_xyz:X"},
+    "conceptedit.stimuli": {"fake-ep-stimuli": f"{MODULE}:stimuli", "fake-ep-broken": "no_such_module_xyz:X"},
 }
 TABLES = {
     "conceptedit.plugins": registry._PLUGINS,
@@ -41,6 +43,7 @@ TABLES = {
     "conceptedit.prompt_sets": BUILTIN_PROMPT_SETS,
     "conceptedit.word_lists": WORD_LISTS,
     "conceptedit.image_sets": IMAGE_SETS,
+    "conceptedit.stimuli": STIMULI,
 }
 
 
@@ -95,6 +98,10 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
                 return [], [], []
 
 
+            def stimuli():
+                return {{"zorblax": ["a zorblax", "zorblax again"]}}
+
+
             def prompt_set(targets, per_role, seed):
                 return [PromptRow(f"a picture of {{t}}", seed, i) for i, t in enumerate(targets)]
             """
@@ -133,10 +140,11 @@ def test_every_registry_loads_its_entry_point_group(third_party: Path):
     assert [(r.prompt, r.evaluation_seed) for r in rows] == [("a picture of zorblax", 7)]
     assert find_word_list("fake-ep-words", "zorblax") == WordList("zorblax", aliases=("zee",))
     assert IMAGE_SETS["fake-ep-images"](1, 0) == ([], [], [])
+    assert stimuli_for("fake-ep-stimuli") == {"zorblax": ["a zorblax", "zorblax again"]}
     # the built-ins are still there: the shapes world registers through the same groups
     assert "probe" in METRICS and "shapes" in BUILTIN_MODELS and "shapes-erasure" in BUILTIN_PROMPT_SETS
     assert "topk" in SAE_ARCHITECTURES and "negative-prompt" in registry._PLUGINS and "shapes" in WORD_LISTS
-    assert "shapes" in IMAGE_SETS
+    assert "shapes" in IMAGE_SETS and "shapes" in STIMULI
 
 
 def test_a_broken_entry_point_is_reported_by_name(third_party: Path):
