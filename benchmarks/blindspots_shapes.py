@@ -13,7 +13,9 @@ crescent (the comparison is paired per caption, so stratifying the captions keep
 it, a few hundred images hold only a handful of crescents. Images are cached under ``--out``: a rerun
 with the same model and settings generates nothing. Runtime per stage is printed.
 
-    nice -n 5 python benchmarks/blindspots_shapes.py --n 160 --clip /work/v2b/clip   # ~8 min on 2 shared cores
+    nice -n 5 python benchmarks/blindspots_shapes.py --model /work/v2b --n 48 --train-tokens 50000
+    # ~5 min on 2 busy cores (generation ~4 s/image, SAE 80 s); n = 48 is far too few to find anything:
+    # use n >= 500 where a machine allows
     python benchmarks/blindspots_shapes.py --model /path/to/v2          # the model's own clip/ and probe/
 """
 
