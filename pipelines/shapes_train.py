@@ -309,9 +309,9 @@ def train(
     workers: int = 1,
     checkpoint_minutes: float = 10.0,
     clip_minutes: float = 35.0,
-    p_pad: float = 1.0,
-    p_eos: float = 1.0,
-    p_swap: float = 0.5,
+    p_pad: float = 0.5,
+    p_eos: float = 0.25,
+    p_swap: float = 0.0,
     init_unet: str | Path | None = None,
 ) -> dict:
     """Train and save a diffusers folder at ``out``: tokenizer, CLIP (stage 0b, resumable), VAE

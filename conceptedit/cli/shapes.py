@@ -73,11 +73,17 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Seed of everything (data streams, init, noise).")] = 0,
     minutes: Annotated[float, typer.Option(help="Wall-clock budget of the UNet stage.", min=0.1)] = 50.0,
     clip_minutes: Annotated[float, typer.Option(help="Budget of the CLIP stage (resumes a cut run).", min=0.1)] = 35.0,
-    p_pad: Annotated[float, typer.Option(help="Padding dropout: replace padding outputs.", min=0, max=1)] = 1.0,
-    p_eos: Annotated[float, typer.Option(help="Chance to replace the EOS output too.", min=0, max=1)] = 1.0,
+    p_pad: Annotated[float, typer.Option(help="Padding dropout: replace padding outputs.", min=0, max=1)] = 0.5,
+    p_eos: Annotated[float, typer.Option(help="Chance to replace the EOS output too.", min=0, max=1)] = 0.25,
     p_swap: Annotated[
-        float, typer.Option(help="Replacement from another caption of the batch, not the empty prompt.", min=0, max=1)
-    ] = 0.5,
+        float,
+        typer.Option(
+            help="Replacement from another caption of the batch, not the empty prompt (measured harmful: "
+            "docs/shapes_model.md).",
+            min=0,
+            max=1,
+        ),
+    ] = 0.0,
     init_unet: Annotated[
         Path | None, typer.Option(help="Start the UNet from a trained folder's UNet (warm start; fresh schedule).")
     ] = None,
