@@ -335,8 +335,8 @@ def test_plugin_listing_shows_broken_plugins_disabled(fake_plugins):
     assert "broken" in choices["fake_broken"] and not engine.usable("fake_broken")
     assert "missing_dep" in engine.describe_plugin("fake_broken")
     assert "Safe Latent Diffusion" in engine.describe_plugin("negative-prompt")
-    assert [v for _, v in engine.plugin_choices("edit")] == ["fake-image-edit"]
-    assert [v for _, v in engine.plugin_choices("analyze")] == ["fake-analysis"]
+    assert [v for _, v in engine.plugin_choices("edit")] == ["colan", "fake-image-edit"]  # sorted by name
+    assert [v for _, v in engine.plugin_choices("analyze")] == ["blindspots", "fake-analysis"]
 
 
 def test_inspect_without_and_with_inspectable_edits(model):

@@ -1,12 +1,12 @@
 """The direction of an erasure, on the shipped shapes model: each erase plugin, fitted with a small budget to
-erase "circle", lowers the probe's rate of circles on prompts that ask for one, and keeps the rate of other
-shapes on prompts that ask for those. A plugin whose objective is reversed (trains towards the concept)
-leaves the circle rate where it was and fails.
+erase the character "zorblax", lowers the probe's rate of zorblax on prompts that ask for it, and keeps the
+rate of other concepts (another character, a shape) on prompts that ask for those. A plugin whose objective
+is reversed (trains towards the concept) leaves the zorblax rate where it was and fails.
 
 Measure: the fraction of generations (same prompts, same seeds for base and edited) whose probe label is the
-prompted shape. Thresholds are relative to the unedited model at the same seeds, with margins that a decent
-model meets (measured on the built-in model of 2026-12-03, 10 sampling steps, 8 seeds: base 1.0 everywhere;
-UCE circle 0.19 / others >= 0.88, ESD 0.25 / 1.0, few-shot 0.0 / 1.0).
+prompted concept. Thresholds are relative to the unedited model at the same seeds, with margins that a decent
+model meets. A character, not a shape: on v2 UCE's paper edit erases characters (word outputs far from
+BOS) but not "circle" (its word output is close to BOS; docs/shapes_model.md).
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ from conceptedit.registry import get_plugin
 
 SEEDS = list(range(8))
 STEPS = 10  # the model's default is 25; 10 keep the shapes readable and the test fast
-TARGET = "circle"
-TARGET_PROMPTS = ("a red circle", "a blue circle on a white background")
-OTHERS = (("a green square", "square"), ("a yellow triangle on a black background", "triangle"))
+TARGET = ("character", "zorblax")
+TARGET_PROMPTS = ("zorblax", "a picture of zorblax")
+OTHERS = (("a picture of drelva", ("character", "drelva")), ("a green square", ("shape", "square")))
 ERASED_BY = 0.3  # the concept's rate must fall by at least this much
-KEPT_WITHIN = 0.25  # another shape's rate may fall by at most this much
+KEPT_WITHIN = 0.25  # another concept's rate may fall by at most this much
 
 # small budgets (the paper defaults run in benchmarks/erasure_baselines.py); model presets apply underneath
 BUDGETS = {
     "uce": {},
     "esd": {"iterations": 20, "num_inference_steps": 10, "lr": 1e-3},
-    "fewshot-unlearning": {"images_from_model": True},
+    "fewshot-unlearning": {"images_from_model": True, "lr": 1e-3},  # the smallest lr that erases on v2
 }
 
 
@@ -43,34 +43,35 @@ def shapes():
     return pipe, Probe.load()
 
 
-def rates(pipe, probe) -> dict[str, float]:
-    """Probe rate of the prompted shape: the target's (over its prompts) and each other shape's."""
+def rates(pipe, probe) -> dict[tuple[str, str], float]:
+    """Probe rate of the prompted concept: the target's (over its prompts) and each other concept's."""
     cases = [(p, TARGET) for p in TARGET_PROMPTS] + list(OTHERS)
     prompts = [p for p, _ in cases for _ in SEEDS]
     images = generate(pipe, prompts, SEEDS * len(cases), num_inference_steps=STEPS, batch_size=16)
-    labels = [p["shape"]["label"] for p in probe.predict(images)]
-    out: dict[str, list[bool]] = {}
-    for i, (_, shape) in enumerate(cases):
-        out.setdefault(shape, []).extend(label == shape for label in labels[i * len(SEEDS) : (i + 1) * len(SEEDS)])
-    return {shape: sum(hits) / len(hits) for shape, hits in out.items()}
+    predictions = probe.predict(images)
+    out: dict[tuple[str, str], list[bool]] = {}
+    for i, (_, (family, label)) in enumerate(cases):
+        block = predictions[i * len(SEEDS) : (i + 1) * len(SEEDS)]
+        out.setdefault((family, label), []).extend(p[family]["label"] == label for p in block)
+    return {concept: sum(hits) / len(hits) for concept, hits in out.items()}
 
 
 @pytest.fixture(scope="module")
 def base_rates(shapes) -> dict[str, float]:
     got = rates(*shapes)
-    assert min(got.values()) >= 0.6, f"the built-in model draws these shapes too rarely to test erasure: {got}"
+    assert min(got.values()) >= 0.6, f"the built-in model draws these concepts too rarely to test erasure: {got}"
     return got
 
 
 def check_erases(name: str, shapes, base_rates, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("CONCEPTEDIT_CACHE", str(tmp_path / "cache"))  # ItD's SAE cache stays in the test
     pipe, probe = shapes
-    edit = get_plugin(name).for_pipeline(pipe, BUDGETS[name]).fit(pipe, Request(targets=[TARGET]))
+    edit = get_plugin(name).for_pipeline(pipe, BUDGETS[name]).fit(pipe, Request(targets=[TARGET[1]]))
     with edit.apply(pipe):
         edited = rates(pipe, probe)
     assert edited[TARGET] <= base_rates[TARGET] - ERASED_BY, (name, edited, base_rates)
-    for _, shape in OTHERS:
-        assert edited[shape] >= base_rates[shape] - KEPT_WITHIN, (name, shape, edited, base_rates)
+    for _, concept in OTHERS:
+        assert edited[concept] >= base_rates[concept] - KEPT_WITHIN, (name, concept, edited, base_rates)
 
 
 def test_uce_lowers_the_concept_and_keeps_others(shapes, base_rates, monkeypatch, tmp_path):
