@@ -81,3 +81,12 @@ def test_chance_counts_the_family_members_of_the_prompt_set():
     detector = [PromptRow("a halo", 0, 0, "target", "trigger:present", {"trigger": "present"})]
     assert chance_from_rows(detector) == pytest.approx(0.5)
     assert chance_from_rows([PromptRow("x", 0, 0, "cross_domain", "", {})]) is None
+
+
+def test_wilson_interval_always_contains_the_rate():
+    """k = 0 and k = n put a bound a rounding error beyond the rate (e.g. 6/6 -> hi 0.9999999999999999)
+    unless clamped; the report's error bars are then negative and matplotlib refuses them."""
+    for n in range(1, 60):
+        for k in range(n + 1):
+            lo, hi = wilson(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n, lo, hi)

@@ -117,9 +117,9 @@ def _plot(rows: list[dict[str, Any]], path: Path, chances: dict[tuple[str, str],
     for offset, key, name in ((-0.2, "base_rate", "base"), (0.2, "rate", "edited")):
         rates = [r[key] for r in rows]
         values = [rate.value if rate else 0.0 for rate in rates]
-        err = [
-            [v - (rt.interval[0] if rt else v) for v, rt in zip(values, rates, strict=True)],
-            [(rt.interval[1] if rt else v) - v for v, rt in zip(values, rates, strict=True)],
+        err = [  # clamped: a Wilson bound equal to the rate can come out a rounding error beyond it
+            [max(0.0, v - (rt.interval[0] if rt else v)) for v, rt in zip(values, rates, strict=True)],
+            [max(0.0, (rt.interval[1] if rt else v) - v) for v, rt in zip(values, rates, strict=True)],
         ]
         ax.bar([x + offset for x in xs], values, width=0.4, label=name, yerr=err, capsize=2)
     shown = False
