@@ -1,5 +1,6 @@
 """Hostile-but-ordinary inputs against the input side of conceptedit (CLI arguments, eval YAML configs,
 prompt CSVs, SAE commands, ``generate``, ``load_pipeline``, the probe), each outcome classified.
+(Long because it is a table: 147 cases, a few lines each, next to the small runner that classifies them.)
 
 Why: issue 11 asks that every bad input ends in one clear line, never a traceback, a hang or a silently
 wrong result / lost data. Each case runs in a forked child (own temporary folder as working directory,
