@@ -255,3 +255,12 @@ def test_legitimately_saved_artifacts_always_load(sandbox, config, targets, text
         return
     loaded = Edit.load(folder)
     assert loaded.manifest.targets == targets and loaded.manifest.extra["negative_text"] == text
+
+
+def test_a_manifest_without_versions_reads_as_unknown_not_as_this_machines(tmp_path):
+    """Filling a missing "versions" from the installed libraries would be a silent wrong value (and read files
+    outside the artifact: the packages' metadata; found by the fuzzer in a fresh CI clone)."""
+    from conceptedit.edits.base import Manifest
+
+    data = {"edit_type": "weight_delta", "artifact_kind": "weight_delta", "plugin": "uce"}
+    assert Manifest.from_dict(data, tmp_path).versions == {}

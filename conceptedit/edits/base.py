@@ -85,7 +85,8 @@ class Manifest:
             raise ArtifactError(f"{where}: manifest lacks {missing}")
         if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
             raise ArtifactError(f"{where}: artifact format {data['format_version']} is newer than this conceptedit")
-        return cls(**data)
+        # a manifest without "versions" says nothing about what made it: record that, not this machine's
+        return cls(**({"versions": {}} | data))
 
 
 def base_fingerprints(pipe: Any, components: list[str]) -> dict[str, dict[str, Any]]:
