@@ -50,5 +50,3 @@ class FrechetDistance(Metric):
             "fid": MetricResult(float(fid.compute()), {"n": len(pairs), "reference": "base generations"}, False),
             "kid": MetricResult(float(kid_mean), {"std": float(kid_std), "n": len(pairs)}, False),
         }
-
-
