@@ -15,8 +15,6 @@ from conceptedit.datasets.shapes import render_batch
 from conceptedit.pipelines import shapes as S
 from conceptedit.pipelines.shapes_parallel import average_grads, cosine_lr, run_stage, synced_progress, to_tensor, world
 
-_HERE = __name__
-
 
 def train_vae(vae, steps: int, minutes: float, seed: int, batch: int = 16, lr: float = 1e-3, kl: float = 1e-6):
     rank, size = world()
@@ -77,7 +75,7 @@ def train_vae_only(
     """Stage 1 alone: save ``out/vae`` (reuse with ``train(..., vae_from=out)``)."""
     Path(out).mkdir(parents=True, exist_ok=True)
     run_stage(
-        f"{_HERE}:_vae_stage",
+        f"{__name__}:_vae_stage",
         workers,
         out=str(out),
         minutes=minutes,
@@ -160,7 +158,7 @@ def finetune_decoder(
     them stay valid), on slightly noised latents; save ``out/vae``. SD's ft-MSE decoder did the same."""
     Path(out).mkdir(parents=True, exist_ok=True)
     run_stage(
-        f"{_HERE}:_decoder_stage",
+        f"{__name__}:_decoder_stage",
         workers,
         out=str(out),
         vae_from=str(vae_from),

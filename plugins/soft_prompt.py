@@ -55,23 +55,13 @@ from conceptedit.attack import (
 from conceptedit.errors import RequestError
 from conceptedit.families import SD_FAMILIES
 from conceptedit.generation import generation_settings
+from conceptedit.plugins.fewshot_unlearning import OBJECT_TEMPLATES
 from conceptedit.plugins.unlearndiffatk import uses_guided
 from conceptedit.registry import register_plugin
 from conceptedit.toolkit import Progress, no_progress, tokenize
 
 #: diffusers' textual-inversion object templates (``imagenet_templates_small``), the first ten
-TEMPLATES = (
-    "a photo of a {}",
-    "a rendering of a {}",
-    "a cropped photo of the {}",
-    "the photo of a {}",
-    "a photo of a clean {}",
-    "a photo of a dirty {}",
-    "a dark photo of the {}",
-    "a photo of my {}",
-    "a photo of the cool {}",
-    "a close-up photo of a {}",
-)
+TEMPLATES = OBJECT_TEMPLATES[:10]
 
 
 @dataclass

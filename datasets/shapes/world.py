@@ -24,6 +24,7 @@ Nothing here draws; :mod:`.render` draws and :mod:`.captions` writes the words.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 IMAGE_SIZE = 64
 CORNERS: tuple[str, ...] = ("top_left", "top_right", "bottom_left", "bottom_right")
@@ -135,12 +136,12 @@ class World:
     def synonyms(self) -> dict[str, str]:
         return dict(self.shape_synonyms)
 
-    @property
+    @cached_property  # read for every training caption: built once per world
     def web_frames(self) -> tuple[str, ...]:
         """Every prefix × suffix frame (``{np}`` inside), the training frames' web-like variety."""
         return tuple(f"{p} {{np}}{s}".lstrip() for p in self.web_prefixes or ("",) for s in self.web_suffixes or ("",))
 
-    @property
+    @cached_property
     def caption_frames(self) -> tuple[str, ...]:
         """All frames a training caption can use (the train templates and the web frames)."""
         return tuple(dict.fromkeys(self.train_templates + self.web_frames))
