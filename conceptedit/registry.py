@@ -52,6 +52,7 @@ BUILT_IN_ENTRY_POINTS: dict[str, dict[str, str]] = {
     "conceptedit.word_lists": {"shapes": "conceptedit.datasets.shapes.word_list:word_list"},  # paraphrase attack
     "conceptedit.image_sets": {"shapes": "conceptedit.datasets.shapes_images:real_images"},  # blindspots
     "conceptedit.stimuli": {"shapes": "conceptedit.datasets.shapes.stimuli:shapes_stimuli"},  # colan
+    "conceptedit.detectors": {"shapes": "conceptedit.datasets.shapes.detector:ShapesMarkDetector"},  # geom-erasing
 }
 
 

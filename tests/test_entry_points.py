@@ -1,6 +1,6 @@
 """Other packages plug into every registry through entry points, one mechanism for all
 (``conceptedit.registry.Registry.discover``): plugins, metrics, SAE architectures, built-in models,
-prompt sets, the paraphrase attack's word lists and blindspots' image sets.
+prompt sets, the paraphrase attack's word lists, blindspots' image sets and Geom-Erasing's detectors.
 ``importlib.metadata.entry_points`` is replaced by a fake that declares a third-party package's
 entries; a broken entry is recorded with its error and breaks nothing else."""
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conceptedit import registry
+from conceptedit.detectors import DETECTORS, get_detector
 from conceptedit.errors import BrokenPluginError, ConfigError, ModelLoadError
 from conceptedit.eval.metrics import METRICS, create_metric
 from conceptedit.eval.prompts import BUILTIN_PROMPT_SETS, builtin_prompt_set
@@ -34,6 +35,7 @@ DECLARED = {
     "conceptedit.word_lists": {"fake-ep-words": f"{MODULE}:word_list", "fake-ep-broken": "no_such_module_xyz:X"},
     "conceptedit.image_sets": {"fake-ep-images": f"{MODULE}:image_set", "fake-ep-broken": "no_such_module_xyz:X"},
     "conceptedit.stimuli": {"fake-ep-stimuli": f"{MODULE}:stimuli", "fake-ep-broken": "no_such_module_xyz:X"},
+    "conceptedit.detectors": {"fake-ep-detector": f"{MODULE}:FakeDetector", "fake-ep-broken": "no_such_module_xyz:X"},
 }
 TABLES = {
     "conceptedit.plugins": registry._PLUGINS,
@@ -44,6 +46,7 @@ TABLES = {
     "conceptedit.word_lists": WORD_LISTS,
     "conceptedit.image_sets": IMAGE_SETS,
     "conceptedit.stimuli": STIMULI,
+    "conceptedit.detectors": DETECTORS,
 }
 
 
@@ -98,6 +101,13 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
                 return [], [], []
 
 
+            class FakeDetector:
+                concepts = ("stamp",)
+
+                def detect(self, images):
+                    return []
+
+
             def stimuli():
                 return {{"zorblax": ["a zorblax", "zorblax again"]}}
 
@@ -141,10 +151,11 @@ def test_every_registry_loads_its_entry_point_group(third_party: Path):
     assert find_word_list("fake-ep-words", "zorblax") == WordList("zorblax", aliases=("zee",))
     assert IMAGE_SETS["fake-ep-images"](1, 0) == ([], [], [])
     assert stimuli_for("fake-ep-stimuli") == {"zorblax": ["a zorblax", "zorblax again"]}
+    assert type(get_detector("fake-ep-detector")).__module__ == MODULE
     # the built-ins are still there: the shapes world registers through the same groups
     assert "probe" in METRICS and "shapes" in BUILTIN_MODELS and "shapes-erasure" in BUILTIN_PROMPT_SETS
     assert "topk" in SAE_ARCHITECTURES and "negative-prompt" in registry._PLUGINS and "shapes" in WORD_LISTS
-    assert "shapes" in IMAGE_SETS and "shapes" in STIMULI
+    assert "shapes" in IMAGE_SETS and "shapes" in STIMULI and "shapes" in DETECTORS
 
 
 def test_a_broken_entry_point_is_reported_by_name(third_party: Path):
