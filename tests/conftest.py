@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import save_tiny_pipeline  # noqa: E402
+from tiny import save_tiny_pipeline, save_tiny_sdxl_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +27,21 @@ def tiny_pipe(tiny_model_dir: Path):
     from conceptedit.loading import load_pipeline
 
     pipe = load_pipeline(str(tiny_model_dir), device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SDXL-architecture pipeline (two text encoders, text_time conditioning) as a diffusers folder."""
+    return save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny_sdxl") / "model")
+
+
+@pytest.fixture
+def tiny_sdxl_pipe(tiny_sdxl_dir: Path):
+    from conceptedit.loading import load_pipeline
+
+    pipe = load_pipeline(str(tiny_sdxl_dir), device="cpu")
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -118,6 +118,110 @@ def tiny_pipeline(seed: int = 0, sd2: bool = False):
     return pipe
 
 
+def tiny_sdxl_components(seed: int = 0) -> dict:
+    """SDXL's architecture in miniature: two CLIP text encoders of different widths (24 and 32, so a
+    swapped concatenation is caught) whose penultimate states are concatenated into a 56-d context,
+    the second with a projection (the pooled ``text_embeds``), and a UNet with ``text_time`` added
+    conditioning: ``projection_class_embeddings_input_dim = 6 · addition_time_embed_dim + projection_dim``
+    (the six ``add_time_ids``: original size, crop corner, target size). Both tokenizers are the SD
+    tiny one (real SDXL's share a vocabulary too)."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    tok_dir = write_char_tokenizer(Path(tempfile.mkdtemp()) / "tok", words=("cat", "dog", "red", "blue"))
+    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=16)
+    tokenizer_2 = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=16)
+    widths, projection, time_dim = (24, 32), 16, 4
+
+    def text_config(hidden: int) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_size=hidden,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=3,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=16,
+            projection_dim=projection,
+            hidden_act="gelu",
+        )
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=2,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + projection,
+        cross_attention_dim=sum(widths),
+        norm_num_groups=4,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+        scaling_factor=0.13025,
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(text_config(widths[0]))
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(widths[1]))
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer_2,
+        "scheduler": scheduler,
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def tiny_sdxl_pipeline(seed: int = 0):
+    """A ``StableDiffusionXLPipeline`` of :func:`tiny_sdxl_components` (16 × 16 images; no watermarker)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(seed), add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_sdxl_pipeline(folder: Path, seed: int = 0) -> Path:
+    """The tiny SDXL pipeline as a diffusers folder with generation defaults (as :func:`save_tiny_pipeline`)."""
+    tiny_sdxl_pipeline(seed).save_pretrained(folder)
+    (folder / "conceptedit.json").write_text(
+        json.dumps({"generation": {"num_inference_steps": 2, "guidance_scale": 5.0, "height": 16, "width": 16}})
+    )
+    return folder
+
+
 def save_tiny_pipeline(folder: Path, seed: int = 0, sd2: bool = False) -> Path:
     pipe = tiny_pipeline(seed, sd2)
     pipe.save_pretrained(folder)
@@ -128,9 +232,14 @@ def save_tiny_pipeline(folder: Path, seed: int = 0, sd2: bool = False) -> Path:
 
 
 def full_state(pipe) -> dict:
-    """A clone of every weight of the pipeline's unet, vae and text encoder, keyed ``component.name``."""
-    parts = ("unet", "vae", "text_encoder")
-    return {f"{c}.{k}": v.clone() for c in parts for k, v in getattr(pipe, c).state_dict().items()}
+    """A clone of every weight of the pipeline's unet, vae and text encoder(s), keyed ``component.name``."""
+    parts = ("unet", "vae", "text_encoder", "text_encoder_2")  # text_encoder_2: SDXL only
+    return {
+        f"{c}.{k}": v.clone()
+        for c in parts
+        if getattr(pipe, c, None) is not None
+        for k, v in getattr(pipe, c).state_dict().items()
+    }
 
 
 def assert_same_state(a: dict, b: dict) -> None:
