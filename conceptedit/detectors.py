@@ -118,7 +118,7 @@ def check_detections(detector: Any, images: Sequence[Any], concepts: Sequence[st
                 or not all(0.0 <= v <= 1.0 for v in det.box)
                 or not (det.box[0] < det.box[2] and det.box[1] < det.box[3])
             ):
-                raise DetectorError(f"detector gave {concept!r} the box {det.box}; boxes are (x0, y0, x1, y1) in [0, 1]")
+                raise DetectorError(f"detector gave {concept!r} the box {det.box}; boxes are (x0, y0, x1, y1) in 0..1")
     return out
 
 

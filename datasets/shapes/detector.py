@@ -34,6 +34,7 @@ class ShapesMarkDetector:
     """Finds the world's implicit marks with the shipped probe (see the module docstring)."""
 
     concepts: tuple[str, ...] = WORLD.mark_names
+    world = "conceptedit.datasets.shapes"  # the model world it belongs to (``detector: auto`` matches it)
 
     def __init__(self, probe_path: str | None = None) -> None:
         from conceptedit.datasets.shapes.probe import Probe

@@ -1,0 +1,264 @@
+"""Geom-Erasing: location tokens added and removed exactly, the re-weighted loss, the detector registry,
+and the plugin fitted end to end (both settings) on the tiny pipeline with a fake detector.
+
+The effect on the shapes model (mark rates, side effects) is measured by ``benchmarks/geom_erasing.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny import assert_same_state, full_state
+
+from conceptedit.detectors import DETECTORS, Detection, DetectorError, check_detections, get_detector
+from conceptedit.edits import Edit
+from conceptedit.edits.tokens import add_token_rows, token_vectors
+from conceptedit.errors import ConceptEditError, ModelMismatchError
+from conceptedit.generation import generate
+from conceptedit.plugin import Request
+from conceptedit.plugins._geom_erasing_fit import covered_cells, region_mask, region_weights, weighted_loss
+from conceptedit.plugins.blindspots import IMAGE_SETS
+from conceptedit.plugins.geom_erasing import GeomErasingEdit, GeomErasingLoRAEdit
+from conceptedit.registry import get_plugin
+from conceptedit.toolkit import encode_prompts, tokenize
+
+FAKE = "fake_ge_detectors"
+
+
+# -- location tokens ------------------------------------------------------------------------------
+def test_token_rows_are_added_and_removed_bit_for_bit(tiny_pipe):
+    before = full_state(tiny_pipe)
+    tokenizer, rows = tiny_pipe.tokenizer, tiny_pipe.text_encoder.get_input_embeddings().num_embeddings
+    vocab = tiny_pipe.text_encoder.config.vocab_size
+    vectors = torch.randn(2, 32, generator=torch.Generator().manual_seed(0))
+    undo = add_token_rows(tiny_pipe, ["<loc-a>", "<loc-b>"], vectors)
+    table = tiny_pipe.text_encoder.get_input_embeddings()
+    assert table.num_embeddings == rows + 2 and tiny_pipe.text_encoder.config.vocab_size == rows + 2
+    key = next(k for k in before if k.startswith("text_encoder.") and k.endswith("token_embedding.weight"))
+    assert torch.equal(table.weight[:rows], before[key])
+    assert torch.equal(table.weight[rows:], vectors)
+    ids = tokenize(tiny_pipe.tokenizer, ["cat <loc-b> <loc-a>"]).input_ids[0].tolist()
+    assert rows + 1 in ids and rows in ids  # the new words are single tokens with the new rows' ids
+    assert tokenizer.get_vocab().get("<loc-a>") is None  # the original tokenizer object never changes
+    with pytest.raises(ModelMismatchError, match="already has the token"):
+        add_token_rows(tiny_pipe, ["<loc-a>"], vectors[:1])
+    undo()
+    assert tiny_pipe.tokenizer is tokenizer and tiny_pipe.text_encoder.config.vocab_size == vocab
+    assert_same_state(before, full_state(tiny_pipe))
+
+
+def test_trained_vectors_read_like_added_rows(tiny_pipe):
+    """Training through the hook sees exactly what the artifact later adds as rows."""
+    vectors = torch.randn(1, 32, generator=torch.Generator().manual_seed(1))
+    rows = tiny_pipe.text_encoder.get_input_embeddings().num_embeddings
+    undo = add_token_rows(tiny_pipe, ["<loc-z>"], vectors)
+    with torch.no_grad():
+        added = encode_prompts(tiny_pipe.text_encoder, tiny_pipe.tokenizer, ["red <loc-z> cat"])
+    extended = tiny_pipe.tokenizer
+    undo()
+    with torch.no_grad(), token_vectors(tiny_pipe.text_encoder, rows, vectors):
+        hooked = encode_prompts(tiny_pipe.text_encoder, extended, ["red <loc-z> cat"])
+    assert torch.allclose(added, hooked, atol=1e-6)
+
+
+# -- geometry and the loss ------------------------------------------------------------------------
+def test_region_weights_follow_the_formula_on_a_toy_mask():
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, :2, :2] = True  # K = 4 of T = 16
+    alpha = 3.0
+    w = region_weights(mask, alpha)
+    denom = 4 + alpha * (16 - 4)
+    assert torch.allclose(w[0][mask[0]], torch.full((4,), 16 / denom))
+    assert torch.allclose(w[0][~mask[0]], torch.full((12,), alpha * 16 / denom))
+    assert torch.isclose(w.sum(), torch.tensor(16.0))
+    assert torch.equal(region_weights(torch.zeros(1, 4, 4, dtype=torch.bool), alpha), torch.ones(1, 4, 4))
+    pred, target = torch.randn(1, 4, 4, 4), torch.randn(1, 4, 4, 4)
+    expected = (w[:, None] * (pred - target) ** 2).mean()
+    assert torch.isclose(weighted_loss(pred, target, w), expected)
+
+
+def test_boxes_map_to_cells_and_latent_regions():
+    assert covered_cells((0.0, 0.0, 0.3, 0.2), 3) == [0]
+    assert covered_cells((0.7, 0.7, 1.0, 1.0), 3) == [8]
+    assert covered_cells((0.0, 0.0, 1.0, 0.3), 3) == [0, 1, 2]
+    assert covered_cells((0.0, 0.0, 0.34, 0.1), 3) == [0]  # grazing the next cell by a hair does not count
+    mask = region_mask([(0.0, 0.0, 0.3, 0.2)], 8, 8)
+    assert mask[:2, :3].all() and mask.sum() == 6
+
+
+# -- detectors ------------------------------------------------------------------------------------
+@pytest.fixture
+def fake_detectors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A third-party distribution declaring a detector by entry point (and a module:callable one)."""
+    (tmp_path / f"{FAKE}.py").write_text(
+        textwrap.dedent(
+            """
+            from conceptedit.detectors import Detection
+
+
+            class StampDetector:
+                '''Finds "stamp" in the top-left quarter of every other image.'''
+
+                concepts = ("stamp",)
+
+                def detect(self, images):
+                    return [
+                        {"stamp": Detection(i % 2 == 0, 0.9, (0.0, 0.0, 0.5, 0.5) if i % 2 == 0 else None)}
+                        for i in range(len(images))
+                    ]
+
+
+            def broken():
+                raise RuntimeError("no weights here")
+
+
+            not_a_detector = 42
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    real = importlib.metadata.entry_points
+
+    def entry_points(**selection):
+        if selection.get("group") == "conceptedit.detectors":
+            return [importlib.metadata.EntryPoint("fake-stamps", f"{FAKE}:StampDetector", "conceptedit.detectors")]
+        return real(**selection)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    DETECTORS.discover(refresh=True)
+    yield
+    dict.pop(DETECTORS, "fake-stamps", None)
+    sys.modules.pop(FAKE, None)
+
+
+def test_a_detector_from_a_fake_distribution_is_found(fake_detectors):
+    assert "fake-stamps" in DETECTORS and "shapes" in DETECTORS
+    detector = get_detector("fake-stamps")
+    assert type(detector).__module__ == FAKE and detector.concepts == ("stamp",)
+    assert type(get_detector(f"{FAKE}:StampDetector")).__module__ == FAKE
+    found = check_detections(detector, [None, None], ["stamp"])
+    assert found[0]["stamp"] == Detection(True, 0.9, (0.0, 0.0, 0.5, 0.5)) and not found[1]["stamp"].present
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("nope", "unknown detector 'nope'; available: .*shapes"),
+        ("", "empty detector spec"),
+        ("no_such_module_xyz:Det", "cannot import 'no_such_module_xyz'"),
+        (f"{FAKE}:Missing", f"module '{FAKE}' has no 'Missing'"),
+        (f"{FAKE}:broken", "failed to start: RuntimeError: no weights here"),
+        (f"{FAKE}:not_a_detector", "is not callable"),
+        ("conceptedit.errors:ConceptEditError", "must have a 'concepts' tuple"),
+    ],
+)
+def test_a_bad_detector_spec_is_a_one_line_error(fake_detectors, spec: str, message: str):
+    with pytest.raises(DetectorError, match=message) as caught:
+        get_detector(spec)
+    assert "\n" not in str(caught.value)
+
+
+def test_malformed_detections_are_refused(fake_detectors):
+    class Wrong:
+        concepts = ("stamp",)
+
+        def detect(self, images):
+            return [{"stamp": Detection(True, 1.0, (0.5, 0.5, 0.2, 0.9))} for _ in images]
+
+    with pytest.raises(DetectorError, match="boxes are"):
+        check_detections(Wrong(), [None], ["stamp"])
+    with pytest.raises(DetectorError, match="no Detection of 'halo'"):
+        check_detections(get_detector("fake-stamps"), [None], ["halo"])
+
+
+# -- the plugin, end to end -----------------------------------------------------------------------
+SETTINGS = {"samples": 4, "steps": 3, "batch_size": 2, "grid": 2, "detector": f"{FAKE}:StampDetector"}
+
+
+def test_model_setting_fits_applies_and_removes_exactly(tiny_pipe, fake_detectors, tmp_path: Path):
+    before = full_state(tiny_pipe)
+    tokenizer = tiny_pipe.tokenizer
+    base = np.stack([np.asarray(im) for im in generate(tiny_pipe, ["a cat", "a dog"], [0, 1])])
+    request = Request(targets=["stamp"], prompts=["a red cat", "a blue dog"])
+    edit = get_plugin("geom-erasing")(SETTINGS).fit(tiny_pipe, request)
+    assert type(edit) is GeomErasingEdit and edit.manifest.artifact_kind == "runtime"
+    assert_same_state(before, full_state(tiny_pipe))  # fit changed nothing
+    tokens = edit.manifest.extra["tokens"]
+    assert len(tokens) == 4 and edit.manifest.extra["data"]["trained_on"] == 2  # every other image
+    assert edit.manifest.extra["negative_text"] == "stamp " + " ".join(tokens)
+    init_noise = edit.tensors["text_encoder.location_tokens"]
+    assert init_noise.shape == (4, 32) and bool(torch.isfinite(init_noise).all())
+
+    loaded = Edit.load(edit.save(tmp_path / "ge"))
+    assert type(loaded) is GeomErasingEdit and loaded.manifest.extra["tokens"] == tokens
+    assert torch.equal(loaded.tensors["text_encoder.location_tokens"], init_noise)
+    seen = []
+    inner = tiny_pipe.encode_prompt
+
+    def spy(prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt=None, **kwargs):
+        seen.append(negative_prompt)  # what the pipeline's own encode_prompt receives under the edit
+        return inner(prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt, **kwargs)
+
+    object.__setattr__(tiny_pipe, "encode_prompt", spy)
+    with loaded.apply(tiny_pipe):
+        assert len(tiny_pipe.tokenizer) == len(tokenizer) + 4
+        made = generate(tiny_pipe, ["a cat", "a dog"], [0, 1], negative_prompt="dog")
+        edited = np.stack([np.asarray(im) for im in made])
+    assert tiny_pipe.encode_prompt is spy
+    tiny_pipe.__dict__.pop("encode_prompt")
+    assert seen and seen[0] == ["dog, stamp " + " ".join(tokens)] * 2  # composed with the user's negative prompt
+    assert not np.array_equal(base, edited)
+    assert tiny_pipe.tokenizer is tokenizer
+    assert_same_state(before, full_state(tiny_pipe))
+    after = np.stack([np.asarray(im) for im in generate(tiny_pipe, ["a cat", "a dog"], [0, 1])])
+    assert np.array_equal(base, after)
+
+
+def test_data_setting_trains_a_lora_with_the_tokens(tiny_pipe, fake_detectors, tmp_path: Path):
+    from PIL import Image
+
+    def image_set(n, seed):
+        rng = np.random.default_rng(seed)
+        images = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(n)]
+        return images, ["a red cat"] * n, [{} for _ in range(n)]
+
+    IMAGE_SETS.register("fake-ge-images", image_set)
+    try:
+        before = full_state(tiny_pipe)
+        edit = get_plugin("geom-erasing")(SETTINGS, setting="data", data="fake-ge-images").fit(
+            tiny_pipe, Request(targets=["stamp"])
+        )
+    finally:
+        dict.pop(IMAGE_SETS, "fake-ge-images", None)
+    assert type(edit) is GeomErasingLoRAEdit and edit.manifest.extra["data"]["trained_on"] == 4  # marked or not
+    assert any(k.endswith("lora_B.weight") and k.startswith("unet.") for k in edit.tensors)
+    folder = edit.save(tmp_path / "ge-data")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "learned_embeds.safetensors", "manifest.json", "pytorch_lora_weights.safetensors",
+    ]  # fmt: skip
+    loaded = Edit.load(folder)
+    module = next(k for k in loaded.tensors if k.endswith(".lora_A.weight"))[: -len(".lora_A.weight")]
+    with loaded.apply(tiny_pipe):
+        unet_changed = not torch.equal(before[f"{module}.weight"], full_state(tiny_pipe)[f"{module}.weight"])
+    assert unet_changed
+    assert_same_state(before, full_state(tiny_pipe))
+
+
+def test_fit_refuses_what_it_cannot_do(tiny_pipe, fake_detectors):
+    plugin = get_plugin("geom-erasing")
+    with pytest.raises(ConceptEditError, match="cannot find \\['halo'\\]; it knows \\['stamp'\\]"):
+        plugin(SETTINGS).fit(tiny_pipe, Request(targets=["halo"], prompts=["a cat"]))
+    with pytest.raises(ConceptEditError, match="unknown detector 'nope'"):
+        plugin(SETTINGS, detector="nope").fit(tiny_pipe, Request(targets=["stamp"], prompts=["a cat"]))
+    with pytest.raises(ConceptEditError, match="no detector registered for this model"):
+        plugin(SETTINGS, detector="auto").fit(tiny_pipe, Request(targets=["stamp"], prompts=["a cat"]))
+    with pytest.raises(ConceptEditError, match="ships no prompt corpus"):
+        plugin(SETTINGS).fit(tiny_pipe, Request(targets=["stamp"]))
+    with pytest.raises(ConceptEditError, match="alpha must be > 0"):
+        plugin(SETTINGS, alpha=0)
