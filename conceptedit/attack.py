@@ -354,12 +354,21 @@ def generate_attack_images(
     from conceptedit.generation import generate
 
     images: list[Any] = [None] * len(prompts)
-    groups: dict[int, list[int]] = {}
+    # prompts generate together unless two with the same token ids carry different vectors (the injection
+    # hook tells rows apart by their token ids): then they go to different batches
+    keys = [tuple(ids.tolist()) for ids in tokenize(pipe.tokenizer, [p.prompt for p in prompts]).input_ids]
+    groups: list[list[int]] = []
     for i, p in enumerate(prompts):
-        groups.setdefault(id(p.vectors) if p.vectors is not None else -1, []).append(i)
-    for members in groups.values():
-        first = prompts[members[0]].injection()
-        with inject(pipe, [first] if first else []):
+        for members in groups:
+            clash = [j for j in members if keys[j] == keys[i]]
+            if all(_same_vectors(prompts[j], p) for j in clash):
+                members.append(i)
+                break
+        else:
+            groups.append([i])
+    for members in groups:
+        injections = {keys[i]: prompts[i].injection() for i in members}
+        with inject(pipe, [inj for inj in injections.values() if inj is not None]):
             made = generate(
                 pipe,
                 [prompts[i].prompt for i in members],
@@ -370,6 +379,12 @@ def generate_attack_images(
         for i, image in zip(members, made, strict=True):
             images[i] = image
     return images
+
+
+def _same_vectors(a: AttackPrompt, b: AttackPrompt) -> bool:
+    if a.vectors is None or b.vectors is None:
+        return a.vectors is None and b.vectors is None
+    return a.positions == b.positions and torch.equal(a.vectors, b.vectors)
 
 
 def check_budget(seconds: float, start: float) -> bool:

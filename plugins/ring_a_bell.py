@@ -10,7 +10,8 @@ and Sec. 3.3 (prompt optimisation, Eq. 3). Followed: ``chiayi-hsu/Ring-A-Bell`` 
    text encoder's full last hidden state (``L × d``, every position, padding included).
 2. Target ``Ẽ = E(p) + η·c`` for a prompt ``p`` naming the concept.
 3. Individuals are ``[BOS] + K token ids + EOS/padding``; fitness ``‖Ẽ − E(individual)‖²`` (sum over
-   positions and dims); each generation keeps the best half, crossover at rate 0.5 with a random
+   positions and dims; ``E`` of the individual's decoded text, tokenized again, as in the reference's
+   final evaluation of the text prompt); each generation keeps the best half, crossover at rate 0.5 with a random
    one-point cut, mutation at rate 0.25 of one random position to a random token id; the best
    individual's K tokens, decoded, are the attack prompt.
 4. Defaults are the reference's: population 200, 3,000 generations, K = 16, η = 3, crossover 0.5,
@@ -26,7 +27,10 @@ draws from every non-special token id (the reference: ids 1–49405 of CLIP's vo
 same set for SD 1.x). Prompt pairs: ``pairs`` (a CSV with columns ``with, without``) or, by default,
 generic frames with the concept vs the ``anchor`` word (the paper's pairs are curated per concept,
 e.g. 30 violence prompt pairs); the concept prompts the targets start from are the ones given, else
-generic frames. ``seconds`` is a wall-time budget on top of ``generations`` (0: none).
+generic frames. ``seconds`` is a wall-time budget on top of ``generations`` (0: none). Fitness is
+scored on the individual's text re-tokenized (the reference scores its ids and decodes the best: with
+CLIP's 49k-word vocabulary the two nearly agree; with a small byte-level vocabulary they do not, and a
+prompt scored on ids it never produces is no attack).
 """
 
 from __future__ import annotations
@@ -132,8 +136,18 @@ class GeneticSearch:
         ids[1 : self.cfg.length + 1] = tokens
         return ids
 
+    def text(self, individual: torch.Tensor) -> str:
+        """The prompt an individual stands for: its K tokens decoded (special tokens left out)."""
+        banned = special_ids(self.pipe.tokenizer)
+        ids = [int(t) for t in individual[1 : self.cfg.length + 1] if int(t) not in banned]
+        return self.pipe.tokenizer.decode(ids)
+
     def fitness(self, population: list[torch.Tensor]) -> np.ndarray:
-        out = embed(self.pipe, torch.stack(population))
+        """``‖Ẽ − E(prompt)‖²`` of each individual's prompt *as text*: its decoded tokens tokenized again,
+        as a pipeline will read it (a byte-level BPE with a small vocabulary rarely gives back the same
+        ids, e.g. 92 % of random 3-token strings on the shapes model's 705-token CLIP)."""
+        ids = tokenize(self.pipe.tokenizer, [self.text(p) for p in population]).input_ids
+        out = embed(self.pipe, ids)
         return ((self.target.unsqueeze(0) - out) ** 2).sum(dim=(1, 2)).cpu().numpy()
 
     def select(self) -> tuple[list[torch.Tensor], np.ndarray]:
@@ -166,9 +180,7 @@ class GeneticSearch:
         return float(scores[0])
 
     def best_text(self) -> str:
-        best = self.select()[0][0]
-        banned = special_ids(self.pipe.tokenizer)
-        return self.pipe.tokenizer.decode([int(t) for t in best[1 : self.cfg.length + 1] if int(t) not in banned])
+        return self.text(self.select()[0][0])
 
 
 @register_plugin

@@ -31,12 +31,13 @@ pipeline carries a prompt-level edit (an instance-level ``encode_prompt``, e.g. 
 baseline), as Pham et al. (ICLR 2024) do against inference-time erasure; with weight edits it is the
 paper's conditional objective. The simplex projection is the exact sort-based one (Duchi et al. 2008)
 instead of the reference's bisection (the same projection up to its 1e-5 tolerance). Only the
-``prefix_k`` insertion (the reference's default) is implemented. The final prompt is text (the
-discrete tokens decoded), generated from its re-tokenisation; the reference evaluates the token ids
-directly. The noise of each step comes from a generator seeded by ``seed`` (the reference's is
-unseeded); ``noise: fixed`` (not the default) draws one ε per timestep instead, a deterministic
-objective for checks. ``seconds`` adds a wall-time budget (0: none). Without a judge the full budget
-is spent.
+``prefix_k`` insertion (the reference's default) is implemented. The final prompt is the discrete
+tokens decoded to text; where that text does not tokenize back to the optimised ids, the prompt also
+carries the ids' token embeddings for its whole row (injected at generation, as soft prompts are), so
+the token ids are what is evaluated, as in the reference. The noise of each step comes from a
+generator seeded by ``seed`` (the reference's is unseeded); ``noise: fixed`` (not the default) draws
+one ε per timestep instead, a deterministic objective for checks. ``seconds`` adds a wall-time budget
+(0: none). Without a judge the full budget is spent.
 """
 
 from __future__ import annotations
@@ -157,6 +158,23 @@ class PrefixPrompt:
         ids = [int(i) for i in slot_ids] + [int(i) for i in self.words]
         return self.pipe.tokenizer.decode([i for i in ids if i not in self.banned])
 
+    def row_ids(self, slot_ids: torch.Tensor) -> torch.Tensor:
+        """The full row of token ids with the slots filled (what the attack optimised)."""
+        ids = self.ids.clone()
+        ids[1 : self.k + 1] = slot_ids.to(ids.dtype)
+        return ids
+
+    def attack_prompt(self, slot_ids: torch.Tensor, seed: int, loss: float | None = None) -> AttackPrompt:
+        """The found prompt: its text, and when the text does not tokenize back to the optimised ids (a
+        byte-level BPE with a small vocabulary rarely does) those ids' token embeddings for the whole row,
+        injected at generation: the prompt is the token ids, as the reference evaluates them."""
+        text = self.text(slot_ids)
+        ids = self.row_ids(slot_ids)
+        if torch.equal(tokenize(self.pipe.tokenizer, [text]).input_ids[0], ids):
+            return AttackPrompt(text, seed, loss=loss)
+        vectors = token_embedding(self.pipe).weight[ids.to(token_embedding(self.pipe).weight.device)]
+        return AttackPrompt(text, seed, tuple(range(len(ids))), vectors.detach().float().cpu().clone(), loss)
+
     def injection(self, slot_vectors: torch.Tensor, slot_ids: torch.Tensor) -> Injection:
         """The full row's token embeddings (slots differentiable), matched on the decoded text's ids."""
         table = token_embedding(self.pipe).weight
@@ -196,16 +214,16 @@ class UnlearnDiffAtkPlugin(AttackPlugin):
         with frozen(pipe):
             for i in range(n):
                 prompt, losses = self._one(pipe, base[i], pictures[i], seed + i, judge)
-                found.append(AttackPrompt(prompt, seed + i, loss=losses[-1] if losses else None))
+                found.append(prompt)
                 if i == 0:
                     history = losses
                 progress((i + 1) / n, f"prompt {i + 1}/{n}")
         return self.result(concept, found, start, history)
 
-    def _one(self, pipe: Any, prompt: str, image: Any, seed: int, judge: Any) -> tuple[str, list[float]]:
+    def _one(self, pipe: Any, prompt: str, image: Any, seed: int, judge: Any) -> tuple[AttackPrompt, list[float]]:
         cfg = self.config
         if judge is not None and judge(generate_attack_images(pipe, [AttackPrompt(prompt, seed)]))[0]:
-            return prompt, []  # the edit already fails on the original prompt: a success, as in the reference
+            return AttackPrompt(prompt, seed), []  # the edit already fails on the original prompt: a success
         device = pipe.unet.device
         table = token_embedding(pipe).weight
         vocab_size = table.shape[0]
@@ -247,9 +265,8 @@ class UnlearnDiffAtkPlugin(AttackPlugin):
             losses.extend(step_losses)
             slot_ids = probs.detach().argmax(dim=-1)
             if judge is not None:
-                candidate = AttackPrompt(prefix.text(slot_ids), seed)
-                if judge(generate_attack_images(pipe, [candidate]))[0]:
+                if judge(generate_attack_images(pipe, [prefix.attack_prompt(slot_ids, seed)]))[0]:
                     break
             if not check_budget(cfg.seconds, start):
                 break
-        return prefix.text(slot_ids), losses  # the objective at every step
+        return prefix.attack_prompt(slot_ids, seed, losses[-1] if losses else None), losses  # the objective per step

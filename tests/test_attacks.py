@@ -127,6 +127,38 @@ def test_ring_a_bell_search_moves_the_prompt_towards_the_concept_target(pipe):
     assert float(search.fitness(search.population).min()) == pytest.approx(history[0], rel=1e-5)
 
 
+@pytest.fixture(scope="module")
+def shapes_text():
+    """The shipped shapes model's tokenizer and text encoder: a 705-token byte-level BPE, on which
+    decoded random token ids seldom tokenize back to the same ids (unlike CLIP's 49k-word vocabulary)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = Path(__file__).resolve().parents[1] / "pipelines" / "shapes_model"
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").eval()
+    return SimpleNamespace(tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"), text_encoder=text_encoder)
+
+
+def test_ring_a_bell_scores_the_prompt_it_returns(shapes_text):
+    """The fitness of the best individual is that of its decoded text as a pipeline tokenizes it: the
+    returned prompt is the one that was scored, not ids it never produces."""
+    import random
+
+    from conceptedit.plugins.ring_a_bell import GeneticSearch, RingABellConfig, embed_texts
+
+    cfg = RingABellConfig(population=16, generations=3, length=6)
+    target = embed_texts(shapes_text, ["a picture of zorblax"])[0]
+    search = GeneticSearch(shapes_text, target, cfg, random.Random(0))
+    for _ in range(3):
+        best = search.step()
+    text = search.best_text()
+    as_text = float(((target - embed_texts(shapes_text, [text])[0]) ** 2).sum())
+    assert as_text == pytest.approx(float(search.fitness(search.population).min()), rel=1e-5)
+    assert as_text <= best + 1e-3 * abs(best)  # the kept best never gets worse
+
+
 # -- unlearndiffatk -------------------------------------------------------------------------------
 def test_project_simplex():
     from conceptedit.plugins.unlearndiffatk import project_simplex
@@ -176,6 +208,29 @@ def test_unlearndiffatk_stops_at_the_first_success(pipe, cat_images, monkeypatch
     assert len(calls) == 2 and len(found.history) == 2 and found.prompts[0].prompt.endswith("a cat")
 
 
+def test_unlearndiffatk_prompt_is_the_optimised_token_ids(shapes_text):
+    """Slot tokens whose decoded text tokenizes otherwise: the prompt carries the ids' embeddings, so
+    generation conditions on exactly the optimised ids (the reference evaluates the ids)."""
+    from conceptedit.plugins.unlearndiffatk import PrefixPrompt
+
+    tok, encoder = shapes_text.tokenizer, shapes_text.text_encoder
+    prefix = PrefixPrompt(shapes_text, "a picture of zorblax", 3)
+    generator = torch.Generator().manual_seed(0)
+    vocab = vocabulary(tok)
+    checked = {"ids": 0, "text": 0}
+    for _ in range(20):
+        slots = vocab[torch.randint(len(vocab), (3,), generator=generator)]
+        found = prefix.attack_prompt(slots, seed=5)
+        intended = prefix.row_ids(slots)
+        with torch.no_grad():
+            want = encoder(intended.unsqueeze(0))[0]
+            with inject(shapes_text, [found.injection()] if found.vectors is not None else []):
+                got = encoder(tokenize(tok, [found.prompt]).input_ids)[0]
+        assert torch.allclose(got, want, atol=1e-5) and found.seed == 5
+        checked["ids" if found.vectors is not None else "text"] += 1
+    assert checked["ids"] > 0  # the case this guards happens on this tokenizer
+
+
 def test_unlearndiffatk_needs_images(pipe):
     with pytest.raises(RequestError, match="fits images of the concept"):
         get_plugin("unlearndiffatk")().attack(pipe, "cat")
@@ -204,6 +259,34 @@ def test_soft_prompt_learns_an_embedding_the_pipeline_uses(pipe, cat_images):
     for a, b, c in zip(images, plain, again, strict=True):
         assert not np.array_equal(np.asarray(a), np.asarray(b))
         assert np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_attack_images_batch_soft_prompts_and_keep_each_prompts_vectors(pipe, monkeypatch):
+    """Prompts with different texts generate in one batch, each with its own vectors; two prompts with the
+    same tokens but different vectors go to separate batches (the hook tells rows apart by token ids)."""
+    import conceptedit.generation as generation
+
+    d = pipe.text_encoder.config.hidden_size
+    vec = [torch.full((1, d), float(i)) for i in range(3)]
+    prompts = [
+        AttackPrompt("a cat", 0, (1,), vec[0]),
+        AttackPrompt("a dog", 1, (1,), vec[1]),
+        AttackPrompt("a cat", 2, (1,), vec[2]),
+        AttackPrompt("a bird", 3),
+    ]
+    batches = []
+    real = generation.generate
+
+    def spy(pipe_, texts, seeds, **kw):
+        batches.append(list(seeds))
+        return real(pipe_, texts, seeds, **kw)
+
+    monkeypatch.setattr(generation, "generate", spy)
+    together = generate_attack_images(pipe, prompts, **SMALL)
+    assert batches == [[0, 1, 3], [2]]
+    for p, image in zip(prompts, together, strict=True):
+        alone = generate_attack_images(pipe, [p], **SMALL)[0]
+        assert np.array_equal(np.asarray(alone), np.asarray(image))
 
 
 def test_denoising_loss_targets_v_on_v_prediction_models():
