@@ -171,7 +171,12 @@ def _generate_cached(pipe: Any, captions: list[str], seeds: list[int], cache_roo
     images = [cache.get(k) for k in keys]
     missing = [i for i, im in enumerate(images) if im is None]
     for start in range(0, len(missing), batch_size):
-        chunk = missing[start : start + batch_size]
+        # another process filling the same cache (a second worker, an earlier run resumed) may have made some
+        for i in missing[start : start + batch_size]:
+            images[i] = cache.get(keys[i])
+        chunk = [i for i in missing[start : start + batch_size] if images[i] is None]
+        if not chunk:
+            continue
         made = generate(pipe, [captions[i] for i in chunk], [seeds[i] for i in chunk], batch_size=batch_size)
         for i, im in zip(chunk, made, strict=True):
             cache.put(keys[i], im)
@@ -218,6 +223,36 @@ def _energies(sae: Any, tokens: torch.Tensor) -> torch.Tensor:
     return out.view(n, sae.width)
 
 
+def _trained_sae(store: Any, config: BlindspotsConfig, folder: Path) -> Any:
+    """The RA-SAE on the real images' store, trained once: saved under ``folder`` with the key of its
+    store and settings, so a second analysis of the same real images (another model, an edit applied)
+    reuses it instead of spending minutes retraining an identical SAE."""
+    from conceptedit.sae import TrainConfig, train_sae
+    from conceptedit.sae.io import load_sae, save_sae
+
+    settings = ("sae_width", "sae_k", "n_archetypes", "train_tokens", "lr", "seed")
+    key = {"store": store.meta.get("key"), **{k: getattr(config, k) for k in settings}}
+    key_file = folder / "key.json"
+    if key_file.is_file():
+        if json.loads(key_file.read_text()) == key:
+            return load_sae(folder).eval()
+        raise RequestError(f"{folder} holds an SAE of other images or settings; use another --out folder")
+    torch.manual_seed(config.seed)
+    batch = min(1024, store.n_rows)
+    tc = TrainConfig(
+        token_budget=max(config.train_tokens, batch), batch_size=batch, lr=config.lr, seed=config.seed,
+        warmup_steps=20, init_rows=min(8192, store.n_rows), progress=False,
+    )  # fmt: skip
+    sae = train_sae(
+        store, "archetypal", config.sae_width, config=tc, k=config.sae_k, selection="batchtopk",
+        n_archetypes=min(config.n_archetypes, tc.init_rows),
+    )  # fmt: skip
+    sae.eval()
+    save_sae(sae, folder)
+    key_file.write_text(json.dumps(key))
+    return sae
+
+
 def analyze_blindspots(
     pipe: Any,
     images: list[Any],
@@ -225,13 +260,14 @@ def analyze_blindspots(
     labels: list[dict[str, Any]] | None,
     config: BlindspotsConfig,
     progress: Progress = no_progress,
+    report_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The whole analysis; writes ``report.json`` and ``report.html`` under ``config.out``."""
+    """The whole analysis; writes ``report.json`` and ``report.html`` under ``report_dir`` (default
+    ``config.out``, which also holds the feature store, the SAE and the image cache, shared by runs)."""
     from conceptedit.loading import model_id
     from conceptedit.plugins._blindspots_features import make_extractor
     from conceptedit.plugins._blindspots_report import write_report
     from conceptedit.plugins._blindspots_stats import concept_stats, label_correlations, memorisation_flags
-    from conceptedit.sae import TrainConfig, train_sae
 
     if len(images) != len(captions):
         raise RequestError(f"{len(images)} images but {len(captions)} captions; give one caption per image")
@@ -249,17 +285,7 @@ def analyze_blindspots(
 
     t0 = time.perf_counter()
     progress(0.15, "training the SAE")
-    torch.manual_seed(config.seed)
-    batch = min(1024, store.n_rows)
-    tc = TrainConfig(
-        token_budget=max(config.train_tokens, batch), batch_size=batch, lr=config.lr, seed=config.seed,
-        warmup_steps=20, init_rows=min(8192, store.n_rows), progress=False,
-    )  # fmt: skip
-    sae = train_sae(
-        store, "archetypal", config.sae_width, config=tc, k=config.sae_k, selection="batchtopk",
-        n_archetypes=min(config.n_archetypes, tc.init_rows),
-    )  # fmt: skip
-    sae.eval()
+    sae = _trained_sae(store, config, out / "sae")
     times["sae_train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -278,6 +304,7 @@ def analyze_blindspots(
     )
     names = label_correlations(e_real.numpy(), labels) if labels else []
     top = torch.topk(e_real.T, min(config.top_images, len(images)), dim=1).indices.tolist()
+    top_gen = torch.topk(e_gen.T, min(config.top_images, len(images)), dim=1).indices.tolist()
     times["analysis"] = time.perf_counter() - t0
 
     concepts = []
@@ -285,6 +312,7 @@ def analyze_blindspots(
         row: dict[str, Any] = s.to_dict()
         row["paper_class"] = "suppressed" if s.delta < 0.1 else "exaggerated" if s.delta > 0.9 else "faithful"
         row["top_real_images"] = top[s.concept]
+        row["top_generated_images"] = top_gen[s.concept]  # where an exaggerated concept shows
         if names:
             row["name"], row["name_corr"] = names[s.concept][0], round(names[s.concept][1], 4)
         concepts.append(row)
@@ -309,7 +337,9 @@ def analyze_blindspots(
         "captions": captions,
         "seconds": {k: round(v, 2) for k, v in times.items()},
     }
-    write_report(result, images, generated, out)
+    report_dir = Path(report_dir) if report_dir is not None else out
+    report_dir.mkdir(parents=True, exist_ok=True)
+    write_report(result, images, generated, report_dir)
     progress(1.0, "done")
     return result
 

@@ -145,6 +145,34 @@ def test_report_schema_and_files(tmp_path: Path):
         check_schema(broken)
 
 
+def test_report_names_concepts_and_shows_where_an_exaggerated_concept_appears(tmp_path: Path):
+    """The HTML names each shown concept by its label, lists a named label that is *not* shifted, shows an
+    exaggerated concept's top generated images (not only the generations for its top real captions),
+    and says so when nothing is found."""
+    from conceptedit.plugins._blindspots_report import shown_concepts
+
+    result = _result(5)
+    names = [("shape=crescent", 0.8), ("halo=True", 0.9), ("halo=True", 0.5), ("colour=red", 0.1), ("qr=True", 0.7)]
+    for c, (name, r) in zip(result["concepts"], names, strict=True):
+        c.update(name=name, name_corr=r, label="faithful", q=0.5, top_real_images=[0, 1], top_generated_images=[2])
+    result["concepts"][1].update(label="exaggerated", q=0.001, top_generated_images=[7, 8])
+    result["captions"] = [f"caption {i}" for i in range(30)]
+    shown = shown_concepts(result["concepts"])
+    # the discovery first, then the best concept of each label above the name threshold (not #2, not colour=red)
+    assert [c["concept"] for c in shown] == [1, 4, 0]
+    images = [Image.new("RGB", (8, 8), (i * 8, 0, 0)) for i in range(30)]
+    write_report(result, images, images, tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert "#1 halo=True (r 0.90)" in page and "#0 shape=crescent (r 0.80)" in page and "#4 qr=True" in page
+    assert "colour=red" not in page  # a weak best label is no name
+    assert 'title="7: caption 7"' in page and 'title="8: caption 8"' in page  # the top generated images
+    assert "no concept differs" not in page
+    for c in result["concepts"]:
+        c["label"] = "faithful"
+    write_report(result, images, images, tmp_path)
+    assert "no concept differs between real and generated images at FDR 0.05" in (tmp_path / "report.html").read_text()
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path: Path):
     from conceptedit.plugins.blindspots import check_user_images
 
@@ -235,10 +263,18 @@ def test_end_to_end_on_the_tiny_model_writes_a_valid_report_and_caches(tmp_path:
     def no_generation(*args, **kwargs):
         raise AssertionError("generated again although every image is cached")
 
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained the SAE again although the same real images' SAE is saved")
+
     monkeypatch.setattr("conceptedit.generation.generate", no_generation)
+    monkeypatch.setattr("conceptedit.sae.train_sae", no_training)
     again = plugin.fit(pipe, Request(targets=["all"], images=[folder], extra={"captions": captions}))
     assert sorted((tmp_path / "out" / "cache").rglob("*.png")) == cached  # nothing generated twice
     assert [c["delta"] for c in again.data["concepts"]] == [c["delta"] for c in result["concepts"]]
+    # another SAE setting on the same folder is refused, not silently answered with the saved SAE
+    other = get_plugin("blindspots")({**values, "sae_k": 3, "out": str(tmp_path / "out")})
+    with pytest.raises(ConceptEditError, match="holds an SAE of other images or settings"):
+        other.fit(pipe, Request(targets=["all"], images=[folder], extra={"captions": captions}))
 
 
 def test_feature_extractor_errors_are_one_line():
