@@ -1,5 +1,5 @@
 """Mutation check: break the code on purpose, one curated mutation at a time, and see whether the tests notice.
-(Long because it is a table: 35 curated mutations with their tests, then a small runner.)
+(Long because it is a table: 43 curated mutations with their tests, then a small runner.)
 
 Each mutation is an exact text replacement in one file of the core (``conceptedit/``) or the plugins
 (``plugins/``) — a sign flip, an off-by-one, a dropped step, swapped arguments — with the test files (or
@@ -213,8 +213,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "fewshot-descends-instead-of-ascends",
         "plugins/fewshot_unlearning.py",
-        "loss = -self.denoising_loss(pipe, student, noise_scheduler, z, noise, t, pick(len(idx)))",
-        "loss = self.denoising_loss(pipe, student, noise_scheduler, z, noise, t, pick(len(idx)))",
+        "loss = -self.denoising_loss(pipe, students, noise_scheduler, z, noise, t, pick(len(idx)))",
+        "loss = self.denoising_loss(pipe, students, noise_scheduler, z, noise, t, pick(len(idx)))",
         (
             "tests/test_fewshot.py::test_images_from_a_folder_lora_and_early_stop",
             "tests/test_effects.py::test_fewshot_lowers_the_concept_and_keeps_others",
@@ -423,6 +423,71 @@ MUTATIONS: list[Mutation] = [
         "            problem = compare(fp, actual[name])\n            if False:",
         ("tests/test_edits.py::test_edit_refuses_another_base_model",),
         "an edit applies to another base model",
+    ),
+    # -- SDXL (tests/test_sdxl.py) --
+    Mutation(
+        "sdxl-context-from-last-layer",
+        "conceptedit/conditioning.py",
+        "        states.append(out.hidden_states[-2])",
+        "        states.append(out.hidden_states[-1])",
+        ("tests/test_sdxl.py::test_conditioning_is_what_the_pipelines_give_the_unet",),
+        "SDXL's context read from the last layer instead of the penultimate one",
+    ),
+    Mutation(
+        "sdxl-time-ids-dropped",
+        "conceptedit/conditioning.py",
+        '"time_ids": cond.time_ids.to(device, dtype)}',
+        '"time_ids": torch.zeros_like(cond.time_ids).to(device, dtype)}',
+        ("tests/test_sdxl.py::test_conditioning_is_what_the_pipelines_give_the_unet",),
+        "the UNet gets no size conditioning",
+    ),
+    Mutation(
+        "sdxl-uce-key-is-eos",
+        "plugins/uce.py",
+        "        last = int(ids.attention_mask[0].sum()) - 2",
+        "        last = int(ids.attention_mask[0].sum()) - 1",
+        ("tests/test_sdxl.py::test_uce_maps_the_concatenated_concept_key_to_the_guide",),
+        "UCE edits the EOS row instead of the concept's last word",
+    ),
+    Mutation(
+        "sdxl-fewshot-first-encoder-only",
+        "plugins/fewshot_unlearning.py",
+        "        for name, encoder, _ in text_encoders(pipe):",
+        "        for name, encoder, _ in text_encoders(pipe)[:1]:",
+        ("tests/test_sdxl.py::test_fewshot_trains_both_text_encoders_up_to_the_blocks_the_unet_reads",),
+        "few-shot unlearning trains only SDXL's first text encoder",
+    ),
+    Mutation(
+        "sdxl-fewshot-trains-unread-block",
+        "plugins/fewshot_unlearning.py",
+        '    if uses_added_conditioning(pipe) and not hasattr(encoder, "text_projection"):',
+        "    if False:",
+        ("tests/test_sdxl.py::test_fewshot_trains_both_text_encoders_up_to_the_blocks_the_unet_reads",),
+        "the first encoder's last block, which SDXL never reads, trains",
+    ),
+    Mutation(
+        "sdxl-itd-hooks-first-encoder",
+        "plugins/itd.py",
+        'component = "text_encoder_2" if family == SDXL else "text_encoder"',
+        'component = "text_encoder"',
+        ("tests/test_sdxl.py::test_itd_reads_the_second_encoder_by_default",),
+        "ItD's SAE reads SDXL's first encoder by default",
+    ),
+    Mutation(
+        "sdxl-negative-prompt-2-ignored",
+        "conceptedit/edits/runtime.py",
+        '                        if key == "negative_prompt" or given.get(key) is not None:',
+        '                        if key == "negative_prompt":',
+        ("tests/test_sdxl.py::test_negative_prompt_reaches_both_sdxl_negative_prompts",),
+        "a user's negative_prompt_2 does not get the concept",
+    ),
+    Mutation(
+        "sdxl-realera-lora-not-saved",
+        "plugins/realera.py",
+        "(LORA_FILE, self.lora.tensors if self.lora else {})",
+        "(LORA_FILE, {})",
+        ("tests/test_sdxl.py::test_plugin_fits_applies_removes_and_round_trips_on_sdxl",),
+        "RealEra's saved artifact loses its LoRA stage",
     ),
 ]
 

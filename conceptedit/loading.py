@@ -77,7 +77,9 @@ def _offline(offline: bool | None) -> bool:
 
 
 def _sd_kwargs(class_name: str, safety_checker: bool) -> dict[str, Any]:
-    if class_name.startswith("StableDiffusion") and not safety_checker:
+    # SDXL and SD3 pipelines have no safety checker (diffusers warns about the keywords)
+    no_checker = class_name.startswith(("StableDiffusionXL", "StableDiffusion3"))
+    if class_name.startswith("StableDiffusion") and not no_checker and not safety_checker:
         return {"safety_checker": None, "requires_safety_checker": False}
     return {}
 

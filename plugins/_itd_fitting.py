@@ -12,7 +12,7 @@ import torch
 
 from conceptedit.errors import RequestError
 from conceptedit.plugin import Request
-from conceptedit.plugins._itd_latents import cache_root, layer_name
+from conceptedit.plugins._itd_latents import cache_root, encoder_parts, layer_name
 from conceptedit.toolkit import Progress, payload_hash, read_prompts
 
 # Prompt frames for target and retain prompts when the request gives none (reference: simple
@@ -71,12 +71,12 @@ class ItDFitting:
         extra = self.given_target_prompts(request) + self.retain_prompts(request, [])
         return prompts + extra
 
-    def sae_cache_key(self, pipe: Any, layer: int, corpus: list[str]) -> str:
+    def sae_cache_key(self, pipe: Any, layer: int, corpus: list[str], component: str = "text_encoder") -> str:
         from conceptedit.fingerprint import fingerprint
 
         c = self.config
         payload = {
-            "text_encoder": fingerprint(pipe.text_encoder),
+            "text_encoder": fingerprint(encoder_parts(pipe, component)[0]),  # the encoder the SAE reads
             "layer": layer,
             "arch": c.sae_arch,
             "width": c.sae_width,
@@ -90,25 +90,40 @@ class ItDFitting:
         }
         return payload_hash(payload)
 
-    def get_sae(self, pipe: Any, request: Request, layer: int, corpus: list[str], progress: Progress) -> Any:
+    def get_sae(
+        self,
+        pipe: Any,
+        request: Request,
+        layer: int,
+        corpus: list[str],
+        progress: Progress,
+        component: str = "text_encoder",
+    ) -> Any:
         from conceptedit.sae import TrainConfig, collect_activations, load_sae, save_sae, train_sae
 
         c = self.config
+        encoder, tokenizer = encoder_parts(pipe, component)
         if c.sae_path:
             sae = load_sae(c.sae_path)
-            if sae.d_in != pipe.text_encoder.config.hidden_size:
+            if sae.d_in != encoder.config.hidden_size:
                 raise RequestError(
-                    f"SAE at {c.sae_path} has d_in={sae.d_in}, but the text encoder's hidden size is "
-                    f"{pipe.text_encoder.config.hidden_size}"
+                    f"SAE at {c.sae_path} has d_in={sae.d_in}, but the hidden size of {component} is "
+                    f"{encoder.config.hidden_size}"
                 )
             return sae
         corpus = self.corpus(corpus, request)
-        folder = cache_root() / "itd-sae" / self.sae_cache_key(pipe, layer, corpus)
+        folder = cache_root() / "itd-sae" / self.sae_cache_key(pipe, layer, corpus, component)
         if (folder / "cfg.json").is_file():
             return load_sae(folder)
         progress(0.05, f"collecting activations of {len(corpus)} prompts")
         store = collect_activations(
-            pipe, layer_name(layer), corpus, padding="longest", skip_bos=False, skip_padding=False, progress=False
+            (encoder, tokenizer),
+            layer_name(layer),
+            corpus,
+            padding="longest",
+            skip_bos=False,
+            skip_padding=False,
+            progress=False,
         )
         tokens_per_prompt = max(1, store.n_rows // max(1, len(corpus)))
         progress(0.15, f"training a {c.sae_arch} SAE ({c.sae_width} latents, k={c.sae_k})")
@@ -122,7 +137,7 @@ class ItDFitting:
             progress=True,
         )
         sae = train_sae(store, c.sae_arch, c.sae_width, config=train_config, k=c.sae_k)
-        sae.source = {"module": f"text_encoder.{layer_name(layer)}", "plugin": "itd"}
+        sae.source = {"module": f"{component}.{layer_name(layer)}", "plugin": "itd"}
         save_sae(sae, folder)
         return sae
 

@@ -33,8 +33,20 @@ def cache_root() -> Path:
     return Path(base)
 
 
-def _tokenize(pipe: Any, prompts: list[str]) -> torch.Tensor:
-    return tokenize(pipe.tokenizer, prompts, pipe.text_encoder.device).input_ids
+TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+
+
+def encoder_parts(pipe: Any, component: str = "text_encoder") -> tuple[torch.nn.Module, Any]:
+    """The text encoder ``component`` of the pipeline and its own tokenizer (SDXL's second encoder has its own)."""
+    encoder, tokenizer = getattr(pipe, component, None), getattr(pipe, TOKENIZER_OF.get(component, ""), None)
+    if encoder is None or tokenizer is None:
+        raise RequestError(f"the pipeline has no {component} with a tokenizer; choose one of {list(TOKENIZER_OF)}")
+    return encoder, tokenizer
+
+
+def _tokenize(pipe: Any, prompts: list[str], component: str = "text_encoder") -> torch.Tensor:
+    encoder, tokenizer = encoder_parts(pipe, component)
+    return tokenize(tokenizer, prompts, encoder.device).input_ids
 
 
 def _layer_output(encoder: torch.nn.Module, name: str, ids: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from conceptedit.conditioning import Conditioning, predict_noise
 from conceptedit.errors import RequestError
 
 
@@ -176,28 +177,24 @@ def alignment_problem(
 
 
 # -- the LoRA stage --------------------------------------------------------------------------------
-def _eps(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    dtype = next(unet.parameters()).dtype
-    return unet(x.to(dtype), t, encoder_hidden_states=cond.to(dtype), return_dict=False)[0].float()
-
-
 @dataclass
 class NoiseAlignmentData:
-    """What the LoRA stage trains on, per concept prompt ``p``: its encoded sequence, the row of the
-    concept token, the anchor prompt's sequence, its mined neighbours and beyond-concept samples."""
+    """What the LoRA stage trains on, per concept prompt ``p``: its conditioning (context ``(1, L, d)``, and on
+    SDXL the pooled embedding and time ids), the row of the concept token, the anchor prompt's conditioning,
+    its mined neighbours and beyond-concept samples."""
 
-    sequences: list[torch.Tensor]  # (1, L, d) each
+    sequences: list[Conditioning]
     rows: list[int]
-    anchor_sequences: list[torch.Tensor]  # (1, L, d) each
+    anchor_sequences: list[Conditioning]
     neighbours: list[torch.Tensor]  # (n, d) each (may be empty: then the concept row itself)
     beyond: list[torch.Tensor]  # (m, d) each (may be empty: no regularisation term)
     latents: torch.Tensor  # (k, C, h, w): clean latents of the concept (the base model's own images)
 
 
-def _with_row(sequence: torch.Tensor, row: int, value: torch.Tensor) -> torch.Tensor:
-    out = sequence.clone()
+def _with_row(cond: Conditioning, row: int, value: torch.Tensor) -> Conditioning:
+    out = cond.embeds.clone()
     out[0, row] = value.to(out.device, out.dtype)
-    return out
+    return cond.with_embeds(out)
 
 
 def noise_alignment_lora(
@@ -225,7 +222,7 @@ def noise_alignment_lora(
         seq, row = data.sequences[p], data.rows[p]
         nb = data.neighbours[p]
         choice = int(torch.randint(0, len(nb) + 1, (1,), generator=generator))
-        erased_row = seq[0, row] if choice == len(nb) else nb[choice]  # the concept itself, or a neighbour
+        erased_row = seq.embeds[0, row] if choice == len(nb) else nb[choice]  # the concept itself, or a neighbour
         z0 = data.latents[int(torch.randint(0, len(data.latents), (1,), generator=generator))][None]
         noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype)
         t = torch.randint(0, n_train, (1,), generator=generator)
@@ -236,9 +233,10 @@ def noise_alignment_lora(
         use_reg = len(bc) > 0 and regularisation_weight > 0
         if use_reg:
             conds.append(_with_row(seq, row, bc[int(torch.randint(0, len(bc), (1,), generator=generator))]))
+        x_in = torch.cat([x_t] * len(conds))
         with torch.no_grad():
-            targets = _eps(frozen, torch.cat([x_t] * len(conds)), t, torch.cat([data.anchor_sequences[p]] + conds[1:]))
-        preds = _eps(student, torch.cat([x_t] * len(conds)), t, torch.cat(conds))
+            targets = predict_noise(frozen, x_in, t, Conditioning.cat([data.anchor_sequences[p]] + conds[1:]))
+        preds = predict_noise(student, x_in, t, Conditioning.cat(conds))
         loss = torch.nn.functional.mse_loss(preds[:1], targets[:1])
         if use_reg:
             loss = loss + regularisation_weight * torch.nn.functional.mse_loss(preds[1:], targets[1:])

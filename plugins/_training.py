@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -107,3 +108,12 @@ class Trainable:
         return WeightDeltaEdit.from_models(
             manifest, {key(n): before[n] for n in self.names}, {key(n): after[n] for n in self.names}
         )
+
+
+def combined_artifact(trainables: list[Trainable], manifest: Manifest, pipe: Any) -> WeightDeltaEdit:
+    """One edit of the trained parts of several components (e.g. SDXL's two text encoders), each compared
+    with the pipeline's own component; tensors are keyed by component, so they never collide."""
+    edits = [t.artifact(manifest, getattr(pipe, t.component)) for t in trainables]
+    if len(edits) == 1:
+        return edits[0]
+    return type(edits[0])(manifest, {k: v for e in edits for k, v in e.tensors.items()})

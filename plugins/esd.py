@@ -38,6 +38,13 @@ Deviations, and why:
   full weights (not in the reference). Rank 4, alpha = rank; the LoRA trains at ``lora_lr``, by default
   10 × ``lr`` (5e-4): LoRA factors move the weights an order of magnitude less than full fine-tuning at
   the same lr (``plugins/_training.py``; measured with ``benchmarks/lora_vs_full.py``).
+
+SDXL (the reference has an SDXL script, ``esd_sdxl.py``): every noise prediction also gets the prompt's
+pooled text embedding and the ``add_time_ids`` of the sampling size (``added_cond_kwargs``, via
+:func:`conceptedit.conditioning.predict_noise`); the unconditional branch is the encoded ``""`` as in the
+SD reference (``negative_prompt=""``), not SDXL's zeroed empty prompt. The presets select the same layer
+names (``attn2`` exists in every SDXL transformer block). The sampler is the pipeline's own scheduler
+(Euler on SDXL), through ``scale_model_input``.
 """
 
 from __future__ import annotations
@@ -50,8 +57,9 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from conceptedit.conditioning import Conditioning, conditioning, predict_noise
 from conceptedit.edits import WeightDeltaEdit
-from conceptedit.families import SD_FAMILIES
+from conceptedit.families import SD_FAMILIES, SDXL
 from conceptedit.plugin import Plugin, Request
 from conceptedit.plugins._training import Trainable, learning_rate, linear_module_names, trainable_copy
 from conceptedit.registry import register_plugin
@@ -95,26 +103,21 @@ def esd_module_names(unet: torch.nn.Module, train_method: str) -> list[str]:
     return linear_module_names(unet, keep)
 
 
-def _eps(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    dtype = next(unet.parameters()).dtype
-    return unet(x.to(dtype), t, encoder_hidden_states=cond.to(dtype), return_dict=False)[0].float()
-
-
 @torch.no_grad()
 def sample_until(
     unet: torch.nn.Module,
     scheduler: Any,
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
+    cond: Conditioning,
+    uncond: Conditioning,
     latents: torch.Tensor,
     stop: int,
     guidance_scale: float,
 ) -> torch.Tensor:
     """Run the first ``stop`` steps of classifier-free-guided sampling (the reference's ``run_till_timestep``)."""
-    embeds = torch.cat([uncond, cond])
+    both = Conditioning.cat([uncond, cond])
     for t in scheduler.timesteps[:stop]:
         x_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-        eps_u, eps_c = _eps(unet, x_in, t, embeds).chunk(2)
+        eps_u, eps_c = predict_noise(unet, x_in, t, both).chunk(2)
         latents = scheduler.step(eps_u + guidance_scale * (eps_c - eps_u), t, latents).prev_sample
     return latents
 
@@ -124,7 +127,7 @@ class ESDPlugin(Plugin):
     name = "esd"
     kind = "erase"
     Config = ESDConfig
-    families = SD_FAMILIES
+    families = (*SD_FAMILIES, SDXL)
     artifact_kind = "weight_delta"
     summary = "Fine-tune the UNet so the concept's score follows the model's own negatively guided score."
     paper = "Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023"
@@ -148,14 +151,15 @@ class ESDPlugin(Plugin):
         lr = learning_rate(cfg.lr, cfg.artifact, cfg.lora_lr)
         optimizer = torch.optim.Adam(trainable.parameters, lr=lr)
 
-        with torch.no_grad():
+        size = cfg.resolution or default_resolution(pipe)
+        with torch.no_grad():  # SDXL: + pooled embeddings and the time ids of the sampling size
+            uncond = conditioning(pipe, [""], size=size).float()  # the reference's negative_prompt=""
             encoded = []
             for target in request.targets:
-                cond, uncond = pipe.encode_prompt(target, device, 1, True, negative_prompt="")
-                source = pipe.encode_prompt(cfg.erase_from, device, 1, False)[0] if cfg.erase_from else cond
-                encoded.append((cond.float(), uncond.float(), source.float()))
+                cond = conditioning(pipe, [target], size=size).float()
+                source = conditioning(pipe, [cfg.erase_from], size=size).float() if cfg.erase_from else cond
+                encoded.append((cond, uncond, source))
         scheduler = copy.deepcopy(pipe.scheduler)  # the pipeline's own scheduler stays untouched
-        size = cfg.resolution or default_resolution(pipe)
         latent_shape = (1, pipe.unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
         gen = torch.Generator("cpu").manual_seed(cfg.seed)
         sampler = frozen if cfg.sampler == "frozen" else student
@@ -172,11 +176,11 @@ class ESDPlugin(Plugin):
             t = scheduler.timesteps[stop]
             x_in = scheduler.scale_model_input(x_t, t)
             with torch.no_grad():
-                eps_u, eps_c, eps_from = _eps(
-                    frozen, torch.cat([x_in] * 3), t, torch.cat([uncond, cond, source])
+                eps_u, eps_c, eps_from = predict_noise(
+                    frozen, torch.cat([x_in] * 3), t, Conditioning.cat([uncond, cond, source])
                 ).chunk(3)
                 target = eps_from - cfg.negative_guidance * (eps_c - eps_u)
-            loss = torch.nn.functional.mse_loss(_eps(student, x_in, t, source), target)
+            loss = torch.nn.functional.mse_loss(predict_noise(student, x_in, t, source), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

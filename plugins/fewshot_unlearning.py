@@ -42,11 +42,20 @@ Deviations, and why:
   10-100× the full-model lr; ``plugins/_training.py`` says why). At the same lr the LoRA barely moves
   the encoder (0.16/255 mean change on "a picture of zorblax", shapes model, lr 1e-3); at 10 × it
   erases as the weight delta does (``benchmarks/lora_vs_full.py``).
+- SDXL (the paper and reference are SD 1.4 only): the UNet reads *both* text encoders (the context is their
+  penultimate states concatenated, the pooled embedding is the second's projection), so both train, each
+  with the chosen parameter group: "the text encoder" of the paper is, on SDXL, the pair; training one
+  would leave the other's share of the context (768 or 1280 of 2048 channels on the real model) carrying
+  the concept. Blocks the UNet never reads are left out (the first encoder's last block: SDXL reads its
+  penultimate states, so its "final attention" is the penultimate block's; the second's last block feeds
+  the pooled projection and stays in). The artifact holds both encoders' deltas (or LoRAs); the loss's
+  ``add_time_ids`` name the training resolution, uncropped.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -55,13 +64,20 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from conceptedit.conditioning import conditioning, predict_noise, text_encoders, uses_added_conditioning
 from conceptedit.edits import WeightDeltaEdit
 from conceptedit.errors import RequestError
-from conceptedit.families import SD_FAMILIES
+from conceptedit.families import SD_FAMILIES, SDXL
 from conceptedit.plugin import Plugin, Request
-from conceptedit.plugins._training import Trainable, learning_rate, linear_module_names, trainable_copy
+from conceptedit.plugins._training import (
+    Trainable,
+    combined_artifact,
+    learning_rate,
+    linear_module_names,
+    trainable_copy,
+)
 from conceptedit.registry import register_plugin
-from conceptedit.toolkit import Progress, default_resolution, encode_prompts, expand_images, no_progress
+from conceptedit.toolkit import Progress, default_resolution, expand_images, no_progress
 
 # Textual-inversion templates (diffusers examples/textual_inversion), as the reference's data.py uses them.
 OBJECT_TEMPLATES = (
@@ -155,12 +171,24 @@ class FewShotConfig:
             raise ValueError("image_prompt must contain {} (the concept)")
 
 
-def text_encoder_module_names(text_encoder: torch.nn.Module, group: str, lora: bool = False) -> list[str]:
-    """Layers of a CLIP text encoder in one of the reference's parameter groups (``utils.py``)."""
-    layers = sorted(
-        {int(n.split("layers.")[1].split(".")[0]) for n, _ in text_encoder.named_modules() if "layers." in n}
-    )
-    last = f"layers.{layers[-1]}.self_attn."
+def _layer_of(name: str) -> int | None:
+    return int(name.split("layers.")[1].split(".")[0]) if "layers." in name else None
+
+
+def text_encoder_module_names(
+    text_encoder: torch.nn.Module, group: str, lora: bool = False, last_layer: int | None = None
+) -> list[str]:
+    """Layers of a CLIP text encoder in one of the reference's parameter groups (``utils.py``). ``last_layer``:
+    the last block whose output the UNet reads (SDXL reads the penultimate one of its first encoder); later
+    blocks are left out and "final attention" is that block's."""
+    layers = sorted({i for n, _ in text_encoder.named_modules() if (i := _layer_of(n)) is not None})
+    final = layers[-1] if last_layer is None else last_layer
+    last = f"layers.{final}.self_attn."
+
+    def used(n: str) -> bool:
+        i = _layer_of(n)
+        return i is None or i <= final
+
     keep = {
         "mlp-only": lambda n: "mlp.fc" in n,
         "attn-only": lambda n: ".self_attn." in n,
@@ -169,8 +197,22 @@ def text_encoder_module_names(text_encoder: torch.nn.Module, group: str, lora: b
         "all": lambda n: True,
     }[group]
     if group == "all" and not lora:
-        return [""]  # every parameter, embeddings and layer norms included (reference: no freezing)
-    return linear_module_names(text_encoder, keep)
+        if final == layers[-1]:
+            return [""]  # every parameter, embeddings and layer norms included (reference: no freezing)
+        # every parameter the UNet's input depends on: the embeddings and the blocks up to ``final``
+        return ["text_model.embeddings"] + [f"text_model.encoder.layers.{i}" for i in range(final + 1)]
+    return linear_module_names(text_encoder, lambda n: keep(n) and used(n))
+
+
+def last_used_layer(pipe: Any, component: str) -> int:
+    """The last block of a text encoder whose output reaches the UNet: SDXL reads the penultimate hidden
+    states of both encoders (``hidden_states[-2]``), and the second's last block feeds only its pooled
+    projection, so it counts; SD 1.x/2.x read the last block."""
+    encoder = getattr(pipe, component)
+    n = int(encoder.config.num_hidden_layers)
+    if uses_added_conditioning(pipe) and not hasattr(encoder, "text_projection"):
+        return n - 2
+    return n - 1
 
 
 def to_tensor(image: Image.Image, size: int, flip: bool) -> torch.Tensor:
@@ -187,7 +229,7 @@ class FewShotUnlearningPlugin(Plugin):
     name = "fewshot-unlearning"
     kind = "erase"
     Config = FewShotConfig
-    families = SD_FAMILIES
+    families = (*SD_FAMILIES, SDXL)
     artifact_kind = "weight_delta"
     summary = "Gradient ascent on a few concept images' denoising loss, updating only the text encoder."
     paper = "Fuchi & Takagi, Erasing Concepts from T2I Diffusion Models with Few-shot Unlearning, BMVC 2024"
@@ -221,12 +263,23 @@ class FewShotUnlearningPlugin(Plugin):
 
     # -- the loss ------------------------------------------------------------------------------
     def denoising_loss(
-        self, pipe: Any, text_encoder: torch.nn.Module, noise_scheduler: Any, latents, noise, timesteps, prompts
+        self,
+        pipe: Any,
+        text_encoder: torch.nn.Module | Mapping[str, torch.nn.Module],
+        noise_scheduler: Any,
+        latents,
+        noise,
+        timesteps,
+        prompts,
     ) -> torch.Tensor:
+        """The denoising loss with the UNet conditioned by ``text_encoder`` (one module: the first encoder;
+        or ``{component: module}``, e.g. both of SDXL's; the pipeline's own for the others)."""
         unet = pipe.unet
-        embeds = encode_prompts(text_encoder, pipe.tokenizer, prompts).to(unet.dtype)
+        encoders = text_encoder if isinstance(text_encoder, Mapping) else {"text_encoder": text_encoder}
+        f = pipe.vae_scale_factor  # SDXL's time ids name the image size the latents decode to
+        cond = conditioning(pipe, prompts, encoders=encoders, size=(latents.shape[-2] * f, latents.shape[-1] * f))
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        pred = unet(noisy.to(unet.dtype), timesteps.to(unet.device), encoder_hidden_states=embeds).sample.float()
+        pred = predict_noise(unet, noisy, timesteps.to(unet.device), cond)
         if noise_scheduler.config.prediction_type == "v_prediction":
             target = noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
@@ -250,10 +303,15 @@ class FewShotUnlearningPlugin(Plugin):
         noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # only add_noise / get_velocity
         T = noise_scheduler.config.num_train_timesteps
 
-        student = trainable_copy(pipe.text_encoder).to(pipe.text_encoder.device)
-        modules = text_encoder_module_names(student, cfg.param_group, lora=cfg.artifact == "lora")
-        trainable = Trainable(student, "text_encoder", modules, cfg.artifact, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
-        optimizer = self.optimizer(trainable.parameters)
+        # every text encoder the UNet reads trains (SDXL: both; see the module docstring)
+        students, trainables = {}, []
+        for name, encoder, _ in text_encoders(pipe):
+            student = students[name] = trainable_copy(encoder).to(encoder.device)
+            modules = text_encoder_module_names(
+                student, cfg.param_group, lora=cfg.artifact == "lora", last_layer=last_used_layer(pipe, name)
+            )
+            trainables.append(Trainable(student, name, modules, cfg.artifact, cfg.lora_rank, cfg.lora_alpha, cfg.seed))
+        optimizer = self.optimizer([p for t in trainables for p in t.parameters])
 
         def pick(k: int) -> list[str]:
             return [templates[int(i)].format(concept) for i in torch.randint(0, len(templates), (k,), generator=gen)]
@@ -279,7 +337,7 @@ class FewShotUnlearningPlugin(Plugin):
         stopped_at = None
         try:
             if eval_set is not None:
-                eval_losses.append(self.eval_loss(pipe, student, noise_scheduler, eval_set))
+                eval_losses.append(self.eval_loss(pipe, students, noise_scheduler, eval_set))
             bar = tqdm(total=total, desc="fewshot-unlearning", disable=None, leave=False)
             step = 0
             for epoch in range(cfg.epochs):
@@ -289,7 +347,7 @@ class FewShotUnlearningPlugin(Plugin):
                     z = latents[idx]
                     noise = torch.randn(z.shape, generator=gen).to(z.device)
                     t = torch.randint(0, T, (len(idx),), generator=gen).to(z.device)
-                    loss = -self.denoising_loss(pipe, student, noise_scheduler, z, noise, t, pick(len(idx)))
+                    loss = -self.denoising_loss(pipe, students, noise_scheduler, z, noise, t, pick(len(idx)))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -297,7 +355,7 @@ class FewShotUnlearningPlugin(Plugin):
                     history.append(-loss.item())
                     message = f"epoch {epoch + 1}/{cfg.epochs}, concept loss {history[-1]:.4f}"
                     if eval_set is not None:
-                        eval_losses.append(self.eval_loss(pipe, student, noise_scheduler, eval_set))
+                        eval_losses.append(self.eval_loss(pipe, students, noise_scheduler, eval_set))
                         message += f", held loss {eval_losses[-1]:.4f}"
                     bar.update(1)
                     bar.set_postfix_str(message)
@@ -326,10 +384,10 @@ class FewShotUnlearningPlugin(Plugin):
             fit_seconds=round(time.perf_counter() - start, 3),
         )
         progress(1.0, "done")
-        return self.finish(trainable.artifact(manifest, pipe.text_encoder), pipe, ["text_encoder"])
+        return self.finish(combined_artifact(trainables, manifest, pipe), pipe, list(students))
 
     @torch.no_grad()
-    def eval_loss(self, pipe: Any, text_encoder: torch.nn.Module, noise_scheduler: Any, eval_set: tuple) -> float:
+    def eval_loss(self, pipe: Any, text_encoder: Any, noise_scheduler: Any, eval_set: tuple) -> float:
         latents, noise, timesteps, prompts = eval_set
         return float(self.denoising_loss(pipe, text_encoder, noise_scheduler, latents, noise, timesteps, prompts))
 

@@ -49,6 +49,14 @@ Deviations, and why:
   the same relative depth (0.75) for others.
 - **Padding at inference.** Prompts are tokenised exactly as the pipeline's ``encode_prompt`` does
   (padded to ``model_max_length``) both for calibration and at inference.
+- **SDXL: the SAE reads ``text_encoder_2``** (OpenCLIP bigG; ``text_encoder: auto``), not both encoders:
+  ItD is one SAE, one feature set and one threshold on one block, and the second encoder carries most of
+  SDXL's conditioning (1280 of the 2048 context channels and the pooled embedding that enters the time
+  embedding), so one hooked block there changes both what cross-attention and what the added embedding
+  see. The first encoder's 768 channels are left as they are, so the concept can remain through them;
+  ``text_encoder: text_encoder`` hooks the first instead. Two SAEs (both encoders) would be the complete
+  version; not implemented. The default block is the same relative depth (block 23 of bigG's 32), before
+  the penultimate block whose output SDXL reads.
 - The reference's defects (a None comparison in the nudity path, a hard-coded
   device, dense 2^19-wide pre-activations per batch) do not apply: encoding is chunked (sparse).
 """
@@ -56,14 +64,14 @@ Deviations, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from conceptedit.edits.base import ArtifactError
 from conceptedit.edits.runtime import ActivationHookEdit, PromptDecision
 from conceptedit.errors import ConceptEditError, RequestError
-from conceptedit.families import SD_FAMILIES
+from conceptedit.families import SD_FAMILIES, SDXL
 from conceptedit.hooks import get_submodule
 from conceptedit.plugin import Plugin, Request
 from conceptedit.plugins._itd_fitting import DIVERSE_TEMPLATES, TEMPLATES, ItDFitting, words_of
@@ -71,6 +79,7 @@ from conceptedit.plugins._itd_latents import (
     _layer_output,
     _tokenize,
     cache_root,
+    encoder_parts,
     layer_index,
     layer_name,
     max_activations,
@@ -100,6 +109,9 @@ __all__ = [
 @dataclass
 class ItDConfig:
     layer: int | None = field(default=None, metadata={"help": "text-encoder block index (None: 8 of 12 or same depth)"})
+    text_encoder: Literal["auto", "text_encoder", "text_encoder_2"] = field(
+        default="auto", metadata={"help": "encoder the SAE reads (auto: text_encoder; SDXL: text_encoder_2)"}
+    )
     sae_path: str | None = field(default=None, metadata={"help": "reuse a saved SAE folder instead of training"})
     sae_arch: str = field(default="topk", metadata={"help": "SAE architecture (reference: topk)"})
     sae_width: int = field(default=2**19, metadata={"min": 1, "help": "SAE latents (reference 2^19)"})
@@ -147,6 +159,8 @@ class ItDEdit(ActivationHookEdit):
         for key in ("sae_config", "layer", "scale", "tau"):
             if key not in extra:
                 raise ArtifactError(f"itd edit lacks extra.{key}")
+        if extra.get("component", "text_encoder") not in ("text_encoder", "text_encoder_2"):
+            raise ArtifactError("itd extra.component must be 'text_encoder' or 'text_encoder_2'")
         if "features" not in self.tensors:
             raise ArtifactError("itd edit lacks its feature set tensor 'features'")
         sae_tensors = {k.removeprefix("sae."): v for k, v in self.tensors.items() if k.startswith("sae.")}
@@ -156,8 +170,13 @@ class ItDEdit(ActivationHookEdit):
         self._bypass = False
 
     @property
+    def component(self) -> str:
+        """The text encoder the SAE reads (``text_encoder``; ``text_encoder_2`` on SDXL by default)."""
+        return str(self.manifest.extra.get("component", "text_encoder"))
+
+    @property
     def hook_points(self) -> list[str]:
-        return [f"text_encoder.{layer_name(int(self.manifest.extra['layer']))}"]
+        return [f"{self.component}.{layer_name(int(self.manifest.extra['layer']))}"]
 
     @property
     def tau(self) -> float:
@@ -211,8 +230,8 @@ class ItDEdit(ActivationHookEdit):
         pipe = pipe or self._pipe
         if pipe is None:
             raise ConceptEditError("apply the itd edit to a pipeline before classifying prompts")
-        ids = _tokenize(pipe, prompts)
-        encoder = pipe.text_encoder
+        ids = _tokenize(pipe, prompts, self.component)
+        encoder = encoder_parts(pipe, self.component)[0]
         name = layer_name(int(self.manifest.extra["layer"]))
         get_submodule(encoder, name)  # clear error for a wrong layer
         self._bypass = True
@@ -247,20 +266,29 @@ class ItDPlugin(ItDFitting, Plugin):
     name = "itd"
     kind = "erase"
     Config = ItDConfig
-    families = SD_FAMILIES
+    families = (*SD_FAMILIES, SDXL)
     artifact_kind = "runtime"
     summary = "Interpret-then-Deactivate: an SAE on the text encoder as a zero-shot classifier; erases at inference."
     paper = "Tian et al., arXiv:2503.09446 (2025)"
 
     # -- step 2: interpret ---------------------------------------------------------------------
-    def interpret(self, sae: Any, pipe: Any, layer: int, targets: list[str], retain: list[str]) -> torch.Tensor:
+    def interpret(
+        self,
+        sae: Any,
+        pipe: Any,
+        layer: int,
+        targets: list[str],
+        retain: list[str],
+        component: str = "text_encoder",
+    ) -> torch.Tensor:
         name = layer_name(layer)
         n = self.config.top_n
+        encoder = encoder_parts(pipe, component)[0]
         with torch.no_grad():
-            target_sets = top_latents(sae, _layer_output(pipe.text_encoder, name, _tokenize(pipe, targets)), n)
+            target_sets = top_latents(sae, _layer_output(encoder, name, _tokenize(pipe, targets, component)), n)
             retain_union: set[int] = set()
             for start in range(0, len(retain), 64):
-                hidden = _layer_output(pipe.text_encoder, name, _tokenize(pipe, retain[start : start + 64]))
+                hidden = _layer_output(encoder, name, _tokenize(pipe, retain[start : start + 64], component))
                 for s in top_latents(sae, hidden, n):
                     retain_union |= s
         features = set().union(*target_sets) - retain_union
@@ -273,13 +301,17 @@ class ItDPlugin(ItDFitting, Plugin):
 
     # -- fit -----------------------------------------------------------------------------------
     def fit(self, pipe: Any, request: Request, progress: Progress = no_progress) -> ItDEdit:
-        self.check_pipeline(pipe)
-        layer = layer_index(pipe.text_encoder, self.config.layer)
+        family = self.check_pipeline(pipe)
+        component = self.config.text_encoder
+        if component == "auto":
+            component = "text_encoder_2" if family == SDXL else "text_encoder"
+        encoder = encoder_parts(pipe, component)[0]
+        layer = layer_index(encoder, self.config.layer)
         corpus = self.shipped_corpus(pipe)
-        sae = self.get_sae(pipe, request, layer, corpus, progress).to(pipe.text_encoder.device).float().eval()
+        sae = self.get_sae(pipe, request, layer, corpus, progress, component).to(encoder.device).float().eval()
         progress(0.8, "interpreting: selecting concept features")
         targets = self.target_prompts(request, corpus)
-        features = self.interpret(sae, pipe, layer, targets, self.retain_prompts(request, corpus))
+        features = self.interpret(sae, pipe, layer, targets, self.retain_prompts(request, corpus), component)
         tensors = {f"sae.{k}": v.detach().cpu().clone() for k, v in sae.state_dict().items()}
         tensors["features"] = features
         manifest = self.manifest(
@@ -287,6 +319,7 @@ class ItDPlugin(ItDFitting, Plugin):
             "runtime",
             request,
             sae_config=sae_config(sae),
+            component=component,
             layer=layer,
             scale=self.config.scale,
             tau=0.0,
@@ -296,8 +329,8 @@ class ItDPlugin(ItDFitting, Plugin):
         edit = ItDEdit(manifest, tensors)
         progress(0.9, "calibrating the threshold on the target prompts")
         with torch.no_grad():
-            target_scores = edit.scores(_layer_output(pipe.text_encoder, layer_name(layer), _tokenize(pipe, targets)))
+            target_scores = edit.scores(_layer_output(encoder, layer_name(layer), _tokenize(pipe, targets, component)))
         edit.manifest.extra["tau"] = float(self.config.tau_factor * target_scores.min())
         edit.manifest.extra["target_score_min"] = float(target_scores.min())
         progress(1.0, f"{features.numel()} features, tau={edit.tau:.4g}")
-        return self.finish(edit, pipe, ["text_encoder"])
+        return self.finish(edit, pipe, [component])

@@ -4,6 +4,10 @@ The classic inference-time baseline that Safe Latent Diffusion (Schramowski et a
 Sec. 5 "negative prompting" comparison) and Geom-Erasing (Liu et al., ECCV 2024, Table 1 "Negative
 Prompt") compare against. Classifier-free guidance pushes the sample away from the negative
 prompt, so the concept is suppressed without touching any weight. It needs guidance > 1.
+
+SDXL: the concept goes into ``negative_prompt`` (which SDXL's second encoder reuses unless
+``negative_prompt_2`` is given; then the concept is added to that too). With the concept as negative
+prompt SDXL encodes it instead of its zeroed empty prompt (``force_zeros_for_empty_prompt``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from conceptedit.edits.runtime import NegativePromptEdit
-from conceptedit.families import SD_FAMILIES
+from conceptedit.families import SD_FAMILIES, SDXL
 from conceptedit.plugin import Plugin, Request
 from conceptedit.registry import register_plugin
 from conceptedit.toolkit import Progress, no_progress
@@ -32,7 +36,7 @@ class NegativePromptPlugin(Plugin):
     name = "negative-prompt"
     kind = "erase"
     Config = NegativePromptConfig
-    families = SD_FAMILIES
+    families = (*SD_FAMILIES, SDXL)
     artifact_kind = "runtime"
     summary = "Erase at inference by adding the concept to the negative prompt (SLD/Geom-Erasing baseline)."
     paper = "Schramowski et al., Safe Latent Diffusion, CVPR 2023 (baseline)"

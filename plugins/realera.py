@@ -65,13 +65,18 @@ latents 11-20 s (4 images), LoRA stage about 1 s per step (104 s for the default
 On v1 (whose text encoder carries characters in the padding, see docs/shapes_model.md) a character is
 not erased by the closed form, as with UCE; residue is to be measured on shapes v2.
 
-Deviations: SDXL and other families are refused (``families``) until their two text encoders are
-handled. Float64 solve, float32 training copy whatever the pipeline's dtype.
+SDXL: the embedding ``e`` is the concept token's row of the 2048-d context every ``attn2`` reads (both text
+encoders' penultimate states concatenated, as ``encode_prompt`` gives the UNet), so mining, the vocabulary
+pool (both encoders' rows of each word; their tokenizers share a vocabulary) and the closed form work in
+that space; the LoRA stage conditions the UNet with each prompt's own pooled embedding and time ids (the
+student sees the concept prompt's, the target the anchor prompt's). The pooled embedding itself is not
+perturbed or edited (it enters the time embedding, not cross-attention).
+
+Deviations: float64 solve, float32 training copy whatever the pipeline's dtype.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,11 +85,12 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import save_file
 
+from conceptedit.conditioning import Conditioning, conditioning, encode_ids, text_encoders
 from conceptedit.edits import Edit, LoRAEdit, WeightDeltaEdit, lora_tensors_from_peft
 from conceptedit.edits.base import Undo
 from conceptedit.edits.lora import LORA_FILE
 from conceptedit.errors import ArtifactError, RequestError
-from conceptedit.families import SD_FAMILIES
+from conceptedit.families import SD_FAMILIES, SDXL
 from conceptedit.generation import generation_settings
 from conceptedit.plugin import Plugin, Request
 from conceptedit.plugins._realera_stages import (
@@ -211,25 +217,37 @@ class RealEraEdit(Edit):
 
 
 @torch.no_grad()
+def concept_condition(pipe: Any, prompt: str) -> tuple[Conditioning, int]:
+    """The UNet's conditioning for ``prompt`` (float32, CPU; on SDXL the 2048-d concatenated context, the
+    pooled embedding and time ids) and the row of its last word token (UCE's key)."""
+    cond = conditioning(pipe, [prompt]).float().to("cpu")
+    row = int(tokenize(text_encoders(pipe)[0][2], [prompt]).attention_mask[0].sum()) - 2
+    return cond, row
+
+
 def encode_concept(pipe: Any, prompt: str) -> tuple[torch.Tensor, int]:
-    """The encoded prompt ``(1, L, d)`` (float32, CPU) and the row of its last word token (UCE's key)."""
-    seq = pipe.encode_prompt(prompt, pipe.unet.device, 1, False)[0].float().cpu()
-    row = int(tokenize(pipe.tokenizer, [prompt]).attention_mask[0].sum()) - 2
-    return seq, row
+    """The cross-attention context ``(1, L, d)`` of ``prompt`` (float32, CPU) and its last word token's row."""
+    cond, row = concept_condition(pipe, prompt)
+    return cond.embeds, row
 
 
 @torch.no_grad()
 def vocabulary_embeddings(pipe: Any, n: int, generator: torch.Generator, batch: int = 256) -> torch.Tensor:
-    """Text-encoder outputs of ``n`` random vocabulary tokens (special tokens left out), each as the one-word
-    prompt's word row (float64, CPU). The encoder is causal, so the row needs only ``[BOS, token]``."""
-    tok, encoder = pipe.tokenizer, pipe.text_encoder
+    """Cross-attention context rows of ``n`` random vocabulary tokens (special tokens left out), each as the
+    one-word prompt's word row (float64, CPU; on SDXL both encoders' rows concatenated: their tokenizers
+    share a vocabulary). The encoders are causal, so the row needs only ``[BOS, token]``."""
+    encoders = text_encoders(pipe)
+    tok = encoders[0][2]
     special = set(tok.all_special_ids)
     ids = torch.tensor([i for i in range(len(tok)) if i not in special])
     ids = ids[torch.randperm(len(ids), generator=generator)[:n]]
     out = []
     for chunk in ids.split(batch):
-        inputs = torch.stack([torch.full_like(chunk, tok.bos_token_id), chunk], dim=1).to(encoder.device)
-        out.append(encoder(inputs)[0][:, 1].double().cpu())
+        inputs = {
+            name: torch.stack([torch.full_like(chunk, tokenizer.bos_token_id), chunk], dim=1)
+            for name, _, tokenizer in encoders
+        }
+        out.append(encode_ids(pipe, inputs)[0][:, 1].double().cpu())
     return torch.cat(out)
 
 
@@ -248,7 +266,7 @@ class RealEraPlugin(Plugin):
     name = "realera"
     kind = "erase"
     Config = RealEraConfig
-    families = SD_FAMILIES
+    families = (*SD_FAMILIES, SDXL)
     artifact_kind = "weight_delta"
     summary = (
         "Erase a concept and its mined neighbourhood (random perturbations of its embedding): closed-form "
@@ -277,15 +295,15 @@ class RealEraPlugin(Plugin):
         prompts, sequences, rows, anchor_seqs, concepts, anchors, neighbours, beyond = ([] for _ in range(8))
         for target in request.targets:
             for prompt, anchor_prompt in zip(self.prompts(target), self.prompts(cfg.anchor), strict=True):
-                seq, row = encode_concept(pipe, prompt)
-                aseq, arow = encode_concept(pipe, anchor_prompt.strip())
-                e = seq[0, row].double()
+                seq, row = concept_condition(pipe, prompt)
+                aseq, arow = concept_condition(pipe, anchor_prompt.strip())
+                e = seq.embeds[0, row].double()
                 prompts.append(prompt)
                 sequences.append(seq)
                 rows.append(row)
                 anchor_seqs.append(aseq)
                 concepts.append(e)
-                anchors.append(aseq[0, arow].double())
+                anchors.append(aseq.embeds[0, arow].double())
                 neighbours.append(mine_neighbours(e, cfg.n_neighbours, cfg.max_distance, cfg.min_cos, cfg.max_cos, gen))
                 if pool is not None:
                     beyond.append(beyond_from_pool(e, pool, cfg.n_beyond, cfg.max_distance, cfg.min_cos, gen))
@@ -361,13 +379,15 @@ class RealEraPlugin(Plugin):
     ) -> tuple[dict[str, torch.Tensor], list[float], float]:
         """LoRA factors trained on a copy of the UNet with the closed-form delta added, the losses, and the
         seconds spent generating the concept latents."""
+        from diffusers import DDPMScheduler
+
         cfg = self.config
         device = pipe.unet.device
         per = max(1, -(-cfg.n_images // len(prompts)))
         t0 = time.perf_counter()
         data.latents = torch.cat([concept_latents(pipe, p, per, cfg.seed + i) for i, p in enumerate(prompts)])
         latent_seconds = time.perf_counter() - t0
-        data.sequences = [s.to(device) for s in data.sequences]
+        data.sequences = [s.to(device) for s in data.sequences]  # Conditioning: context (+ SDXL pooled, time ids)
         data.anchor_sequences = [s.to(device) for s in data.anchor_sequences]
         student = trainable_copy(pipe.unet).to(device)
         with torch.no_grad():
@@ -378,7 +398,9 @@ class RealEraPlugin(Plugin):
         else:
             names = linear_module_names(student, lambda n: "attn2" in n)
         trainable = Trainable(student, "unet", names, "lora", cfg.lora_rank, cfg.lora_alpha, cfg.seed)
-        scheduler = copy.deepcopy(pipe.scheduler)
+        # add_noise only: DDPM's forward process is the training-time x_t every scheduler's UNet expects
+        # (an Euler-type copy would index the pipeline's last inference schedule instead)
+        scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
         def report(step: int, loss: float) -> None:
             progress(0.2 + 0.8 * (step + 1) / cfg.lora_steps, f"LoRA step {step + 1}/{cfg.lora_steps}, loss {loss:.4f}")

@@ -23,6 +23,12 @@ the paper-time script ``train-scripts/train_erase.py`` did) is offered as an opt
 current reference's single last-word token. The solve is in float64 with ``torch.linalg.solve``
 instead of an explicit inverse (same result, better conditioned). The artifact is a weight delta
 ``W_new − W_old`` (the reference saves the new weights), so it stacks with other edits.
+
+SDXL: the reference's ``pipe.encode_prompt(prompt=…)`` call (keywords, ``DiffusionPipeline``) runs unchanged on
+SDXL, where ``[0]`` is the 2048-d concatenation of both text encoders' penultimate states that every
+``attn2`` reads; we take the same rows (:func:`conceptedit.conditioning.encode_text`, checked equal to
+``encode_prompt``). The pooled text embedding (it enters the time embedding, not cross-attention) is not
+edited: a K/V edit cannot reach it, so some of the concept may remain through it.
 """
 
 from __future__ import annotations
@@ -33,9 +39,10 @@ from typing import Any, Literal
 
 import torch
 
+from conceptedit.conditioning import encode_text, text_encoders
 from conceptedit.edits import WeightDeltaEdit
 from conceptedit.errors import RequestError
-from conceptedit.families import SD_FAMILIES
+from conceptedit.families import SD_FAMILIES, SDXL
 from conceptedit.plugin import Plugin, Request
 from conceptedit.registry import register_plugin
 from conceptedit.sparsity.ridge import uce_closed_form
@@ -71,12 +78,12 @@ def cross_attention_projections(unet: torch.nn.Module, with_to_k: bool = True) -
 
 @torch.no_grad()
 def concept_keys(pipe: Any, prompts: list[str], token: str = "last") -> list[torch.Tensor]:
-    """Per prompt, the text-encoder output rows UCE uses as keys: ``(1, d)`` (last word) or ``(k, d)``."""
-    device = pipe.unet.device
+    """Per prompt, the rows of the UNet's cross-attention context UCE uses as keys: ``(1, d)`` (last word)
+    or ``(k, d)``. On SDXL a row is both encoders' states concatenated (2048-d), as every attn2 reads it."""
     out = []
     for prompt in prompts:
-        embeds = pipe.encode_prompt(prompt, device, 1, False)[0][0].float().cpu()
-        ids = tokenize(pipe.tokenizer, [prompt])
+        embeds = encode_text(pipe, [prompt])[0][0].float().cpu()  # SDXL: both encoders, concatenated
+        ids = tokenize(text_encoders(pipe)[0][2], [prompt])
         last = int(ids.attention_mask[0].sum()) - 2
         out.append(embeds[last : last + 1] if token == "last" else embeds[last:])
     return out
@@ -97,7 +104,7 @@ class UCEPlugin(Plugin):
     name = "uce"
     kind = "erase"
     Config = UCEConfig
-    families = SD_FAMILIES
+    families = (*SD_FAMILIES, SDXL)
     artifact_kind = "weight_delta"
     summary = "Closed-form edit of cross-attention K/V so the concept's tokens map to a guide's (seconds)."
     paper = "Gandikota et al., Unified Concept Editing in Diffusion Models, WACV 2024"

@@ -299,9 +299,9 @@ def test_user_errors_are_concept_edit_errors(model):
         engine.compare(model, [], "a cat", "one, two")
     with pytest.raises(RequestError, match="not found"):
         engine.fit_erase(model, "negative-prompt", {}, "cat", images=["/nonexistent/cat.png"])
-    sdxl = type("StableDiffusionXLPipeline", (), {"unet": None})()
-    with pytest.raises(UnsupportedModelError, match="sdxl"):
-        engine.fit_erase(engine.DemoModel(sdxl), "negative-prompt", {}, "cat")
+    sd3 = type("StableDiffusion3Pipeline", (), {"unet": None})()  # negative-prompt supports SDXL, not SD3
+    with pytest.raises(UnsupportedModelError, match="sd3"):
+        engine.fit_erase(engine.DemoModel(sd3), "negative-prompt", {}, "cat")
 
 
 def test_ui_turns_errors_into_messages_and_keeps_running(fake_plugins, model):

@@ -128,6 +128,6 @@ def test_esd_on_sd2_with_pndm_and_refusal_of_other_families():
     pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)  # a multistep sampler
     edit = get_plugin("esd")(dict(FAST, iterations=3)).fit(pipe, Request(targets=["cat"]))
     assert edit.manifest.base_model["family"] == "sd2" and edit.tensors
-    sdxl = type("StableDiffusionXLPipeline", (), {})()
-    with pytest.raises(UnsupportedModelError, match="sd1, sd2"):
-        get_plugin("esd")().fit(sdxl, Request(targets=["cat"]))
+    sd3 = type("StableDiffusion3Pipeline", (), {})()  # SDXL is supported: tests/test_sdxl.py
+    with pytest.raises(UnsupportedModelError, match="sd1, sd2, sdxl"):
+        get_plugin("esd")().fit(sd3, Request(targets=["cat"]))

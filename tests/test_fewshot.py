@@ -174,6 +174,6 @@ def test_fewshot_on_sd2_with_v_prediction_and_refusal_of_other_families():
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
     edit = get_plugin("fewshot-unlearning")(dict(FAST, epochs=1)).fit(pipe, Request(targets=["cat"]))
     assert edit.manifest.base_model["family"] == "sd2" and edit.tensors
-    sdxl = type("StableDiffusionXLPipeline", (), {})()
-    with pytest.raises(UnsupportedModelError, match="sd1, sd2"):
-        get_plugin("fewshot-unlearning")().fit(sdxl, Request(targets=["cat"]))
+    sd3 = type("StableDiffusion3Pipeline", (), {})()  # SDXL is supported: tests/test_sdxl.py
+    with pytest.raises(UnsupportedModelError, match="sd1, sd2, sdxl"):
+        get_plugin("fewshot-unlearning")().fit(sd3, Request(targets=["cat"]))

@@ -232,10 +232,10 @@ def test_realera_ablations_give_one_part_each(tiny_pipe, tmp_path):
     assert all(torch.equal(again.tensors[k], v) for k, v in only_delta.tensors.items())  # seeded
 
 
-def test_realera_refuses_sdxl_and_bad_requests(tiny_pipe):
-    sdxl = type("StableDiffusionXLPipeline", (), {})()
+def test_realera_refuses_other_families_and_bad_requests(tiny_pipe):
+    sd3 = type("StableDiffusion3Pipeline", (), {})()  # SDXL is supported: tests/test_sdxl.py
     with pytest.raises(UnsupportedModelError) as info:
-        get_plugin("realera")().fit(sdxl, Request(targets=["cat"]))
+        get_plugin("realera")().fit(sd3, Request(targets=["cat"]))
     assert isinstance(info.value, ConceptEditError) and "\n" not in str(info.value)
     with pytest.raises(RequestError, match="anchor"):
         get_plugin("realera")(anchor="Cat").fit(tiny_pipe, Request(targets=["cat"]))

@@ -128,6 +128,6 @@ def test_uce_on_sd2_and_refusal_of_other_families():
 
     edit = get_plugin("uce")().fit(tiny_pipeline(sd2=True), Request(targets=["cat"]))
     assert edit.manifest.base_model["family"] == "sd2" and edit.tensors
-    sdxl = type("StableDiffusionXLPipeline", (), {})()
-    with pytest.raises(UnsupportedModelError, match="sd1, sd2"):
-        get_plugin("uce")().fit(sdxl, Request(targets=["cat"]))
+    sd3 = type("StableDiffusion3Pipeline", (), {})()  # SDXL is supported: tests/test_sdxl.py
+    with pytest.raises(UnsupportedModelError, match="sd1, sd2, sdxl"):
+        get_plugin("uce")().fit(sd3, Request(targets=["cat"]))

@@ -8,6 +8,7 @@ previous attribute, so the class method is used again exactly as before.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -94,21 +95,21 @@ class NegativePromptEdit(Edit):
 
     def _attach(self, pipe: Any) -> Undo:
         def make_wrapper(encode: Callable[..., Any]) -> Callable[..., Any]:
-            def encode_prompt(
-                prompt: Any,
-                device: Any,
-                num_images_per_prompt: int,
-                do_classifier_free_guidance: bool,
-                negative_prompt: Any = None,
-                *args: Any,
-                **kwargs: Any,
-            ) -> Any:
-                if do_classifier_free_guidance and kwargs.get("negative_prompt_embeds") is None:
+            # bound by name against the pipeline class's own signature (an edit stacked below may wrap it as
+            # (*args, **kwargs)): SD's takes (prompt, device, ...), SDXL's (prompt, prompt_2, device, ...)
+            signature = inspect.signature(type(pipe).encode_prompt.__get__(pipe, type(pipe)))
+
+            def encode_prompt(*args: Any, **kwargs: Any) -> Any:
+                bound = signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+                given = bound.arguments
+                if given.get("do_classifier_free_guidance") and given.get("negative_prompt_embeds") is None:
+                    prompt = given["prompt"]
                     n = len(prompt) if isinstance(prompt, list) else 1
-                    negative_prompt = [self.negative_for(p) for p in _as_list(negative_prompt, n)]
-                return encode(
-                    prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt, *args, **kwargs
-                )
+                    for key in ("negative_prompt", "negative_prompt_2"):  # _2: SDXL; None there reuses the first
+                        if key == "negative_prompt" or given.get(key) is not None:
+                            given[key] = [self.negative_for(p) for p in _as_list(given[key], n)]
+                return encode(*bound.args, **bound.kwargs)
 
             return encode_prompt
 
