@@ -1,16 +1,19 @@
-"""Concept Lancet (Luo et al., CVPR 2025, arXiv 2504.02828): edit a concept inside an image by sparse
-concept transplant of the source prompt's embedding, then DDIM inversion / regeneration.
+"""Concept Lancet (Luo et al., CVPR 2025, arXiv 2504.02828): edit a concept inside an image by sparse concept transplant
+of the source prompt's embedding, then an inversion-based editing backbone that takes the edited embedding.
 
-The representation side (dictionary, elastic-net decomposition, transplant) is in
-``plugins/_colan_core.py``. Backbone here: DDIM inversion of the source image under the source prompt's
-embedding (no guidance: guidance breaks the inversion's reconstruction), then DDIM sampling from the
-inverted latent under the transplanted embedding. The paper's P2P-Zero / InfEdit backbones are not
+The representation side (dictionary, elastic-net decomposition, transplant) is in ``plugins/_colan_core.py``; the
+backbone in ``plugins/_colan_backbone.py``: DDIM inversion of the source image under the source prompt's embedding,
+then classifier-free-guided DDIM regeneration under the transplanted embedding (the unconditional branch is the
+source embedding by default — negative-prompt inversion — or the empty prompt), optionally with P2P-Zero's
+cross-attention guidance towards the source's maps and a partial inversion ``strength``. The defaults were chosen
+by measurement on development edits of the shapes world (``benchmarks/colan_edits.py --dev``). InfEdit is not
 implemented. The edit is written ``"SRC -> TGT"`` (replace), ``"SRC -> "`` (remove: the target is the
 empty-string embedding); add = replace a counterpart concept.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +24,7 @@ import torch
 from conceptedit.errors import ConceptEditError
 from conceptedit.families import SD_FAMILIES
 from conceptedit.plugin import ImageEditPlugin
+from conceptedit.plugins._colan_backbone import BackboneSettings, invert, regenerate, timesteps_for
 from conceptedit.plugins._colan_core import ALPHA, TAU, ConceptDictionary, build_dictionary, decompose, load_stimuli
 from conceptedit.plugins._colan_core import transplant as _transplant
 from conceptedit.registry import Registry, register_plugin
@@ -49,6 +53,17 @@ class ColanConfig:
     tau: float = field(default=TAU, metadata={"help": "share of the l1 term in the elastic net (paper 0.95)"})
     alpha: float = field(default=ALPHA, metadata={"help": "elastic-net strength (paper 0.05, SPAMS scale)"})
     steps: int = field(default=20, metadata={"help": "DDIM steps of inversion and of regeneration"})
+    guidance: float = field(
+        default=7.5, metadata={"help": "classifier-free guidance scale of the regeneration (1 = none)"}
+    )
+    uncond: str = field(
+        default="source",
+        metadata={"help": "unconditional branch: source (negative-prompt inversion) or empty (plain CFG)"},
+    )
+    strength: float = field(default=1.0, metadata={"help": "share of the DDIM schedule inverted (1 = all)"})
+    cross_attention_guidance: float = field(
+        default=0.0, metadata={"help": "P2P-Zero cross-attention guidance step towards the source maps (0 = off)"}
+    )
     stimuli: str = field(
         default="shapes",
         metadata={"help": "registered stimulus set (built in: shapes) or JSON/CSV {concept: [sentences]}"},
@@ -66,6 +81,11 @@ class ColanPlugin(ImageEditPlugin):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._dicts: dict[int, ConceptDictionary] = {}
+        self.backbone = self.settings()  # bad settings fail here, before any model runs
+
+    def settings(self) -> BackboneSettings:
+        c = self.config
+        return BackboneSettings(c.steps, c.guidance, c.uncond, c.strength, c.cross_attention_guidance)
 
     # -- text side -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -99,18 +119,51 @@ class ColanPlugin(ImageEditPlugin):
         return edited, {n: float(x) for n, x in zip(dic.names, w, strict=True) if x != 0}
 
     # -- image side ------------------------------------------------------------------------------
-    def _latents(self, pipe: Any, image: Any) -> torch.Tensor:
+    def _latents(self, pipe: Any, images: Any) -> torch.Tensor:
+        """Clean VAE latents of one image (H, W, 3) or a batch (B, H, W, 3), RGB uint8 at the model's size."""
         size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        arr = np.asarray(image)
-        if arr.dtype != np.uint8 or arr.shape != (size, size, 3):
+        arr = np.asarray(images)
+        batch = arr if arr.ndim == 4 else arr[None]
+        if arr.dtype != np.uint8 or batch.shape[1:] != (size, size, 3):
             raise ConceptEditError(
                 f"image must be RGB uint8 of {size}×{size} for this model, got {arr.dtype} {arr.shape}"
             )
-        x = torch.from_numpy(arr).permute(2, 0, 1)[None].float().div(127.5).sub(1).to(pipe.device, pipe.vae.dtype)
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(pipe.device, pipe.vae.dtype)
         with torch.no_grad():
             return pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
 
+    def _embs(self, pipe: Any, emb: torch.Tensor, n: int) -> torch.Tensor:
+        shape = pipe.text_encoder.config.max_position_embeddings, pipe.text_encoder.config.hidden_size
+        e = emb.reshape(-1, *shape)
+        if len(e) not in (1, n):
+            raise ConceptEditError(f"{len(e)} embeddings for {n} images")
+        return e.expand(n, *shape).to(pipe.device, pipe.unet.dtype)
+
     @torch.no_grad()
+    def invert(self, pipe: Any, images: Any, source_embs: torch.Tensor) -> torch.Tensor:
+        """DDIM inversion of a batch of images under their source embeddings, to the backbone's start step."""
+        z0 = self._latents(pipe, images).to(pipe.unet.dtype)
+        ts = timesteps_for(pipe.scheduler, self.backbone)
+        return invert(pipe.unet, pipe.scheduler, z0, self._embs(pipe, source_embs, len(z0)), ts)
+
+    def regenerate(
+        self,
+        pipe: Any,
+        zt: torch.Tensor,
+        source_embs: torch.Tensor,
+        edited_embs: torch.Tensor,
+        progress: Callable[[float], None] = lambda f: None,
+    ) -> np.ndarray:
+        """Guided regeneration of inverted latents under the edited embeddings → uint8 images (B, H, W, 3)."""
+        n = len(zt)
+        ts = timesteps_for(pipe.scheduler, self.backbone)
+        empty = self.encode(pipe, [""]).to(pipe.device, pipe.unet.dtype)
+        src, edt = self._embs(pipe, source_embs, n), self._embs(pipe, edited_embs, n)
+        z = regenerate(pipe.unet, pipe.scheduler, zt, src, edt, empty, ts, self.backbone, progress)
+        with torch.no_grad():
+            img = pipe.vae.decode(z.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor).sample
+        return ((img.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
     def invert_and_regenerate(
         self,
         pipe: Any,
@@ -119,29 +172,11 @@ class ColanPlugin(ImageEditPlugin):
         edited_emb: torch.Tensor,
         progress: Progress = no_progress,
     ) -> np.ndarray:
-        """DDIM inversion under ``source_emb``, DDIM sampling under ``edited_emb`` (no guidance)."""
-        sch = pipe.scheduler
-        sch.set_timesteps(self.config.steps)
-        acp = sch.alphas_cumprod.to(pipe.device)
-        ratio = sch.config.num_train_timesteps // self.config.steps
-        dt = pipe.unet.dtype
-        src = source_emb[None].to(pipe.device, dt)
-        edt = edited_emb.reshape(source_emb.shape)[None].to(pipe.device, dt)
-        z = self._latents(pipe, image).to(dt)
-        ts = list(sch.timesteps)
-        for i, t in enumerate(reversed(ts)):  # z_{t−ratio} → z_t with ε predicted at the current latent
-            prev = int(t) - ratio
-            a_prev = acp[prev] if prev >= 0 else sch.final_alpha_cumprod.to(pipe.device)
-            eps = pipe.unet(z, t, encoder_hidden_states=src).sample
-            x0 = (z - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
-            z = acp[int(t)].sqrt() * x0 + (1 - acp[int(t)]).sqrt() * eps
-            progress(0.5 * (i + 1) / len(ts), "inversion")
-        for i, t in enumerate(ts):
-            eps = pipe.unet(z, t, encoder_hidden_states=edt).sample
-            z = sch.step(eps, t, z).prev_sample
-            progress(0.5 + 0.5 * (i + 1) / len(ts), "regeneration")
-        img = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample[0]
-        return ((img.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        """One image: DDIM inversion under ``source_emb``, guided regeneration under ``edited_emb``."""
+        zt = self.invert(pipe, image, source_emb)
+        progress(0.5, "inversion")
+        out = self.regenerate(pipe, zt, source_emb, edited_emb, lambda f: progress(0.5 + 0.5 * f, "regeneration"))
+        return out[0]
 
     def edit_image(
         self,
@@ -159,7 +194,12 @@ class ColanPlugin(ImageEditPlugin):
                 f"colan edits are written 'SRC -> TGT' (or 'SRC -> ' to remove), got {target_prompt!r}"
             )
         source, target = (s.strip() for s in target_prompt.split("->", 1))
+        self._latents(pipe, image)  # a wrong image fails before the dictionary is built
+        self.dictionary(pipe)  # built once per pipeline, not part of an edit's time
+        start = time.perf_counter()
         edited, weights = self.transplant(pipe, source_prompt, source, target)
+        mid = time.perf_counter()
         src = self.encode(pipe, [source_prompt])[0]
         out = self.invert_and_regenerate(pipe, image, src, edited.float(), progress)
-        return {"image": out, "weights": weights}
+        seconds = {"decomposition": mid - start, "edit": time.perf_counter() - start}
+        return {"image": out, "weights": weights, "seconds": seconds}

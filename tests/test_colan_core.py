@@ -91,3 +91,87 @@ def test_shapes_world_ships_stimuli_for_every_concept():
         assert len(sents) == 30 and len(set(sents)) >= 10  # characters: one sentence per frame
         assert all(concept in s.split() for s in sents), concept
     assert shapes_stimuli() == stim  # seeded: the same dictionary on every machine
+
+
+# -- the editing backbone (plugins/_colan_backbone.py) on the tiny pipeline ----------------------------
+
+
+def _tiny_parts(tiny_pipe):
+    from conceptedit.plugins._colan_backbone import BackboneSettings, timesteps_for
+
+    g = torch.Generator().manual_seed(0)
+    unet, sch = tiny_pipe.unet, tiny_pipe.scheduler
+    c = unet.config
+    zt = torch.randn(2, c.in_channels, c.sample_size, c.sample_size, generator=g)
+    shape = (2, 16, c.cross_attention_dim)
+    src, edt, empty = (torch.randn(*shape, generator=g) for _ in range(3))
+    return unet, sch, zt, src, edt, empty[:1], BackboneSettings, timesteps_for
+
+
+def test_guidance_pushes_along_the_edit_exactly(tiny_pipe):
+    """One DDIM step: z(g) − z(1) = (g − 1)·k·(ε(edit) − ε(src)) with k the step's ε coefficient."""
+    from conceptedit.plugins._colan_backbone import _alpha, regenerate
+
+    unet, sch, zt, src, edt, empty, Settings, timesteps_for = _tiny_parts(tiny_pipe)
+    s1, s5 = Settings(steps=10, guidance=1.0), Settings(steps=10, guidance=5.0)
+    ts = timesteps_for(sch, s1)[:1]
+    z1 = regenerate(unet, sch, zt, src, edt, empty, ts, s1)
+    z5 = regenerate(unet, sch, zt, src, edt, empty, ts, s5)
+    with torch.no_grad():
+        de = unet(zt, ts[0], encoder_hidden_states=edt).sample - unet(zt, ts[0], encoder_hidden_states=src).sample
+    t, t_next = ts[0], ts[0] - sch.config.num_train_timesteps // sch.num_inference_steps
+    a, an = _alpha(sch, t, zt.device), _alpha(sch, t_next, zt.device)
+    k = (1 - an).sqrt() - an.sqrt() * (1 - a).sqrt() / a.sqrt()
+    torch.testing.assert_close(z5 - z1, 4.0 * k * de, rtol=1e-3, atol=1e-5)
+    assert (z5 - z1).abs().max() > 1e-3  # the edit is not a no-op
+
+
+def test_source_uncond_reconstructs_at_zero_edit_whatever_the_scale(tiny_pipe):
+    from conceptedit.plugins._colan_backbone import regenerate
+
+    unet, sch, zt, src, edt, empty, Settings, timesteps_for = _tiny_parts(tiny_pipe)
+    ts = timesteps_for(sch, Settings(steps=4))
+    plain = regenerate(unet, sch, zt, src, src, empty, ts, Settings(steps=4, guidance=1.0))
+    guided = regenerate(unet, sch, zt, src, src, empty, ts, Settings(steps=4, guidance=7.5))
+    torch.testing.assert_close(guided, plain, rtol=1e-4, atol=1e-5)
+    far = regenerate(unet, sch, zt, src, edt, empty, ts, Settings(steps=4, guidance=7.5))
+    near = regenerate(unet, sch, zt, src, edt, empty, ts, Settings(steps=4, guidance=2.0))
+    assert (far - plain).norm() > (near - plain).norm() > 0  # further along the edit as the scale grows
+    emp = regenerate(unet, sch, zt, src, src, empty, ts, Settings(steps=4, guidance=7.5, uncond="empty"))
+    assert (emp - plain).abs().max() > 1e-3  # the empty prompt as the unconditional branch is another backbone
+
+
+def test_cross_attention_guidance_moves_the_latent_and_restores_the_processors(tiny_pipe):
+    from conceptedit.plugins._colan_backbone import regenerate
+
+    unet, sch, zt, src, edt, empty, Settings, timesteps_for = _tiny_parts(tiny_pipe)
+    before = {k: type(v) for k, v in unet.attn_processors.items()}
+    s0, sx = Settings(steps=4), Settings(steps=4, cross_attention_guidance=50.0)
+    ts = timesteps_for(sch, s0)
+    plain = regenerate(unet, sch, zt, src, edt, empty, ts, s0)
+    guided = regenerate(unet, sch, zt, src, edt, empty, ts, sx)
+    assert (guided - plain).abs().max() > 1e-4
+    assert {k: type(v) for k, v in unet.attn_processors.items()} == before
+    same = regenerate(unet, sch, zt, src, src, empty, ts, sx)  # maps already match: no move
+    torch.testing.assert_close(same, regenerate(unet, sch, zt, src, src, empty, ts, s0), rtol=1e-4, atol=1e-5)
+
+
+def test_partial_inversion_runs_the_last_share_of_the_schedule(tiny_pipe):
+    from conceptedit.plugins._colan_backbone import BackboneSettings, timesteps_for
+
+    full = timesteps_for(tiny_pipe.scheduler, BackboneSettings(steps=10))
+    part = timesteps_for(tiny_pipe.scheduler, BackboneSettings(steps=10, strength=0.6))
+    assert len(full) == 10 and part == full[4:]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"steps": 0}, {"guidance": -1.0}, {"uncond": "nothing"}, {"strength": 0.0}, {"strength": 1.5},
+     {"cross_attention_guidance": -0.1}],
+)  # fmt: skip
+def test_bad_backbone_settings_are_one_line_errors(bad):
+    from conceptedit.registry import get_plugin
+
+    with pytest.raises(ConceptEditError) as e:
+        get_plugin("colan")(bad)
+    assert "\n" not in str(e.value) and next(iter(bad)) in str(e.value)
