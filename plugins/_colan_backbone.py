@@ -37,7 +37,7 @@ UNCOND = ("source", "empty")
 @dataclass(frozen=True)
 class BackboneSettings:
     steps: int = 20
-    guidance: float = 7.5
+    guidance: float = 5.0
     uncond: str = "source"
     strength: float = 1.0
     cross_attention_guidance: float = 0.0

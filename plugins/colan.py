@@ -54,7 +54,8 @@ class ColanConfig:
     alpha: float = field(default=ALPHA, metadata={"help": "elastic-net strength (paper 0.05, SPAMS scale)"})
     steps: int = field(default=20, metadata={"help": "DDIM steps of inversion and of regeneration"})
     guidance: float = field(
-        default=7.5, metadata={"help": "classifier-free guidance scale of the regeneration (1 = none)"}
+        default=5.0,
+        metadata={"help": "classifier-free guidance scale of the regeneration (1 = none; chosen on dev edits)"},
     )
     uncond: str = field(
         default="source",
