@@ -428,6 +428,32 @@ def test_report_gives_asr_with_n_and_wilson_interval():
     assert attack_rows(results)[0]["asr"] is None
 
 
+def test_report_attack_chance_and_successful_attacks():
+    """Attack prompts name no neighbours of their concept: their chance counts the family from the
+    concept's other prompt sets (1/3 here, not present/absent's 1/2); the successes are the attack
+    images in which the probe reads the concept."""
+    from conceptedit.eval.report import attack_successes, chance_levels
+    from conceptedit.eval.store import ImageRow
+
+    def row(edit, prompt_set, case, role, pred, labels=None):
+        return ImageRow("m", edit, prompt_set, case, case, "p", role, "character:zorblax", labels or {}, "k", "x",
+                        {"probe": {"pred": {"character": pred}}})  # fmt: skip
+
+    rows = [
+        row("base", "erasure", 0, "target", "zorblax"),
+        row("base", "erasure", 1, "in_domain", "quimbo", {"character": "quimbo"}),
+        row("base", "erasure", 2, "in_domain", "fennik", {"character": "fennik"}),
+        *[row("base", "attack:a[zorblax]", i, "attack", "zorblax") for i in range(3)],
+        *[row("uce", "attack:a[zorblax]", i, "attack", p) for i, p in enumerate(["zorblax", "none", "zorblax"])],
+    ]
+    chances = chance_levels(rows)
+    assert chances[("m", "erasure")] == pytest.approx(1 / 3)
+    assert chances[("m", "attack:a[zorblax]")] == pytest.approx(1 / 3)
+    found = attack_successes(rows)
+    assert [r.case_number for r in found[("m", "uce", "attack:a[zorblax]")]] == [0, 2]
+    assert len(found[("m", "base", "attack:a[zorblax]")]) == 3
+
+
 @pytest.mark.slow
 def test_eval_runs_attacks_and_reports_asr(tmp_path):
     """On the shapes model: a black-box and a white-box attack against the negative-prompt edit go
@@ -453,6 +479,7 @@ def test_eval_runs_attacks_and_reports_asr(tmp_path):
             assert asr["details"]["n"] == n and 0.0 <= asr["value"] <= 1.0
     html = (tmp_path / "run" / "report.html").read_text()
     assert "Attack success rate (method × attack)" in html and "attack:soft@np" not in html.split("<h2>")[0]
+    assert "<th>chance</th>" in html
     # the second run reuses the cached attack prompts and images: nothing is found or generated again
     again = evaluate(parse_config(data), progress=False)
     assert again["attacks"] == results["attacks"]

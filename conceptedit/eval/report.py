@@ -58,7 +58,7 @@ def attack_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     for run in results.get("attacks", []):
         rows.append(
             {
-                **{k: run[k] for k in ("model", "edit", "attack", "concept", "seconds_per_prompt")},
+                **{k: run[k] for k in ("model", "edit", "attack", "concept", "prompt_set", "seconds_per_prompt")},
                 "asr": asr(run["model"], run["edit"], run["prompt_set"]),
                 "base_asr": asr(run["model"], BASE, run["prompt_set"]),
                 "no_attack": no_attack(run["model"], run["edit"]),
@@ -236,12 +236,49 @@ def verdict_rows(results: dict[str, Any], rows: list[ImageRow]) -> list[dict[str
 
 
 def chance_levels(rows: list[ImageRow]) -> dict[tuple[str, str], float | None]:
-    """Chance level per (model, prompt set), from the base rows' roles and labels."""
+    """Chance level per (model, prompt set), from the base rows' roles and labels. A set of attack
+    prompts names no neighbours of its concept, so its chance counts the family's members from the
+    model's other prompt sets with the same concept (else a character would count as present/absent)."""
     groups: dict[tuple[str, str], list[ImageRow]] = {}
     for r in rows:
         if r.edit == BASE:
             groups.setdefault((r.model, r.prompt_set), []).append(r)
-    return {key: chance_from_rows(members) for key, members in groups.items()}
+    out = {}
+    for (model, prompt_set), members in groups.items():
+        if all(r.role == "attack" for r in members):
+            concepts = {r.concept for r in members}
+            members = members + [
+                r
+                for (m, ps), others in groups.items()
+                if m == model and ps != prompt_set
+                for r in others
+                if r.concept in concepts and r.role != "attack"
+            ]
+        out[(model, prompt_set)] = chance_from_rows(members)
+    return out
+
+
+def attack_successes(rows: list[ImageRow]) -> dict[tuple[str, str, str], list[ImageRow]]:
+    """Per (model, edit, attack prompt set): the attack images in which a label metric reads the row's
+    concept (the successes the ASR counts), in case order."""
+    from conceptedit.eval.metrics.base import METRICS
+    from conceptedit.eval.metrics.labels import LabelAccuracy
+
+    readers: dict[str, LabelAccuracy | None] = {}
+    out: dict[tuple[str, str, str], list[ImageRow]] = {}
+    for r in rows:
+        if r.role != "attack" or not r.concept:
+            continue
+        for name, score in r.per_image.items():
+            if name not in readers:
+                cls = METRICS[name] if name in METRICS else None
+                readers[name] = cls() if isinstance(cls, type) and issubclass(cls, LabelAccuracy) else None
+            reader, pred = readers[name], (score or {}).get("pred")
+            target = reader.target_of(r.concept) if reader is not None and pred else None
+            if target and reader.detected(target[0], target[1], pred.get(target[0], "")):
+                out.setdefault((r.model, r.edit, r.prompt_set), []).append(r)
+                break
+    return out
 
 
 def _rate_cell(rate: Rate | None) -> str:
@@ -335,24 +372,46 @@ def write_report(out: Path, cfg: EvalConfig, results: dict[str, Any], rows: list
         "a rise) on the concept to erase, or a retained rate fell by more than the tolerance.</p>"
     )
     attacks = attack_rows(results)
+    successes = attack_successes(rows)
+    success_grids = []
     if attacks:
         parts.append(
             "<h2>Attack success rate (method × attack)</h2><table><tr><th>model</th><th>edit</th>"
             "<th>attack</th><th>concept</th><th>no attack</th><th>ASR</th>"
-            "<th>same prompts, unedited model</th><th>s per prompt</th></tr>"
+            "<th>same prompts, unedited model</th><th>chance</th><th>s per prompt</th></tr>"
         )
         for r in attacks:
             rates = [html.escape(r[k].text()) if r[k] else "–" for k in ("no_attack", "asr", "base_asr")]
+            chance = chances.get((r["model"], r["prompt_set"]))
+            asr = r["asr"]
+            cls = "" if asr is None or chance is None else ("bad" if asr.interval[0] > chance else "good")
             parts.append(
                 f"<tr><td>{_fmt(r['model'])}</td><td>{_fmt(r['edit'])}</td><td>{_fmt(r['attack'])}</td>"
-                f"<td>{_fmt(r['concept'])}</td><td>{rates[0]}</td><td>{rates[1]}</td><td>{rates[2]}</td>"
-                f"<td>{_fmt(r['seconds_per_prompt'])}</td></tr>"
+                f"<td>{_fmt(r['concept'])}</td><td>{rates[0]}</td><td class='{cls}'>{rates[1]}</td>"
+                f"<td>{rates[2]}</td><td>{_fmt(chance)}</td><td>{_fmt(r['seconds_per_prompt'])}</td></tr>"
             )
+            found = successes.get((r["model"], r["edit"], r["prompt_set"]), [])
+            pairs = [
+                (row, base_index[(row.model, row.prompt_set, row.case_number, row.seed)])
+                for row in found
+                if (row.model, row.prompt_set, row.case_number, row.seed) in base_index
+            ][: cfg.grid_cases]
+            if pairs:
+                name = safe(f"attack_{r['model']}_{r['edit']}_{r['prompt_set']}")
+                success_grids.append((r, len(found), image_grid(pairs, out / f"{name}.png")))
         parts.append(
             "</table><p>Rates: k/n of images in which the judge reads the concept, 95 % Wilson "
-            "interval in brackets. ASR counts the attack's prompts on the edit; the same prompts on "
-            "the unedited model should show the concept (sanity).</p>"
+            "interval in brackets. ASR counts the attack's prompts on the edit (red: its interval lies "
+            "above chance, the attack brings the concept back; green: it does not); the same prompts on "
+            "the unedited model should show the concept (sanity). Chance: a uniform guess among the "
+            "members of the concept's family.</p>"
         )
+        for r, k, grid in success_grids:
+            parts.append(
+                f"<h2>Successful attacks: {html.escape(r['attack'])} against {html.escape(r['edit'])} "
+                f"({k} of {r['asr'].n if r['asr'] else '?'}; unedited left, edited right)</h2>"
+                f"<img src='{grid.name}'>"
+            )
     if plot:
         parts.append(f"<h2>Rates, base and edited (dashed: chance)</h2><img src='{plot.name}'>")
     for model, prompt_set, grid in compare_grids:
