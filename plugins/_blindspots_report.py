@@ -67,12 +67,16 @@ def shown_concepts(concepts: list[dict[str, Any]], limit: int = 40) -> list[dict
     return (found + named)[:limit]
 
 
-def _bars(ax: Any, shown: list[dict[str, Any]]) -> None:
+def _bars(ax: Any, shown: list[dict[str, Any]], min_shift: float) -> None:
     x = range(len(shown))
     d = [c["delta"] for c in shown]
     err = [[c["delta"] - c["delta_low"] for c in shown], [c["delta_high"] - c["delta"] for c in shown]]
     ax.bar(x, d, color=[COLOUR[c["label"]] for c in shown], yerr=err, error_kw={"lw": 0.6, "capsize": 0})
     ax.axhline(NULL_DELTA, color="k", lw=0.8, label="no shift (δ = 0.5)")
+    if min_shift > 0:
+        for t in (NULL_DELTA - min_shift, NULL_DELTA + min_shift):
+            first = t < NULL_DELTA
+            ax.axhline(t, color="tab:green", lw=0.6, ls=":", label=f"least shift (±{min_shift:g})" if first else None)
     for t in PAPER_THRESHOLDS:
         ax.axhline(
             t, color="k", lw=0.6, ls="--", label="paper's δ rule (0.1 / 0.9)" if t == PAPER_THRESHOLDS[0] else None
@@ -81,7 +85,7 @@ def _bars(ax: Any, shown: list[dict[str, Any]]) -> None:
     ax.set_xlim(-0.6, len(shown) - 0.4)
 
 
-def _delta_plot(concepts: list[dict[str, Any]], path: Path, fdr: float | None = None) -> None:
+def _delta_plot(concepts: list[dict[str, Any]], path: Path, fdr: float | None = None, min_shift: float = 0.0) -> None:
     """Top: every tested concept's δ (sorted) with its 95 % bootstrap interval; bottom: the discoveries and
     the best concept of each named label, labelled. Colours: the class at the FDR."""
     import matplotlib
@@ -94,7 +98,7 @@ def _delta_plot(concepts: list[dict[str, Any]], path: Path, fdr: float | None = 
     detail = shown_concepts(concepts)
     width = max(7.0, min(16.0, 0.32 * len(detail) + 2))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(width, 6.8), gridspec_kw={"height_ratios": [1, 1.5]})
-    _bars(top, tested)
+    _bars(top, tested, min_shift)
     top.set_xticks([])
     top.set_ylabel("δ = E_gen / (E_real + E_gen)")
     top.set_title(f"all {len(tested)} tested concepts, sorted by δ (bars: 95 % bootstrap interval)", fontsize=9)
@@ -104,7 +108,7 @@ def _delta_plot(concepts: list[dict[str, Any]], path: Path, fdr: float | None = 
     labels += [f"{k} at {fdr_text}" for k in COLOUR]
     top.legend(handles, labels, fontsize=7, loc="upper left", ncol=2, framealpha=0.8)
     if detail:
-        _bars(bottom, detail)
+        _bars(bottom, detail, min_shift)
         bottom.set_xticks(range(len(detail)))
         bottom.set_xticklabels([concept_title(c) for c in detail], rotation=60, ha="right", fontsize=7)
         bottom.set_ylabel("δ")
@@ -149,7 +153,8 @@ def write_report(result: dict[str, Any], real: list[Any], generated: list[Any], 
     check_schema(result)
     (out / "report.json").write_text(json.dumps(result, indent=1))
     fdr = result.get("config", {}).get("fdr")
-    _delta_plot(result["concepts"], out / "delta.png", fdr)
+    min_shift = float(result.get("config", {}).get("min_shift", 0.0))
+    _delta_plot(result["concepts"], out / "delta.png", fdr, min_shift)
     found = [c for c in shown_concepts(result["concepts"], limit=10**6) if c["label"] in ("suppressed", "exaggerated")]
     named = [
         c for c in shown_concepts(result["concepts"], limit=10**6) if c["label"] not in ("suppressed", "exaggerated")
@@ -176,12 +181,14 @@ td{{white-space:nowrap}} table{{border-collapse:collapse;font-size:90%}} img{{ma
 <p>Model <code>{html.escape(str(result["model"]))}</code>, features <code>{html.escape(result["features"])}</code>,
 {result["n_images"]} real images and one generated image for each of their captions (same seed per caption).
 SAE: {html.escape(json.dumps(result["sae"]))}.</p>
-<p><b>Concepts: {counts}</b> (Benjamini–Hochberg at FDR {fdr} over the tested concepts).
+<p><b>Concepts: {counts}</b> (Benjamini–Hochberg at FDR {fdr} over the tested concepts, and a least shift
+|δ − 0.5| ≥ {min_shift:g}; {result.get("significant_below_min_shift", 0)} more concepts are significant but shift less).
 Near copies of a real image: {len(memo["flagged"])} generated images (threshold {memo["threshold"]:.4f}).
 Time: {secs}.</p>
 <p>Per concept, energy = the per-image sum of its SAE codes over tokens. δ = E<sub>gen</sub> / (E<sub>real</sub> +
 E<sub>gen</sub>): 0.5 (solid line) is no shift, below is suppressed (the model draws the concept less often than the
-data has it), above is exaggerated; dashed lines are the paper's fixed rule (0.1 / 0.9). A class here is a paired
+data has it), above is exaggerated; dotted lines are the least shift a discovery needs, dashed lines the paper's
+fixed rule (0.1 / 0.9). A class here is a paired
 t-test on the per-caption energy differences with BH control of the false-discovery rate; d<sub>z</sub> is the
 paired standardised effect, the interval a bootstrap over caption pairs. Concept names are the ground-truth label
 whose presence correlates best with the concept's energy on real images (r), when the image set has labels.</p>

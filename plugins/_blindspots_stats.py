@@ -8,6 +8,14 @@ concept the data has (suppressed), δ ≈ 1 that it over-produces one (exaggerat
 generated image i share a caption), an effect size, a bootstrap interval for δ and Benjamini–Hochberg
 control of the false-discovery rate across concepts, so that "suppressed" means "significantly less
 often, at the chosen FDR", not "below a threshold on a noisy ratio".
+
+Significance alone is not enough at a few hundred pairs: on the shapes model at n = 512 (benchmarks/
+blindspots_shapes.py) 25 of 249 tested concepts were significant at FDR 0.05 with δ between 0.38 and
+0.66 and |d_z| ≤ 0.25 (background shades, colour tints: real but negligible drifts), 5 of them named by
+a common shape or colour. So a concept is also required to shift by at least ``min_shift`` in δ
+(|δ − 0.5| ≥ min_shift; 0.1 means the generated energy is ≥ 1.5× or ≤ 2/3 of the real one), the
+fold-change-plus-FDR rule of volcano plots and a milder form of the paper's 0.1 / 0.9 rule. Concepts
+significant but below the margin keep ``significant = True`` and the label ``faithful``.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ class ConceptStat:
     p: float
     q: float
     label: str  # suppressed | exaggerated | faithful | inactive
+    significant: bool = False  # q ≤ fdr, whatever the size of the shift
 
     def to_dict(self) -> dict[str, float | int | str]:
         return dict(self.__dict__)
@@ -67,6 +76,7 @@ def concept_stats(
     bootstrap: int = 1000,
     ci: float = 0.95,
     min_active: int = 3,
+    min_shift: float = 0.0,
     seed: int = 0,
 ) -> list[ConceptStat]:
     """Compare per-image energies ``[n, K]`` of paired real and generated images, concept by concept.
@@ -74,8 +84,11 @@ def concept_stats(
     p-values come from a paired t-test on the per-image differences (two-sided); concepts active in
     fewer than ``min_active`` images of either side's union are ``inactive`` and not tested (they
     would only spend FDR budget). Labels: ``suppressed`` / ``exaggerated`` when q ≤ ``fdr`` (BH over
-    the tested concepts) in the direction of the sign of the mean difference, else ``faithful``.
+    the tested concepts) and |δ − 0.5| ≥ ``min_shift``, in the direction of the sign of the mean
+    difference, else ``faithful``.
     """
+    if not 0 <= min_shift < 0.5:
+        raise RequestError(f"min_shift must be in [0, 0.5), got {min_shift}")
     r = np.asarray(real, dtype=np.float64)
     g = np.asarray(gen, dtype=np.float64)
     if r.ndim != 2 or r.shape != g.shape:
@@ -111,7 +124,7 @@ def concept_stats(
     for j in range(k):
         if not active[j]:
             label = "inactive"
-        elif q[j] <= fdr:
+        elif q[j] <= fdr and abs(delta[j] - 0.5) >= min_shift:
             label = "suppressed" if mg[j] < mr[j] else "exaggerated"
         else:
             label = "faithful"
@@ -128,6 +141,7 @@ def concept_stats(
                 float(p[j]),
                 float(q[j]),
                 label,
+                bool(active[j] and q[j] <= fdr),
             )
         )
     return out
@@ -155,11 +169,9 @@ def memorisation_flags(
     return flags, [int(i) for i in idx], [float(d) for d in dist], threshold
 
 
-def label_correlations(energy: np.ndarray, labels: list[dict[str, str | bool]]) -> list[tuple[str, float]]:
-    """For each concept, the ground-truth label (``key=value``) whose indicator correlates best with its
-    per-image energy on real images (Pearson), and the correlation."""
-    if not labels:
-        return []
+def _label_corr(energy: np.ndarray, labels: list[dict[str, str | bool]]) -> tuple[list[str], np.ndarray]:
+    """Ground-truth labels ``key=value`` and their Pearson correlation ``[labels, K]`` with each concept's
+    per-image energy on real images."""
     present = [{f"{k}={v}" for k, v in row.items()} for row in labels]
     keys = sorted(set().union(*present))
     ind = np.array([[key in row for key in keys] for row in present], dtype=np.float64)
@@ -168,6 +180,26 @@ def label_correlations(energy: np.ndarray, labels: list[dict[str, str | bool]]) 
     ic = ind - ind.mean(0)
     num = ic.T @ ec  # [labels, K]
     den = np.sqrt((ic**2).sum(0))[:, None] * np.sqrt((ec**2).sum(0))[None, :]
-    corr = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    return keys, np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def label_correlations(energy: np.ndarray, labels: list[dict[str, str | bool]]) -> list[tuple[str, float]]:
+    """For each concept, the ground-truth label (``key=value``) whose indicator correlates best with its
+    per-image energy on real images (Pearson), and the correlation."""
+    if not labels:
+        return []
+    keys, corr = _label_corr(energy, labels)
     best = corr.argmax(0)
     return [(keys[b], float(corr[b, j])) for j, b in enumerate(best)]
+
+
+def label_concepts(energy: np.ndarray, labels: list[dict[str, str | bool]]) -> dict[str, tuple[int, float]]:
+    """For each ground-truth label, the concept whose energy correlates best with it, and the correlation.
+
+    The other direction from :func:`label_correlations`: a label (striped, a mark) may be no concept's
+    best label and still be carried by one concept more than by any other; this is where to read it."""
+    if not labels:
+        return {}
+    keys, corr = _label_corr(energy, labels)
+    best = corr.argmax(1)
+    return {key: (int(best[i]), float(corr[i, best[i]])) for i, key in enumerate(keys)}

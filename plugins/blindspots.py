@@ -17,8 +17,9 @@ Autoencoders" (arXiv 2506.19708; code maty-bohacek/conceptual-blindspots, partia
 Deviations from the paper: the SAE is trained on the analysed data set, not ImageNet (nothing else
 exists offline; the paper's own SAE weights are not reachable); width 256 and a token budget sized for
 a CPU (paper: 32k concepts, 50 epochs, AdamW with cosine schedule; here Adam with warm-up, the SAE
-trainer's); a concept is called suppressed/exaggerated by a paired t-test at a BH-controlled FDR
-(the paper thresholds δ at 0.1/0.9, kept as ``paper_class`` in the report); memorisation is flagged by
+trainer's); a concept is called suppressed/exaggerated by a paired t-test at a BH-controlled FDR and
+a least shift |δ − 0.5| ≥ ``min_shift`` (0.1; the paper thresholds δ at 0.1/0.9, kept as ``paper_class``
+in the report; ``_blindspots_stats`` says why a margin is needed); memorisation is flagged by
 nearest-neighbour distance in pooled features (the paper flags pairs with near-zero energy
 difference). ``request.targets`` is not used: the analysis covers every concept the SAE finds.
 """
@@ -72,6 +73,10 @@ class BlindspotsConfig:
     train_tokens: int = field(default=400_000, metadata={"help": "SAE training token budget"})
     lr: float = field(default=5e-4, metadata={"help": "SAE learning rate (paper: 5e-4)"})
     fdr: float = field(default=0.05, metadata={"help": "false-discovery rate across concepts (Benjamini–Hochberg)"})
+    min_shift: float = field(
+        default=0.1,
+        metadata={"help": "least |δ − 0.5| of a discovery (0.1: generated energy ≥ 1.5× or ≤ 2/3 of the real)"},
+    )
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for δ's interval"})
     memorisation_quantile: float = field(
         default=0.01, metadata={"help": "flag a generation closer to a real image than this quantile of real-real NN"}
@@ -87,6 +92,8 @@ class BlindspotsConfig:
                 raise ValueError(f"{name} must be >= 1")
         if not 0 < self.fdr < 1:
             raise ValueError("fdr must be in (0, 1)")
+        if not 0 <= self.min_shift < 0.5:
+            raise ValueError("min_shift must be in [0, 0.5)")
         if not 0 < self.memorisation_quantile < 1:
             raise ValueError("memorisation_quantile must be in (0, 1)")
         if self.bootstrap < 0:
@@ -267,7 +274,12 @@ def analyze_blindspots(
     from conceptedit.loading import model_id
     from conceptedit.plugins._blindspots_features import make_extractor
     from conceptedit.plugins._blindspots_report import write_report
-    from conceptedit.plugins._blindspots_stats import concept_stats, label_correlations, memorisation_flags
+    from conceptedit.plugins._blindspots_stats import (
+        concept_stats,
+        label_concepts,
+        label_correlations,
+        memorisation_flags,
+    )
 
     if len(images) != len(captions):
         raise RequestError(f"{len(images)} images but {len(captions)} captions; give one caption per image")
@@ -298,11 +310,15 @@ def analyze_blindspots(
     progress(0.8, "features of generated images and statistics")
     gen_tokens = extractor.tokens(generated)
     e_real, e_gen = _energies(sae, real_tokens), _energies(sae, gen_tokens)
-    stats = concept_stats(e_real.numpy(), e_gen.numpy(), fdr=config.fdr, bootstrap=config.bootstrap, seed=config.seed)
+    stats = concept_stats(
+        e_real.numpy(), e_gen.numpy(), fdr=config.fdr, bootstrap=config.bootstrap, min_shift=config.min_shift,
+        seed=config.seed,
+    )  # fmt: skip
     flags, nearest, dist, threshold = memorisation_flags(
         extractor.pooled(real_tokens), extractor.pooled(gen_tokens), config.memorisation_quantile
     )
     names = label_correlations(e_real.numpy(), labels) if labels else []
+    by_label = label_concepts(e_real.numpy(), labels) if labels else {}
     top = torch.topk(e_real.T, min(config.top_images, len(images)), dim=1).indices.tolist()
     top_gen = torch.topk(e_gen.T, min(config.top_images, len(images)), dim=1).indices.tolist()
     times["analysis"] = time.perf_counter() - t0
@@ -328,7 +344,10 @@ def analyze_blindspots(
             lab: sum(c["label"] == lab for c in concepts)
             for lab in ("suppressed", "exaggerated", "faithful", "inactive")
         },
+        "significant_below_min_shift": sum(c["significant"] and c["label"] == "faithful" for c in concepts),
         "concepts": concepts,
+        # each ground-truth label's best-correlated concept (a label may be no concept's best name)
+        "labels": {k: {"concept": j, "r": round(r, 4)} for k, (j, r) in by_label.items()},
         "memorisation": {
             "threshold": threshold,
             "flagged": [i for i, f in enumerate(flags) if f],

@@ -16,6 +16,7 @@ from conceptedit.plugins._blindspots_report import check_schema, write_report
 from conceptedit.plugins._blindspots_stats import (
     benjamini_hochberg,
     concept_stats,
+    label_concepts,
     label_correlations,
     memorisation_flags,
 )
@@ -52,6 +53,25 @@ def test_no_false_positives_under_the_null():
         real, gen = _energies(120, 80, rng), _energies(120, 80, rng)
         discoveries += sum(s.label in ("suppressed", "exaggerated") for s in concept_stats(real, gen, bootstrap=0))
     assert discoveries <= 3
+
+
+def test_min_shift_keeps_tiny_significant_shifts_out_of_the_discoveries():
+    """At many pairs a 10 % energy drift is significant; with a least shift of 0.1 in δ it is flagged
+    ``significant`` but stays ``faithful``, while a 3x shift is still found."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    real = _energies(n, 3, rng)
+    gen = real * rng.uniform(0.8, 1.2, real.shape)
+    gen[:, 0] *= 1.1  # δ ≈ 0.524: tiny, significant at n = 3000
+    gen[:, 1] *= 3.0  # δ = 0.75
+    plain = concept_stats(real, gen, bootstrap=0)
+    assert plain[0].label == "exaggerated" and plain[1].label == "exaggerated" and plain[2].label == "faithful"
+    margin = concept_stats(real, gen, bootstrap=0, min_shift=0.1)
+    assert margin[0].label == "faithful" and margin[0].significant and abs(margin[0].delta - 0.5) < 0.1
+    assert margin[1].label == "exaggerated" and margin[1].significant
+    assert not margin[2].significant
+    with pytest.raises(ConceptEditError, match="min_shift"):
+        concept_stats(real, gen, min_shift=0.5)
 
 
 def test_bootstrap_interval_covers_the_true_delta():
@@ -103,6 +123,11 @@ def test_label_correlation_names_the_planted_concept():
     names = label_correlations(energy, labels)
     assert names[1][0] == "shape=crescent" and names[1][1] > 0.9
     assert names[2][0] == "halo=True"
+    # the other direction: a label that is no concept's best name still has its best concept
+    energy[:, 0] = energy[:, 2] + 0.5 * rng.random(90)  # carries the halo, more weakly than concept 2
+    by_label = label_concepts(energy, labels)
+    assert by_label["halo=True"][0] == 2 and by_label["shape=crescent"][0] == 1
+    assert by_label["shape=circle"][1] < 0.5
 
 
 def _result(n_concepts: int = 4) -> dict:
