@@ -111,7 +111,12 @@ def _plot(rows: list[dict[str, Any]], path: Path, chances: dict[tuple[str, str],
     rows = [r for r in rows if r.get("rate") is not None]
     if not rows:
         return None
-    labels = [f"{r['edit']}\n{r['metric'].rsplit('.', 1)[-1]}" for r in rows]
+    labels = [  # an attack's rate is named by its attack (every attack set has the same metric name)
+        f"{r['edit']}\n"
+        + (r["prompt_set"][7:].split("@")[0].split("[")[0] + " ASR" if r["prompt_set"].startswith("attack:") else "")
+        + (r["metric"].rsplit(".", 1)[-1] if not r["prompt_set"].startswith("attack:") else "")
+        for r in rows
+    ]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4.4))
     xs = list(range(len(rows)))
     for offset, key, name in ((-0.2, "base_rate", "base"), (0.2, "rate", "edited")):
