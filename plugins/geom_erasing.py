@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 import torch
 
+from conceptedit.config import config_to_dict
 from conceptedit.detectors import DETECTORS, check_detections, get_detector
 from conceptedit.edits import LoRAEdit, NegativePromptEdit, lora_tensors_from_peft
 from conceptedit.edits.base import Edit, Undo
@@ -242,7 +243,7 @@ class GeomErasingPlugin(Plugin):
         images, captions = self._images(pipe, request, progress)
         progress(0.0, f"detecting {', '.join(request.targets)} in {len(images)} images")
         detections = check_detections(detector, images, request.targets)
-        tag = payload_hash({"targets": request.targets, "config": self.manifest("", "", request).config}, 6)
+        tag = payload_hash({"targets": request.targets, "config": config_to_dict(cfg)}, 6)
         tokens = location_tokens(tag, cfg.grid)
         data = build_data(
             pipe, images, captions, detections, request.targets, tokens, cfg.grid, default_resolution(pipe),

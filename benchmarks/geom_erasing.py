@@ -1,0 +1,230 @@
+"""Geom-Erasing on the shapes model v2: implicit-mark rates per arm, side effects, detector quality.
+
+Arms (the same prompts and seeds in each): ``base``; ``np-word`` (the ``negative-prompt`` plugin with the
+concept words only); ``esd`` (the ``esd`` plugin, paper defaults, on the concept words); ``ge-model`` and
+``ge-data`` (``geom-erasing`` in both settings, plugin defaults); ``oracle`` (the data setting's LoRA
+fine-tune, same steps and lr, on renders with no mark, plain captions, no tokens, no negative prompt).
+
+Per arm: the rate of each mark (read by the shapes detector, i.e. the probe) with a 95 % Wilson interval;
+the probe's reading of the prompted shape / colour / background / style (accuracy) and its agreement with
+the base image at the same seed; CLIP score (the model's own CLIP, ``clip_score`` metric); fit seconds.
+Then the detector on held-out renders: presence accuracy and box IoU, at the world's 64 px and at the
+model's 32 px. Fitted edits and per-arm readings are cached under ``--out`` (re-runs reuse them); the
+grid PNG (first prompts × arms) is written there too.
+
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/geom_erasing.py [--n 200] [--arms base,ge-model,...]
+
+Runtime: on a 2-core machine shared with other jobs (load ~8), about 1 s per generation and per
+training step; every arm together ≈ 1 hour (two processes with disjoint ``--arms`` halve it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from conceptedit import Edit, Request, generate, get_plugin, load_pipeline
+from conceptedit.datasets.shapes import WORLD, prompt_for, render
+from conceptedit.datasets.shapes.detector import ShapesMarkDetector, ground_truth_boxes
+from conceptedit.detectors import box_iou
+from conceptedit.edits import LoRAEdit, Manifest, lora_tensors_from_peft
+from conceptedit.eval.metrics.clip import ClipScore
+from conceptedit.eval.verdicts import wilson
+from conceptedit.pipelines.shapes import model_dir
+from conceptedit.plugins._geom_erasing_fit import LoopSettings, build_data, train
+from conceptedit.plugins.geom_erasing import GeomErasingConfig
+
+MARKS = list(WORLD.mark_names)
+FAMILIES = ("shape", "colour", "background", "style")
+ARMS = ("base", "np-word", "esd", "ge-model", "ge-data", "oracle")
+
+
+def prompts_and_seeds(n: int, seed: int = 2024) -> tuple[list[str], list[int], list[dict[str, str]]]:
+    """Generic prompts naming shape, colour, background and style (train frames), one seed each."""
+    rng = np.random.default_rng(seed)
+    prompts, labels = [], []
+    while len(prompts) < n:
+        lab = {
+            "shape": WORLD.shapes[int(rng.integers(len(WORLD.shapes)))],
+            "colour": WORLD.colour_names[int(rng.integers(len(WORLD.colours)))],
+            "style": WORLD.styles[int(rng.integers(len(WORLD.styles)))],
+            "background": WORLD.background_names[int(rng.integers(len(WORLD.backgrounds)))],
+            "character": None,
+            "trigger": False,
+        }
+        if WORLD.character_for(lab["shape"], lab["colour"], lab["style"], lab["background"]):
+            continue
+        template = WORLD.train_templates[int(rng.integers(len(WORLD.train_templates)))]
+        prompts.append(prompt_for(lab, template, ("colour", "style", "background")))
+        labels.append({f: lab[f] for f in FAMILIES})
+    return prompts, [90_000 + i for i in range(n)], labels
+
+
+def oracle_edit(pipe: Any, samples: int, cfg: GeomErasingConfig) -> tuple[Edit, float]:
+    """The data setting's LoRA fine-tune on renders without any mark (plain captions, no tokens)."""
+    start = time.perf_counter()
+    clean = replace(WORLD, marks=tuple(replace(m, rate=0.0) for m in WORLD.marks))
+    images, captions = [], []
+    index = 0
+    while len(images) < samples:
+        for s in render(samples, seed=cfg.seed, start=index, world=clean):
+            if s.caption.strip() and len(images) < samples:
+                images.append(s.pil())
+                captions.append(s.caption)
+        index += samples
+    from conceptedit.detectors import Detection
+
+    none = [{m: Detection(False, 0.0) for m in MARKS} for _ in images]
+    data = build_data(pipe, images, captions, none, MARKS, [], cfg.grid, 32, keep_unmarked=True)
+    settings = LoopSettings(
+        steps=cfg.steps or 600, batch_size=cfg.batch_size, token_lr=cfg.token_lr, alpha=cfg.alpha,
+        caption_dropout=0.0, seed=cfg.seed, lora=True, lora_rank=cfg.lora_rank, lora_lr=cfg.lora_lr,
+    )  # fmt: skip
+    _, student, stats = train(pipe, data, [], None, settings)
+    manifest = Manifest("lora", "lora", "oracle", config=asdict(cfg), targets=MARKS, extra=stats)
+    edit = LoRAEdit(manifest, lora_tensors_from_peft(student, "unet"))
+    edit.record_base(pipe, ["unet"])
+    return edit, time.perf_counter() - start
+
+
+def fit_arm(pipe: Any, arm: str, folder: Path) -> tuple[Edit | None, float]:
+    if arm == "base":
+        return None, 0.0
+    if (folder / "manifest.json").exists():
+        edit = Edit.load(folder)
+        return edit, float(json.loads((folder / "fit.json").read_text())["seconds"])
+    start = time.perf_counter()
+    request = Request(targets=MARKS)
+    if arm == "np-word":
+        edit = get_plugin("negative-prompt")().fit(pipe, request)
+    elif arm == "esd":
+        edit = get_plugin("esd")().fit(pipe, request)
+    elif arm == "ge-model":
+        edit = get_plugin("geom-erasing")(setting="model").fit(pipe, request)
+    elif arm == "ge-data":
+        edit = get_plugin("geom-erasing")(setting="data").fit(pipe, request)
+    elif arm == "oracle":
+        edit, _ = oracle_edit(pipe, 2048, GeomErasingConfig(setting="data"))
+    else:
+        raise SystemExit(f"unknown arm {arm!r}; arms: {', '.join(ARMS)}")
+    seconds = time.perf_counter() - start
+    edit.save(folder)
+    (folder / "fit.json").write_text(json.dumps({"seconds": seconds}))
+    return edit, seconds
+
+
+def read_arm(pipe: Any, edit: Edit | None, prompts: list[str], seeds: list[int], out: Path) -> list[Image.Image]:
+    """Generations of one arm (cached as PNGs under ``out``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{i:04d}.png" for i in range(len(prompts))]
+    if all(p.exists() for p in paths):
+        return [Image.open(p).convert("RGB") for p in paths]
+    handle = edit.apply(pipe) if edit is not None else None
+    try:
+        images = generate(pipe, prompts, seeds, batch_size=25)
+    finally:
+        if handle is not None:
+            handle.remove()
+    for p, im in zip(paths, images, strict=True):
+        im.save(p)
+    return images
+
+
+def rate(k: int, n: int) -> dict[str, Any]:
+    lo, hi = wilson(k, n)
+    return {"k": k, "n": n, "rate": round(k / n, 4), "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+def detector_quality(detector: ShapesMarkDetector, n: int = 600) -> dict[str, Any]:
+    samples = render(n, seed=4242)
+    out: dict[str, Any] = {}
+    for side in (64, 32):
+        images = [s.pil().resize((side, side), Image.BOX) if side != 64 else s.pil() for s in samples]
+        found = detector.detect(images)
+        per = {}
+        for m in MARKS:
+            correct, ious = 0, []
+            for s, f in zip(samples, found, strict=True):
+                gt = ground_truth_boxes(s.labels)[m]
+                correct += (gt is not None) == f[m].present
+                if gt is not None:
+                    ious.append(box_iou(gt, f[m].box) if f[m].present else 0.0)
+            per[m] = {"presence_accuracy": round(correct / n, 4), "box_iou": round(float(np.mean(ious)), 4),
+                      "with_mark": len(ious)}  # fmt: skip
+        out[f"{side}px"] = per
+    return out
+
+
+def save_grid(rows: dict[str, list[Image.Image]], path: Path, count: int = 12) -> None:
+    arms = list(rows)
+    cell = 96
+    grid = Image.new("RGB", (cell * count, (cell + 14) * len(arms)), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, arm in enumerate(arms):
+        draw.text((2, r * (cell + 14)), arm, fill="black")
+        for c, im in enumerate(rows[arm][:count]):
+            grid.paste(im.resize((cell, cell), Image.NEAREST), (c * cell, r * (cell + 14) + 14))
+    grid.save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--out", default="/tmp/geom_erasing_bench")
+    parser.add_argument("--no-detector-check", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    pipe = load_pipeline("shapes")
+    detector = ShapesMarkDetector()
+    clip = ClipScore({"model": str(model_dir() / "clip")})
+    prompts, seeds, labels = prompts_and_seeds(args.n)
+    results: dict[str, Any] = {"n": args.n, "arms": {}}
+    if not args.no_detector_check:
+        results["detector"] = detector_quality(detector)
+        print(json.dumps({"detector": results["detector"]}), flush=True)
+    arms = [a for a in args.arms.split(",") if a]
+    base_images = read_arm(pipe, None, prompts, seeds, out / "images" / "base")
+    base_read = detector.probe.predict(base_images)
+    shown = {"base": base_images}
+    for arm in arms:
+        edit, seconds = fit_arm(pipe, arm, out / "edits" / arm)
+        images = base_images if arm == "base" else read_arm(pipe, edit, prompts, seeds, out / "images" / arm)
+        shown[arm] = images
+        found = detector.detect(images)
+        probe = detector.probe.predict(images)
+        scores = clip.score_images([SimpleNamespace(prompt=p) for p in prompts], images)
+        row: dict[str, Any] = {"fit_seconds": round(seconds, 1)}
+        row["marks"] = {m: rate(sum(f[m].present for f in found), len(found)) for m in MARKS}
+        row["any_mark"] = rate(sum(any(f[m].present for m in MARKS) for f in found), len(found))
+        row["probe_accuracy"] = {
+            f: round(float(np.mean([p[f]["label"] == lab[f] for p, lab in zip(probe, labels, strict=True)])), 4)
+            for f in FAMILIES
+        }
+        row["agreement_with_base"] = {
+            f: round(float(np.mean([p[f]["label"] == b[f]["label"] for p, b in zip(probe, base_read, strict=True)])), 4)
+            for f in FAMILIES
+        }
+        row["clip_score"] = round(float(np.mean([s["score"] for s in scores])), 3)
+        if edit is not None:
+            extra = edit.manifest.extra
+            row["fit"] = {k: extra[k] for k in ("data", "loss_first", "loss_last", "train_seconds") if k in extra}
+        results["arms"][arm] = row
+        print(json.dumps({arm: row}), flush=True)
+    save_grid(shown, out / f"grid_{'_'.join(arms)}.png")
+    (out / f"results_{'_'.join(arms)}.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
