@@ -1,5 +1,5 @@
 """Mutation check: break the code on purpose, one curated mutation at a time, and see whether the tests notice.
-(Long because it is a table: 43 curated mutations with their tests, then a small runner.)
+(Long because it is a table: 45 curated mutations with their tests, then a small runner.)
 
 Each mutation is an exact text replacement in one file of the core (``conceptedit/``) or the plugins
 (``plugins/``) — a sign flip, an off-by-one, a dropped step, swapped arguments — with the test files (or
@@ -488,6 +488,22 @@ MUTATIONS: list[Mutation] = [
         "(LORA_FILE, {})",
         ("tests/test_sdxl.py::test_plugin_fits_applies_removes_and_round_trips_on_sdxl",),
         "RealEra's saved artifact loses its LoRA stage",
+    ),
+    Mutation(
+        "sdxl-family-not-recognised",
+        "conceptedit/families.py",
+        '    "StableDiffusionXLPipeline": SDXL,\n',
+        "",
+        ("tests/test_sdxl.py::test_tiny_sdxl_pipeline_is_sdxl_and_generates",),
+        "an SDXL pipeline is taken for SD 2.x",
+    ),
+    Mutation(
+        "family-check-lets-everything-through",
+        "conceptedit/families.py",
+        "    if family not in supported:",
+        "    if False:",
+        ("tests/test_sdxl.py::test_plugins_without_sdxl_refuse_it_in_one_line",),
+        "a plugin runs on a family it does not support",
     ),
 ]
 

@@ -43,8 +43,11 @@ SDXL (the reference has an SDXL script, ``esd_sdxl.py``): every noise prediction
 pooled text embedding and the ``add_time_ids`` of the sampling size (``added_cond_kwargs``, via
 :func:`conceptedit.conditioning.predict_noise`); the unconditional branch is the encoded ``""`` as in the
 SD reference (``negative_prompt=""``), not SDXL's zeroed empty prompt. The presets select the same layer
-names (``attn2`` exists in every SDXL transformer block). The sampler is the pipeline's own scheduler
-(Euler on SDXL), through ``scale_model_input``.
+names (``attn2`` exists in every SDXL transformer block); the SDXL script's ``esd-u``/``esd-all`` also
+leave out every layer named ``emb`` (time and added-condition embeddings) and outside the blocks, ours keep
+the SD presets. Its defaults differ too (lr 2e-4, η 1, sampling guidance 2, 1024²); ours stay the SD
+reference's, so pass those for SDXL. The sampler is the pipeline's own scheduler (Euler on SDXL), through
+``scale_model_input``.
 """
 
 from __future__ import annotations
