@@ -50,7 +50,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "fewshot-unlearning": {"images_from_model": True, "n_images": 2, "batch_size": 2, "epochs": 1},
     # 50 prompts x ~12 tokens a batch: 1,600 tokens is two SAE steps
     "itd": {"train_tokens": 1600, "train_warmup_steps": 0, "target_from_corpus": 5, "retain_from_corpus": 10},
-    "geom-erasing": {"samples": 2, "steps": 1, "batch_size": 2, "detector": "full_size:CornerDetector"},
+    "geom-erasing": {"samples": 2, "steps": 1, "batch_size": 2, "detector": "full_size_models:CornerDetector"},
 }
 
 
@@ -100,7 +100,7 @@ def _edit_summary(edit: Any) -> dict[str, Any]:
 def build(model: str, dtype: Any) -> tuple[Any, int]:
     """The pipeline and its full resolution: ``sd15``/``sdxl`` full size, ``tiny``/``tiny-sdxl`` the test
     suite's tiny pipelines (a smoke test of this script in seconds)."""
-    from full_size import config, full_size_pipeline
+    from full_size_models import config, full_size_pipeline
 
     if model in TINY:
         import tiny
@@ -118,7 +118,7 @@ def prepare(model: str, dtype_name: str, folder: Path) -> dict[str, Any]:
     defaults of ONE step at full resolution (what plugins that sample images use); every case then loads it
     with ``load_pipeline``, the path a real checkpoint takes."""
     import torch
-    from full_size import parameter_counts
+    from full_size_models import parameter_counts
 
     start = time.perf_counter()
     pipe, size = build(model, getattr(torch, DTYPES[dtype_name]))

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from full_size import _text_encoder, config
+from full_size_models import _text_encoder, config
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "full_size.py"
