@@ -210,8 +210,13 @@ def noise_alignment_lora(
     progress: Callable[[int, float], None],
 ) -> list[float]:
     """Prediction-noise alignment: ``ε_student(x_t, c[e_p → e_p + η], t) ≈ ε_frozen(x_t, anchor_p, t)`` and,
-    with weight ``regularisation_weight``, ``ε_student(x_t, c[e_p → e_p + ξ], t) ≈ ε_frozen(x_t, c[e_p → e_p + ξ],
-    t)`` for beyond-concept ``ξ``; ``x_t`` is a concept latent noised to a uniform random ``t``. Adam over
+    with weight ``regularisation_weight``, ``ε_student(x_t, a[e_p → e_p + ξ], t) ≈ ε_frozen(x_t, a[e_p → e_p + ξ],
+    t)`` for beyond-concept ``ξ``, where ``a`` is the anchor prompt's sequence: the beyond-concept sample goes
+    into a context that does not carry the concept. (Put into the concept's own sequence, as first written,
+    the term taught the student to draw the concept from the other rows — the EOS and padding outputs of a
+    CLIP text encoder repeat the last word — and undid the erasure: zorblax on shapes v2, n = 10, erased
+    0.5 / residue 0.6 with it, 0.1 / 0.3 with the anchor context, 0.0 / 0.0 with no LoRA stage.)
+    ``x_t`` is a concept latent noised to a uniform random ``t``. Adam over
     ``parameters`` (the LoRA factors). Returns the per-step losses."""
     optimizer = torch.optim.Adam(parameters, lr=lr)
     device = next(student.parameters()).device
@@ -232,7 +237,8 @@ def noise_alignment_lora(
         bc = data.beyond[p]
         use_reg = len(bc) > 0 and regularisation_weight > 0
         if use_reg:
-            conds.append(_with_row(seq, row, bc[int(torch.randint(0, len(bc), (1,), generator=generator))]))
+            xi = bc[int(torch.randint(0, len(bc), (1,), generator=generator))]
+            conds.append(_with_row(data.anchor_sequences[p], row, xi))
         x_in = torch.cat([x_t] * len(conds))
         with torch.no_grad():
             targets = predict_noise(frozen, x_in, t, Conditioning.cat([data.anchor_sequences[p]] + conds[1:]))

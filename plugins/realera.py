@@ -21,7 +21,8 @@ What the paper says (method overview) and what is implemented:
    (:func:`conceptedit.sparsity.ridge.weighted_ridge_edit`, the one UCE uses).
 4. **Prediction-noise alignment with a LoRA** (peft) on the closed-form-edited UNet:
    ``ε_θ(x_t, c[e → e+η], t) → ε_orig(x_t, c_anchor, t)`` for the concept and its neighbours, and
-   ``ε_θ(x_t, c[e → e+ξ], t) → ε_orig(x_t, c[e → e+ξ], t)`` for beyond-concept samples ``ξ``
+   ``ε_θ(x_t, a[e → e+ξ], t) → ε_orig(x_t, a[e → e+ξ], t)`` for beyond-concept samples ``ξ`` placed in the
+   anchor prompt's sequence ``a`` (a context without the concept: see the function's docstring)
    (:func:`_realera_stages.noise_alignment_lora`).
 5. The artifact is the closed-form weight delta plus the LoRA factors (:class:`RealEraEdit`): the LoRA
    file is ``pytorch_lora_weights.safetensors`` in the diffusers layout (``load_lora_weights`` reads it; it

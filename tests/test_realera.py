@@ -291,3 +291,44 @@ def test_lora_stage_aligns_the_concept_prediction_with_the_anchor(tiny_pipe):
     with edit.apply(tiny_pipe):
         after = float((eps(seq) - target).pow(2).mean())
     assert after < 0.5 * before, (after, before)
+
+
+def test_lora_regulariser_puts_beyond_samples_in_the_anchor_context(monkeypatch):
+    """The beyond-concept term conditions on the anchor's sequence with the sample at the concept's row, never
+    on the concept's own sequence: a CLIP encoder repeats the last word in its EOS/padding rows, so that
+    context would teach the student to keep drawing the concept (it undid the erasure on shapes v2)."""
+    from conceptedit.conditioning import Conditioning
+    from conceptedit.plugins import _realera_stages as stages
+
+    seen: list[tuple[torch.nn.Module, torch.Tensor]] = []
+
+    def fake_predict(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        seen.append((model, cond.embeds.clone()))
+        return x * model.w
+
+    monkeypatch.setattr(stages, "predict_noise", fake_predict)
+
+    class Scale(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+    student, frozen = Scale(), Scale()
+    concept_seq = Conditioning(torch.full((1, 5, 3), 7.0))
+    anchor_seq = Conditioning(torch.zeros(1, 5, 3))
+    xi = torch.full((1, 3), -2.0)
+    data = stages.NoiseAlignmentData(
+        [concept_seq], [1], [anchor_seq], [torch.zeros(0, 3)], [xi], torch.randn(2, 4, 2, 2)
+    )
+    scheduler = type("S", (), {"config": type("C", (), {"num_train_timesteps": 10})(),
+                               "add_noise": staticmethod(lambda z, n, t: z + n)})()  # fmt: skip
+    stages.noise_alignment_lora(
+        student, frozen, scheduler, data, [student.w], 2, 1e-3, 1.0, torch.Generator(), lambda *a: None
+    )
+    student_ctx = [c for m, c in seen if m is student]
+    assert len(student_ctx) == 2
+    for ctx in student_ctx:
+        assert torch.equal(ctx[0, 1], torch.full((3,), 7.0))  # the erased row: the concept itself
+        reg = ctx[1]
+        assert torch.equal(reg[1], xi[0])
+        assert torch.equal(reg[[0, 2, 3, 4]], torch.zeros(4, 3))  # the rest is the anchor's, not the concept's
