@@ -61,10 +61,15 @@ Choices (the paper's values were not found; each is a config field):
 - Each target erased with the bare concept prompt; ``expand_prompts`` adds UCE's five templates
   ("image of {}", ...), with the anchor put in the same template.
 
-Fit time (shapes model v1, 2 shared CPU cores under load): mining < 1 s, closed form < 0.2 s, concept
-latents 11-20 s (4 images), LoRA stage about 1 s per step (104 s for the default 100 steps, whole fit).
-On v1 (whose text encoder carries characters in the padding, see docs/shapes_model.md) a character is
-not erased by the closed form, as with UCE; residue is to be measured on shapes v2.
+Measured on shapes v2 (``benchmarks/realera_residue.py``, n = 20 per set, 2 CPU cores under load 15):
+fit 32-37 s (mining < 0.2 s, closed form < 0.05 s, concept latents ~1-3 s, LoRA 100 steps the rest).
+The halo erased as "glowing": erased 0.05, residue through its five other words 0.00 (UCE: 0.10 / 0.00).
+zorblax: erased 0.25, residue through its nickname 0.00 (UCE 0.00 / 0.00; the closed form alone 0.00 /
+0.00: the LoRA stage costs a little erasure here). circle: not erased (0.95; UCE 1.00): a shape named
+inside a sentence reaches the UNet through the rows after it (CLIP's causal encoder), which a closed form
+keyed on the bare word's row does not reach (``expand_prompts`` gets it to 0.7 at n = 10). On v2 UCE leaves
+no residue where it erases (the world's aliases are close in the CLIP text space), so the residue RealEra
+targets does not show on this world.
 
 SDXL: the embedding ``e`` is the concept token's row of the 2048-d context every ``attn2`` reads (both text
 encoders' penultimate states concatenated, as ``encode_prompt`` gives the UNet), so mining, the vocabulary
