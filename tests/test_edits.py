@@ -278,3 +278,18 @@ def test_generate_passes_the_negative_prompt_and_seeds_through(tiny_pipe):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     plain = generate(tiny_pipe, [PROMPT], [4])[0]
     assert not np.array_equal(np.asarray(plain), np.asarray(ours[0])), "the negative prompt changed nothing"
+
+
+def test_negative_prompt_edit_works_with_a_plain_string_prompt(tiny_pipe):
+    """``pipe("a cat")`` (a str, not a list) with the edit applied: diffusers refuses a list negative prompt
+    for a str prompt, so the edit must pass the negative prompt as a str too (found by benchmarks/full_size.py)."""
+    import torch
+
+    edit = make_negative_edit(tiny_pipe)
+    kwargs = {"num_inference_steps": 1, "height": 16, "width": 16, "output_type": "latent"}
+    with edit.apply(tiny_pipe):
+        single = tiny_pipe("a dog", generator=torch.Generator().manual_seed(0), **kwargs).images
+        listed = tiny_pipe(["a dog"], generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert torch.equal(single, listed)
+    plain = tiny_pipe("a dog", negative_prompt="cat", generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert torch.equal(single, plain)  # the edit is the concept as negative prompt

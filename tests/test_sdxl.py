@@ -176,7 +176,8 @@ def test_negative_prompt_reaches_both_sdxl_negative_prompts(tiny_sdxl_pipe):
             generate(pipe, ["a dog"], [0])
     finally:
         del pipe.encode_prompt
-    assert seen[0]["negative_prompt"] == ["cat"] and seen[0]["negative_prompt_2"] == ["blurry, cat"]
+    # a str prompt gets str negatives (SD 1.x's encode_prompt refuses a list for a str prompt), a list gets lists
+    assert seen[0]["negative_prompt"] == "cat" and seen[0]["negative_prompt_2"] == "blurry, cat"
     assert seen[1]["negative_prompt"] == ["cat"] and seen[1]["negative_prompt_2"] is None
 
 

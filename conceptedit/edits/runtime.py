@@ -108,7 +108,9 @@ class NegativePromptEdit(Edit):
                     n = len(prompt) if isinstance(prompt, list) else 1
                     for key in ("negative_prompt", "negative_prompt_2"):  # _2: SDXL; None there reuses the first
                         if key == "negative_prompt" or given.get(key) is not None:
-                            given[key] = [self.negative_for(p) for p in _as_list(given[key], n)]
+                            negatives = [self.negative_for(p) for p in _as_list(given[key], n)]
+                            # diffusers wants the negative prompt of the prompt's type: pipe("a cat") passes a str
+                            given[key] = negatives if isinstance(prompt, list) else negatives[0]
                 return encode(*bound.args, **bound.kwargs)
 
             return encode_prompt
