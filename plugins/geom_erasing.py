@@ -39,6 +39,17 @@ Deviations, and why:
   then every location token (``concept₁, concept₂ ⟨l0,0⟩ … ⟨lK,K⟩``), which fits a 32-token tokenizer.
 - In the ``model`` setting only images in which the detector found a target are trained on: the others'
   captions hold no location token, so they would give the token embeddings no gradient.
+- Only ``pipe.tokenizer`` / ``pipe.text_encoder`` get the tokens (SD 1.x / 2.x); SDXL is not supported.
+
+Measured (``benchmarks/geom_erasing.py``, shapes model v2, 200 generations per arm, rates read by the
+shapes detector; base watermark / QR / glyphs 15.0 / 12.0 / 8.0 %): with these defaults the ``model``
+setting does not remove the marks (13.0 / 12.5 / 8.0 %, as the concept words alone in the negative
+prompt: 13.0 / 11.5 / 8.5 %) and costs 7 points of shape accuracy (99 → 92 %, the words' character
+tokens in the negative prompt do that too); the ``data`` setting lowers them to 10.5 / 7.5 / 7.0 % with
+shape/colour/background within 1 point and CLIP score unchanged; the oracle (the same LoRA fine-tune on
+renders without marks) reaches 1.0 / 1.0 / 4.0 %. The issue's goal (every mark ≤ the oracle and ≤ 3 %)
+is not met on this model: its marks never occur in captions, so its frozen text encoder gives the new
+tokens little to steer, unlike SD, whose captions do name watermarks.
 """
 
 from __future__ import annotations
