@@ -48,8 +48,8 @@ prompt: 13.0 / 11.5 / 8.5 %) and costs 7 points of shape accuracy (99 → 92 %, 
 tokens in the negative prompt do that too); the ``data`` setting lowers them to 10.5 / 7.5 / 7.0 % with
 shape/colour/background within 1 point and CLIP score unchanged; the oracle (the same LoRA fine-tune on
 renders without marks) reaches 1.0 / 1.0 / 4.0 %. The issue's goal (every mark ≤ the oracle and ≤ 3 %)
-is not met on this model: its marks never occur in captions, so its frozen text encoder gives the new
-tokens little to steer, unlike SD, whose captions do name watermarks.
+is not met on this model. A likely reason (not tested): its marks never occur in captions, so the UNet
+may draw them without regard to the text, and negative guidance through text has little to push on.
 """
 
 from __future__ import annotations

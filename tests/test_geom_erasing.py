@@ -6,7 +6,9 @@ The effect on the shapes model (mark rates, side effects) is measured by ``bench
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import inspect
 import sys
 import textwrap
 from pathlib import Path
@@ -201,9 +203,10 @@ def test_model_setting_fits_applies_and_removes_exactly(tiny_pipe, fake_detector
     seen = []
     inner = tiny_pipe.encode_prompt
 
-    def spy(prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt=None, **kwargs):
-        seen.append(negative_prompt)  # what the pipeline's own encode_prompt receives under the edit
-        return inner(prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt, **kwargs)
+    @functools.wraps(inner)  # the same signature: runtime edits bind arguments by name
+    def spy(*args, **kwargs):
+        seen.append(inspect.signature(inner).bind(*args, **kwargs).arguments.get("negative_prompt"))
+        return inner(*args, **kwargs)  # what the pipeline's own encode_prompt receives under the edit
 
     object.__setattr__(tiny_pipe, "encode_prompt", spy)
     with loaded.apply(tiny_pipe):
