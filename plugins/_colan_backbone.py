@@ -14,8 +14,10 @@ unconditional branch ``u`` either
 Optional, from P2P-Zero (Parmar et al., SIGGRAPH 2023, Alg. 1): a reference branch regenerates the source
 under ``c_src`` and records its cross-attention maps; before each edited step the latent moves down the
 gradient of ``‖M_edit − M_ref‖²`` (``cross_attention_guidance``). ``strength`` < 1 inverts only to an
-intermediate step (SDEdit-like partial inversion). Deviations: plain DDIM inversion (P2P-Zero regularises
-its noise maps), no null-text optimisation. Everything is batched: one call edits a batch of images.
+intermediate step (SDEdit-like partial inversion). Both are off by default: on dev edits of the shapes model
+(``benchmarks/colan_edits.py --dev``) strength 0.6 landed fewer CoLan edits, and the cross-attention step is
+untuned (λ = 20 changed nothing measurable, λ = 2000 destroyed the image). Deviations: plain DDIM inversion
+(P2P-Zero regularises its noise maps), no null-text optimisation. Everything is batched: one call edits a batch.
 """
 
 from __future__ import annotations
