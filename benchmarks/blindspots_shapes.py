@@ -13,10 +13,45 @@ crescent (the comparison is paired per caption, so stratifying the captions keep
 it, a few hundred images hold only a handful of crescents. Images are cached under ``--out``: a rerun
 with the same model and settings generates nothing. Runtime per stage is printed.
 
-    nice -n 5 python benchmarks/blindspots_shapes.py --model /work/v2b --n 48 --train-tokens 50000
-    # ~5 min on 2 busy cores (generation ~4 s/image, SAE 80 s); n = 48 is far too few to find anything:
-    # use n >= 500 where a machine allows
-    python benchmarks/blindspots_shapes.py --model /path/to/v2          # the model's own clip/ and probe/
+``--plant-halo`` plants a known exaggeration: a UNet LoRA (``plant_halo.py``: rank 8 on the transformer
+blocks, 300 steps on 256 renders that all carry the halo, captioned without halo words) is fitted once
+(saved under ``--out/halo_lora`` and reused), applied as an Edit for a second analysis, removed, and the
+model analysed a third time. Reports go to ``--out/{base,halo_planted,halo_removed}/report.html``.
+
+    nice -n 5 python benchmarks/blindspots_shapes.py --n 512 --out runs/bench/bs512 --threads 1 --plant-halo
+
+Measured on the shipped v2 (n = 512 real/generated pairs, crescent enriched to 15 %, SAE width 256 on
+150k CLIP tokens, FDR 0.05, least shift |δ - 0.5| >= 0.1; 2 shared cores at load 10-19, Dec 2026):
+
+- base: 1 suppressed, 1 exaggerated, 247 faithful, 7 inactive; 23 more concepts are significant but
+  shift less than 0.1 (without the margin all 25 were "found", 4 of them named by a common shape or
+  colour). Found: #107 (best label background=white, r 0.51) suppressed, δ 0.383 [0.319, 0.448],
+  d_z -0.13; #34 (weak label colour=red, r 0.27) exaggerated, δ 0.662 [0.566, 0.767], d_z +0.13.
+  False positives among the 25 concepts named (r >= 0.3) by a common shape or colour: 0.
+- crescent (v2 renders it when asked): probe 15.0 % real, 14.6 % generated. Its concept (#54, r 0.71)
+  is faithful: δ 0.565 [0.543, 0.589], q 1e-5 (significant, below the margin). Not a blindspot of v2.
+- implicit marks, probe real -> generated: watermark 25.6 -> 20.5 %, qr 15.0 -> 9.4 %, glyphs 13.9 ->
+  10.4 % (all under-produced). Not found: no SAE concept is named by a mark; the concepts that carry
+  them best correlate with them at r 0.25 / 0.29 / 0.13 and are faithful (δ 0.43-0.46, q >= 0.3).
+  v2's CLIP was trained on captions that never name a mark, so its image tower barely encodes them;
+  no mark shift is significant, so none is in the wrong direction either.
+- striped: probe 16.8 % real -> 10.9 % generated (dotted 21.9 -> 14.3 %); not found: no concept is
+  named striped (its best concept, #162, r 0.30, is faithful, δ 0.485 [0.444, 0.523]); dotted likewise
+  (#47, r 0.34, δ 0.492).
+- halo (asked for in the captions): probe 17.8 % real, 17.6 % generated, 0.0 % on the 421 captions
+  that do not ask for it; faithful (#120, r 0.72, δ 0.470 [0.435, 0.503]).
+- planted halo LoRA: the probe reads the halo on 13.1 % of generations for captions that do not ask
+  for it (0.0 % without the LoRA). Found: 4 of the 8 concepts named halo=True exaggerated, the best
+  halo concept #120 δ 0.716 [0.678, 0.755], d_z +0.56, q 3e-30. The LoRA is not surgical: 100
+  discoveries in all (79 suppressed, 21 exaggerated; probe, real -> with the LoRA: yellow objects
+  16 -> 59 %, the ring's gold leaking into the object; dotted 22 -> 6 %; green and purple 18-19 -> 2.5 %),
+  so 14 common shape/colour concepts are found too, rightly.
+- LoRA removed: the same 1 + 1 discoveries as the base and halo faithful (δ 0.470): the generations are
+  the base's cache hits, i.e. the weights are restored bit for bit.
+- seconds per stage: render 26; real features 40 (first run; 5 once the store exists); SAE 96 (once,
+  then loaded); generation 877 for 512 images (two workers); planted generation ~360 (three workers,
+  load 11); analysis (generated features, statistics, bootstrap) 5-12; probe 3-6. The LoRA fit took
+  2116 s wall at ~5 % of a core (load 16-19); its CPU time was a few minutes.
 """
 
 from __future__ import annotations
@@ -67,6 +102,65 @@ def rate(rows: list[dict], key: str) -> float:
     return sum(str(r.get(k)) == v for r in rows) / max(1, len(rows))
 
 
+def summarise(
+    result: dict, labels: list[dict], real_rows: list[dict], gen_rows: list[dict], rare: str, min_corr: float
+) -> dict:
+    """The benchmark's questions answered from one analysis: named findings, false discoveries, rates."""
+    named = [c for c in result["concepts"] if c["label"] != "inactive" and c.get("name_corr", 0) >= min_corr]
+    by_name: dict[str, list[dict]] = {}
+    for c in named:
+        by_name.setdefault(c["name"], []).append(c)
+    watch = [f"shape={rare}"] if rare else []
+    watch += ["glyphs=True", "watermark=True", "qr=True", "style=striped", "style=dotted", "halo=True"]
+    unasked = [i for i, lab in enumerate(labels) if not lab["halo"]]
+    findings = {}
+    for key in watch:
+        cs = by_name.get(key, [])
+        findings[key] = {
+            "real_rate": round(rate(labels, key), 4),
+            "real_rate_probe": round(rate(real_rows, key), 4),
+            "generated_rate_probe": round(rate(gen_rows, key), 4),
+            "concepts": len(cs),
+            "verdicts": dict(Counter(c["label"] for c in cs)),
+            "best": min((_brief(c) for c in cs), key=lambda d: d["q"], default=None),
+        }
+        if key in result.get("labels", {}):  # the concept that carries this label best, named by it or not
+            j = result["labels"][key]
+            findings[key]["label_concept"] = _brief(result["concepts"][j["concept"]]) | {"r_label": j["r"]}
+    findings["halo=True"]["generated_rate_probe_unasked"] = round(rate([gen_rows[i] for i in unasked], "halo=True"), 4)
+    common = [f"shape={s}" for s in COMMON_SHAPES] + [f"colour={c}" for c in WORLD.colour_names]
+    common_concepts = [c for k in common for c in by_name.get(k, [])]
+    fp = [c for c in common_concepts if c["label"] in ("suppressed", "exaggerated")]
+    found = sorted((c for c in result["concepts"] if c["label"] in ("suppressed", "exaggerated")), key=lambda c: c["q"])
+    return {
+        "counts": result["counts"],
+        "significant_below_min_shift": result.get("significant_below_min_shift"),
+        "discoveries": [_brief(c) | {"name": c.get("name")} for c in found],
+        "findings": findings,
+        "common_shape_colour_concepts": len(common_concepts),
+        "common_shape_colour_discoveries": len(fp),
+        "common_discoveries_detail": [
+            _brief(c)
+            | {
+                "name": c["name"],
+                "real_rate": round(rate(labels, c["name"]), 3),
+                "gen_rate_probe": round(rate(gen_rows, c["name"]), 3),
+            }
+            for c in fp
+        ],  # fmt: skip
+        "memorisation_flagged": len(result["memorisation"]["flagged"]),
+        "seconds": result["seconds"],
+    }
+
+
+def _brief(c: dict) -> dict:
+    return {
+        "concept": c["concept"], "label": c["label"], "delta": round(c["delta"], 3),
+        "ci": [round(c["delta_low"], 3), round(c["delta_high"], 3)], "d_z": round(c["effect"], 3),
+        "q": float(f"{c['q']:.3g}"), "r": c.get("name_corr"),
+    }  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="shapes")
@@ -76,10 +170,17 @@ def main() -> None:
     ap.add_argument("--enrich", default="crescent=0.15")
     ap.add_argument("--train-tokens", type=int, default=150_000)
     ap.add_argument("--fdr", type=float, default=0.05)
+    ap.add_argument("--min-shift", type=float, default=0.1, help="least |δ - 0.5| of a discovery (0: FDR alone)")
     ap.add_argument("--min-corr", type=float, default=0.3, help="a concept is named by a label above this r")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/bench/blindspots_shapes")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--plant-halo", action="store_true",
+        help="also fit a LoRA that draws the halo unasked (benchmarks/plant_halo.py; saved under --out/halo_lora, "
+        "reused when there), analyse with it applied and again after removing it",
+    )  # fmt: skip
+    ap.add_argument("--halo-steps", type=int, default=300)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -94,78 +195,55 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     features = f"clip:{args.clip}" if args.clip else "clip"
     cfg = BlindspotsConfig(
-        features=features, n_images=len(images), train_tokens=args.train_tokens, fdr=args.fdr, seed=args.seed,
-        out=args.out,
+        features=features, n_images=len(images), train_tokens=args.train_tokens, fdr=args.fdr,
+        min_shift=args.min_shift, seed=args.seed, out=args.out,
     )  # fmt: skip
-    result = analyze_blindspots(pipe, images, captions, labels, cfg)
-
-    # ground truth of each label's shift: rates in real images vs the probe's reading of the generations
-    gen_dir = Path(args.out)
+    out_dir = Path(args.out)
     probe_dir = args.probe or (Path(args.model) / "probe" if Path(args.model).is_dir() else None)
-    generated = _generated(pipe, captions, cfg)
-    t0 = time.perf_counter()
-    gen_rows = probe_labels(probe_dir, generated)
-    t_probe = time.perf_counter() - t0
+    real_rows = probe_labels(probe_dir, images)
 
-    named = [c for c in result["concepts"] if c["label"] != "inactive" and c.get("name_corr", 0) >= args.min_corr]
-    by_name: dict[str, list[dict]] = {}
-    for c in named:
-        by_name.setdefault(c["name"], []).append(c)
-    watch = [f"shape={rare}"] if rare else []
-    watch += ["glyphs=True", "watermark=True", "qr=True", "style=striped", "halo=True"]
-    findings = {}
-    for key in watch:
-        cs = by_name.get(key, [])
-        findings[key] = {
-            "real_rate": round(rate(labels, key), 4),
-            "generated_rate_probe": round(rate(gen_rows, key), 4),
-            "concepts": len(cs),
-            "verdicts": dict(Counter(c["label"] for c in cs)),
-            "best": min(
-                (
-                    {
-                        "concept": c["concept"],
-                        "label": c["label"],
-                        "delta": round(c["delta"], 3),
-                        "ci": [round(c["delta_low"], 3), round(c["delta_high"], 3)],
-                        "q": round(c["q"], 4),
-                        "r": c["name_corr"],
-                    }
-                    for c in cs
-                ),
-                key=lambda d: d["q"],
-                default=None,
-            ),  # fmt: skip
-        }
-    common = [f"shape={s}" for s in COMMON_SHAPES] + [f"colour={c}" for c in WORLD.colour_names]
-    common_concepts = [c for k in common for c in by_name.get(k, [])]
-    fp = [c for c in common_concepts if c["label"] in ("suppressed", "exaggerated")]
-    out = {
-        "model": args.model,
-        "features": result["features"],
-        "n_pairs": len(images),
-        "enrich": args.enrich,
-        "fdr": args.fdr,
-        "counts": result["counts"],
-        "findings": findings,
-        "common_shape_colour_concepts": len(common_concepts),
-        "common_shape_colour_discoveries": len(fp),
-        "common_discoveries_detail": [
-            {
-                "name": c["name"],
-                "label": c["label"],
-                "delta": round(c["delta"], 3),
-                "q": round(c["q"], 4),
-                "real_rate": round(rate(labels, c["name"]), 3),
-                "gen_rate_probe": round(rate(gen_rows, c["name"]), 3),
-            }
-            for c in fp
-        ],  # fmt: skip
-        "memorisation_flagged": len(result["memorisation"]["flagged"]),
-        "seconds": {"render": round(t_render, 1), **result["seconds"], "probe": round(t_probe, 1)},
-        "report": str(gen_dir / "report.html"),
-    }
-    print(json.dumps(out, indent=1))
+    def run(tag: str) -> dict:
+        """One analysis of the pipeline as it is now (report under --out/TAG) and its summary."""
+        result = analyze_blindspots(pipe, images, captions, labels, cfg, report_dir=out_dir / tag)
+        t = time.perf_counter()
+        gen_rows = probe_labels(probe_dir, _generated(pipe, captions, cfg))  # read back from the cache
+        summary = summarise(result, labels, real_rows, gen_rows, rare, args.min_corr)
+        summary["seconds"] = {**summary["seconds"], "probe": round(time.perf_counter() - t, 1)}
+        summary["report"] = str(out_dir / tag / "report.html")
+        return summary
+
+    report = {
+        "model": args.model, "features": features, "n_pairs": len(images), "enrich": args.enrich, "fdr": args.fdr,
+        "min_shift": args.min_shift,
+        "render_seconds": round(t_render, 1), "base": run("base"),
+    }  # fmt: skip
+    if args.plant_halo:
+        report |= plant_halo_runs(pipe, out_dir, args.halo_steps, args.seed, run)
+    print(json.dumps(report, indent=1))
+
+
+def plant_halo_runs(pipe, out_dir: Path, steps: int, seed: int, run) -> dict:
+    """The planted exaggeration: analysis with the halo LoRA applied, then again after removing it."""
+    from plant_halo import plant_halo_lora
+
+    from conceptedit.edits import Edit
+
+    folder = out_dir / "halo_lora"
+    t = time.perf_counter()
+    if (folder / "manifest.json").is_file():
+        edit = Edit.load(folder)
+    else:
+        edit = plant_halo_lora(pipe, steps=steps, seed=seed)
+        edit.save(folder)
+    fit = round(time.perf_counter() - t, 1)
+    handle = edit.apply(pipe)
+    try:
+        planted = run("halo_planted")
+    finally:
+        handle.remove()
+    planted["seconds"] = {"lora_fit_or_load": fit, **planted["seconds"]}
+    return {"halo_lora": {"folder": str(folder), **edit.manifest.extra}, "halo_planted": planted,
+            "halo_removed": run("halo_removed")}  # fmt: skip
 
 
 def _generated(pipe, captions: list[str], cfg: BlindspotsConfig) -> list:

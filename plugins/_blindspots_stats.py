@@ -11,8 +11,8 @@ often, at the chosen FDR", not "below a threshold on a noisy ratio".
 
 Significance alone is not enough at a few hundred pairs: on the shapes model at n = 512 (benchmarks/
 blindspots_shapes.py) 25 of 249 tested concepts were significant at FDR 0.05 with δ between 0.38 and
-0.66 and |d_z| ≤ 0.25 (background shades, colour tints: real but negligible drifts), 5 of them named by
-a common shape or colour. So a concept is also required to shift by at least ``min_shift`` in δ
+0.66 and |d_z| ≤ 0.25 (background shades, colour tints: real but negligible drifts), 4 of them named
+(r ≥ 0.3) by a common shape or colour. So a concept is also required to shift by at least ``min_shift`` in δ
 (|δ − 0.5| ≥ min_shift; 0.1 means the generated energy is ≥ 1.5× or ≤ 2/3 of the real one), the
 fold-change-plus-FDR rule of volcano plots and a milder form of the paper's 0.1 / 0.9 rule. Concepts
 significant but below the margin keep ``significant = True`` and the label ``faithful``.
