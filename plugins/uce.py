@@ -52,6 +52,9 @@ OBJECT_TEMPLATES = ("image of {}", "photo of {}", "portrait of {}", "picture of 
 ART_TEMPLATES = ("painting by {}", "art by {}", "artwork by {}", "picture by {}", "style of {}")
 
 
+LAYERS_PER_SOLVE = 16  # same-shape layers solved as one float64 batch (memory: 16 x 3 copies)
+
+
 @dataclass
 class UCEConfig:
     guide: str = field(default="", metadata={"help": "concept the erased ones are mapped to ('' = unconditional)"})
@@ -141,7 +144,12 @@ class UCEPlugin(Plugin):
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, m in enumerate(modules):
             by_shape.setdefault(tuple(m.weight.shape), []).append(i)
-        for idx in by_shape.values():
+        # ... in chunks: the float64 solve holds several copies of the batch (SDXL's 120 layers of 1280 x 2048
+        # at once went past 12 GiB on top of the bf16 pipeline, benchmarks/full_size.py); each layer is solved alone
+        chunks = [
+            idx[c : c + LAYERS_PER_SOLVE] for idx in by_shape.values() for c in range(0, len(idx), LAYERS_PER_SOLVE)
+        ]
+        for idx in chunks:
             W_old = torch.stack([modules[i].weight.detach().float().cpu() for i in idx])
             W_new = uce_closed_form(W_old, erase, guide, preserve, cfg.lamb, cfg.preserve_scale, cfg.erase_scale)
             for j, i in enumerate(idx):

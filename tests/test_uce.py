@@ -131,3 +131,18 @@ def test_uce_on_sd2_and_refusal_of_other_families():
     sd3 = type("StableDiffusion3Pipeline", (), {})()  # SDXL is supported: tests/test_sdxl.py
     with pytest.raises(UnsupportedModelError, match="sd1, sd2, sdxl"):
         get_plugin("uce")().fit(sd3, Request(targets=["cat"]))
+
+
+def test_solving_in_chunks_gives_the_same_edit(tiny_pipe, monkeypatch):
+    """Same-shape layers are solved in chunks of LAYERS_PER_SOLVE (memory on SDXL); each layer is solved on
+    its own, so the chunk size changes nothing."""
+    import torch
+
+    import conceptedit.plugins.uce as uce
+
+    whole = get_plugin("uce")().fit(tiny_pipe, Request(targets=["cat"], preserve=["dog"]))
+    monkeypatch.setattr(uce, "LAYERS_PER_SOLVE", 1)
+    single = get_plugin("uce")().fit(tiny_pipe, Request(targets=["cat"], preserve=["dog"]))
+    assert whole.tensors.keys() == single.tensors.keys() and len(whole.tensors) == 8
+    for key in whole.tensors:
+        assert torch.allclose(whole.tensors[key], single.tensors[key], atol=1e-6), key
