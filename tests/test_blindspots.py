@@ -302,6 +302,23 @@ def test_end_to_end_on_the_tiny_model_writes_a_valid_report_and_caches(tmp_path:
         other.fit(pipe, Request(targets=["all"], images=[folder], extra={"captions": captions}))
 
 
+def test_planted_halo_training_set_draws_the_halo_and_never_names_it(monkeypatch: pytest.MonkeyPatch):
+    """benchmarks/plant_halo.py: the LoRA's data must show the halo (the shapes probe reads it) under
+    captions without any halo word, else the planted exaggeration would be learned from the words."""
+    from conceptedit.datasets.shapes import WORLD
+    from conceptedit.datasets.shapes.probe import Probe
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from plant_halo import halo_training_set, no_halo_prompts
+
+    images, captions = halo_training_set(24)
+    assert len(images) == len(captions) == 24 and all(c.strip() for c in captions)
+    words = set(WORLD.trigger.words)
+    assert not any(words & set(c.replace(",", " ").split()) for c in captions + no_halo_prompts(24))
+    preds = Probe.load().predict([Image.fromarray(im) for im in images])
+    assert sum(p["trigger"]["label"] == "present" for p in preds) >= 22
+
+
 def test_feature_extractor_errors_are_one_line():
     from conceptedit.plugins._blindspots_features import make_extractor
 
