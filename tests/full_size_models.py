@@ -1,7 +1,7 @@
 """Full-size SD 1.5 and SDXL base pipelines with random weights, built from their published configs
 (typed into ``tests/data/full_size/*.json``; nothing is downloaded), so the plugins' layer names,
 shapes and memory are checked on the real architectures. The tokenizer is the tiny character
-tokenizer of ``tests/tiny.py`` (its ids < 49,408, the real vocabulary size) padded to 77 tokens."""
+tokenizer of ``tests/tiny.py`` with filler entries up to the real vocabulary size (49,408), 77 tokens long."""
 
 from __future__ import annotations
 
@@ -36,11 +36,19 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(before)
 
 
-def _tokenizer(settings: dict[str, Any]) -> Any:
+def _tokenizer(settings: dict[str, Any], vocab_size: int) -> Any:
+    """The character tokenizer padded with never-produced filler entries to the text encoder's vocabulary
+    size (as CLIP's own tokenizer is: plugins that add tokens, Geom-Erasing's, check the two agree); the
+    special tokens keep the highest ids (CLIP pools at the highest id)."""
     from tiny import write_char_tokenizer
     from transformers import CLIPTokenizer
 
     folder = write_char_tokenizer(Path(tempfile.mkdtemp()) / "tok", words=("cat", "dog", "red", "blue"))
+    vocab = json.loads((folder / "vocab.json").read_text())
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    tokens = [t for t in vocab if t not in specials]
+    tokens += [f"<|filler{i}|>" for i in range(vocab_size - len(tokens) - len(specials))]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens + specials)}))
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), **settings)
 
 
@@ -72,10 +80,10 @@ def full_size_pipeline(model: str, dtype: torch.dtype = torch.float32, seed: int
         part.to(dtype).eval()  # a few buffers are made in fp32 whatever the default
     scheduler_cls = getattr(diffusers, cfg["scheduler"]["_class_name"])
     parts["scheduler"] = scheduler_cls.from_config(cfg["scheduler"])
-    parts["tokenizer"] = _tokenizer(cfg["tokenizer"])
+    parts["tokenizer"] = _tokenizer(cfg["tokenizer"], cfg["text_encoder"]["vocab_size"])
     pipeline_cls = getattr(diffusers, cfg["pipeline"])
     if "tokenizer_2" in cfg:
-        parts["tokenizer_2"] = _tokenizer(cfg["tokenizer_2"])
+        parts["tokenizer_2"] = _tokenizer(cfg["tokenizer_2"], cfg["text_encoder_2"]["vocab_size"])
         pipe = pipeline_cls(**parts, **cfg.get("pipeline_config", {}), add_watermarker=False)
     else:
         pipe = pipeline_cls(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
