@@ -13,8 +13,9 @@ per case: status (ok / refused / oom / error / timeout), build, fit and step sec
     nice -n 5 python benchmarks/full_size.py                      # everything (tens of minutes on 2 cores)
     python benchmarks/full_size.py --models sd15 --plugins uce     # one case
 
-Runtime: on an idle 2-core machine an SD 1.5 case takes 1-3 minutes (build 15 s, one guided step at 512
-about 20 s), an SDXL case 3-10 minutes; on a machine shared with other jobs several times longer.
+Runtime (measured 2026-12-03 on the shared 2-core machine, load 5-18): SD 1.5 build and save 5.5 min, then
+2.5-13 min a case (ItD's reference SAE 5 min, few-shot 10 min, the bare case's VAE decode at 512 10 min);
+SDXL (bf16) build 3 min, UCE / negative prompt 3-5 min a case. The whole SD 1.5 set took 70 min.
 """
 
 from __future__ import annotations
