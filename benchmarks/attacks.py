@@ -29,6 +29,15 @@ steps, k = 3, stopping at the first success as the paper does (paper 50 × 40), 
 steps, lr 1e-3 (plugin default 200 at 5e-5; the effect tests' budget), few-shot unlearning lr 1e-3 on the
 model's own 4 images (paper 1e-5), RealEra 20 LoRA steps (default 100); UCE, negative prompt and
 ItD (the model's presets) as shipped.
+
+Measured on v2 (n = 12 per cell, 2 shared cores): the full table and what it means are in
+``docs/attacks.md``. In short, zorblax (every edit): the soft prompt brings it back through UCE
+12/12, ItD 12/12 and RealEra 10/12, but not through ESD or few-shot unlearning (0/12).
+unlearndiffatk gets through ItD 10/12 and through no weight edit. Against the negative prompt,
+unlearndiffatk and the soft prompt reach ≥ 50 % on all three concepts, mostly because the negative
+prompt hardly erases on v2 (9-11/12 without attack). UCE also erases the halo, and there the soft
+prompt fails (0/12) even with 4× the steps: UCE's K/V update removes the halo's direction, not only
+its word.
 """
 
 from __future__ import annotations
@@ -186,11 +195,19 @@ def cell(rate: dict[str, Any]) -> str:
 def table(reports: list[dict[str, Any]]) -> str:
     """The method × attack ASR table (markdown) of one or more result files: per (concept, edit) the
     unedited and no-attack rates, then per attack the ASR on the edit and (sanity) on the unedited model."""
+    best: dict[tuple[str, str], dict[str, Any]] = {}  # a (concept, edit) in several files: the most complete
+    for rep in reports:
+        for r in rep["records"]:
+            key = (r["concept"], r["edit"])
+            if key not in best or len(r["attacks"]) > len(best[key]["attacks"]):
+                best[key] = r
     attacks = list(dict.fromkeys(a for rep in reports for r in rep["records"] for a in r["attacks"]))
     head = ["concept", "edit", "unedited", "no attack", *attacks]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rep in reports:
         for r in rep["records"]:
+            if best[(r["concept"], r["edit"])] is not r:
+                continue
             cells = [r["concept"], r["edit"], cell(rep["unedited"][r["concept"]]), cell(r["no_attack"])]
             for a in attacks:
                 e = r["attacks"].get(a)
