@@ -1,5 +1,5 @@
 """Full-size architectures: the typed-in SD 1.5 / SDXL configs give the published models, and
-``benchmarks/full_size.py`` runs every erase plugin on them (slow: SD 1.5 here, SDXL in the script)
+``benchmarks/full_size.py`` runs every erase plugin on them (SD 1.5 here under the `full_size` marker, deselected by default; SDXL in the script)
 and records a case that does not fit in memory instead of taking the machine down."""
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def test_a_case_over_the_memory_limit_is_killed_and_recorded():
     assert "limit 0.05 GiB" in rows[0]["error"] and rows[0]["peak_rss_gib"] > 0.05
 
 
-@pytest.mark.slow
+@pytest.mark.full_size
 @pytest.mark.timeout(7200)
 def test_every_erase_plugin_on_full_size_sd15():
     """SD 1.5 at 512 × 512, fp32 (build + nine processes; tens of minutes on 2 cores). ItD runs with a
