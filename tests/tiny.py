@@ -5,8 +5,32 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import CLIPTextConfig
+
+
+def tiny_text_config(tokenizer: Any, hidden: int, **extra: Any) -> CLIPTextConfig:
+    """A 3-layer CLIP text tower over ``tokenizer`` (16 positions), ``hidden`` wide; shared by the SD 1.x and
+    SDXL tiny pipelines."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=hidden,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=3,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=16,
+        **extra,
+    )
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -46,7 +70,7 @@ def tiny_components(seed: int = 0, sd2: bool = False) -> dict:
     import tempfile
 
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     tok_dir = write_char_tokenizer(Path(tempfile.mkdtemp()) / "tok", words=("cat", "dog", "red", "blue"))
     tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=16)
@@ -77,18 +101,7 @@ def tiny_components(seed: int = 0, sd2: bool = False) -> dict:
         sample_size=16,
     )
     torch.manual_seed(seed)
-    text_config = CLIPTextConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        hidden_size=cross,
-        intermediate_size=37,
-        layer_norm_eps=1e-05,
-        num_attention_heads=4,
-        num_hidden_layers=3,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=16,
-    )
+    text_config = tiny_text_config(tokenizer, cross)
     text_encoder = CLIPTextModel(text_config)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
@@ -128,7 +141,7 @@ def tiny_sdxl_components(seed: int = 0) -> dict:
     import tempfile
 
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     tok_dir = write_char_tokenizer(Path(tempfile.mkdtemp()) / "tok", words=("cat", "dog", "red", "blue"))
     tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=16)
@@ -136,20 +149,7 @@ def tiny_sdxl_components(seed: int = 0) -> dict:
     widths, projection, time_dim = (24, 32), 16, 4
 
     def text_config(hidden: int) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            hidden_size=hidden,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=3,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=16,
-            projection_dim=projection,
-            hidden_act="gelu",
-        )
+        return tiny_text_config(tokenizer, hidden, projection_dim=projection, hidden_act="gelu")
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
