@@ -108,7 +108,7 @@ from conceptedit.plugins._realera_stages import (
     sample_beyond,
 )
 from conceptedit.plugins._training import Trainable, linear_module_names, trainable_copy
-from conceptedit.plugins.uce import OBJECT_TEMPLATES, cross_attention_projections
+from conceptedit.plugins.uce import OBJECT_TEMPLATES, cross_attention_projections, same_shape_chunks
 from conceptedit.registry import register_plugin
 from conceptedit.sparsity.ridge import weighted_ridge_edit
 from conceptedit.toolkit import Progress, no_progress, tokenize
@@ -360,14 +360,11 @@ class RealEraPlugin(Plugin):
         return self.finish(RealEraEdit(manifest, {**deltas, **lora}), pipe, ["unet"])
 
     def _closed_form(self, unet: torch.nn.Module, problem: Any) -> dict[str, torch.Tensor]:
-        """Every attn2 to_k/to_v solved with the shared ridge solver; layers of one shape in one batch."""
+        """Every attn2 to_k/to_v solved with the shared ridge solver; same-shape layers batched in chunks (UCE's)."""
         names = cross_attention_projections(unet, self.config.with_to_k)
         modules = [unet.get_submodule(n) for n in names]
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, m in enumerate(modules):
-            by_shape.setdefault(tuple(m.weight.shape), []).append(i)
         deltas = {}
-        for idx in by_shape.values():
+        for idx in same_shape_chunks(modules):
             W_old = torch.stack([modules[i].weight.detach().float().cpu() for i in idx])
             W_new = weighted_ridge_edit(W_old, problem.keys, problem.values(W_old), problem.weights, self.config.lamb)
             for j, i in enumerate(idx):

@@ -73,6 +73,17 @@ class UCEConfig:
             raise ValueError("lamb, erase_scale and preserve_scale must be >= 0")
 
 
+def same_shape_chunks(modules: list[torch.nn.Module]) -> list[list[int]]:
+    """Indices of ``modules`` grouped by weight shape (one batched solve each: the keys are shared), in chunks
+    of at most ``LAYERS_PER_SOLVE``: the float64 solve holds several copies of its batch, and SDXL's 120
+    layers of 1280 x 2048 at once went past 12 GiB on top of the bf16 pipeline (benchmarks/full_size.py).
+    Each layer's solution does not depend on the chunking."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, m in enumerate(modules):
+        by_shape.setdefault(tuple(m.weight.shape), []).append(i)
+    return [idx[c : c + LAYERS_PER_SOLVE] for idx in by_shape.values() for c in range(0, len(idx), LAYERS_PER_SOLVE)]
+
+
 def cross_attention_projections(unet: torch.nn.Module, with_to_k: bool = True) -> list[str]:
     """Names of the UNet's cross-attention key/value projections (``…attn2.to_k`` / ``…attn2.to_v``)."""
     ends = ("attn2.to_k", "attn2.to_v") if with_to_k else ("attn2.to_v",)
@@ -140,16 +151,7 @@ class UCEPlugin(Plugin):
         names = cross_attention_projections(pipe.unet, cfg.with_to_k)
         modules = [pipe.unet.get_submodule(n) for n in names]
         deltas: dict[str, torch.Tensor] = {}
-        # Layers with the same weight shape are solved as one batch (the keys are shared).
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, m in enumerate(modules):
-            by_shape.setdefault(tuple(m.weight.shape), []).append(i)
-        # ... in chunks: the float64 solve holds several copies of the batch (SDXL's 120 layers of 1280 x 2048
-        # at once went past 12 GiB on top of the bf16 pipeline, benchmarks/full_size.py); each layer is solved alone
-        chunks = [
-            idx[c : c + LAYERS_PER_SOLVE] for idx in by_shape.values() for c in range(0, len(idx), LAYERS_PER_SOLVE)
-        ]
-        for idx in chunks:
+        for idx in same_shape_chunks(modules):
             W_old = torch.stack([modules[i].weight.detach().float().cpu() for i in idx])
             W_new = uce_closed_form(W_old, erase, guide, preserve, cfg.lamb, cfg.preserve_scale, cfg.erase_scale)
             for j, i in enumerate(idx):

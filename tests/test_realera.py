@@ -332,3 +332,31 @@ def test_lora_regulariser_puts_beyond_samples_in_the_anchor_context(monkeypatch)
         reg = ctx[1]
         assert torch.equal(reg[1], xi[0])
         assert torch.equal(reg[[0, 2, 3, 4]], torch.zeros(4, 3))  # the rest is the anchor's, not the concept's
+
+
+def test_closed_form_in_chunks_gives_the_same_edit(tiny_pipe, monkeypatch):
+    """RealEra solves same-shape layers in UCE's chunks (SDXL's 140 K/V layers at once ran out of memory);
+    each layer is solved on its own, so the chunk size changes nothing, and chunks never exceed the limit."""
+    import conceptedit.plugins.uce as uce
+
+    cfg = dict(FAST, lora_steps=0)
+    whole = get_plugin("realera")(cfg).fit(tiny_pipe, Request(targets=["cat"]))
+    import conceptedit.plugins.realera as realera
+
+    batches: list[int] = []
+    solve = realera.weighted_ridge_edit
+
+    def recording(W_old: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        batches.append(len(W_old))
+        return solve(W_old, *args, **kwargs)
+
+    monkeypatch.setattr(realera, "weighted_ridge_edit", recording)
+    monkeypatch.setattr(uce, "LAYERS_PER_SOLVE", 1)
+    single = get_plugin("realera")(cfg).fit(tiny_pipe, Request(targets=["cat"]))
+    assert batches and set(batches) == {1}  # every solve saw one layer
+    assert whole.tensors.keys() == single.tensors.keys() and whole.tensors
+    for key in whole.tensors:
+        assert torch.allclose(whole.tensors[key], single.tensors[key], atol=1e-6), key
+    monkeypatch.setattr(uce, "LAYERS_PER_SOLVE", 2)
+    modules = [torch.nn.Linear(3, 2) for _ in range(5)] + [torch.nn.Linear(4, 2)]
+    assert uce.same_shape_chunks(modules) == [[0, 1], [2, 3], [4], [5]]
