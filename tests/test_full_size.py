@@ -1,6 +1,7 @@
 """Full-size architectures: the typed-in SD 1.5 / SDXL configs give the published models, and
-``benchmarks/full_size.py`` runs every erase plugin on them (SD 1.5 here under the `full_size` marker, deselected by default; SDXL in the script)
-and records a case that does not fit in memory instead of taking the machine down."""
+``benchmarks/full_size.py`` runs every erase plugin on them (SD 1.5 here under the ``full_size`` marker,
+deselected by default; SDXL in the script) and records a case that does not fit in memory instead of
+taking the machine down."""
 
 from __future__ import annotations
 
