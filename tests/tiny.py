@@ -13,6 +13,23 @@ if TYPE_CHECKING:
     from transformers import CLIPTextConfig
 
 
+def tiny_vae(**extra: Any) -> Any:
+    """A two-block 16-px VAE with 4 latent channels; shared by the SD 1.x and SDXL tiny pipelines."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+        **extra,
+    )
+
+
 def tiny_text_config(tokenizer: Any, hidden: int, **extra: Any) -> CLIPTextConfig:
     """A 3-layer CLIP text tower over ``tokenizer`` (16 positions), ``hidden`` wide; shared by the SD 1.x and
     SDXL tiny pipelines."""
@@ -69,7 +86,7 @@ def write_char_tokenizer(folder: Path, words: tuple[str, ...] = ()) -> Path:
 def tiny_components(seed: int = 0, sd2: bool = False) -> dict:
     import tempfile
 
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     tok_dir = write_char_tokenizer(Path(tempfile.mkdtemp()) / "tok", words=("cat", "dog", "red", "blue"))
@@ -90,16 +107,7 @@ def tiny_components(seed: int = 0, sd2: bool = False) -> dict:
         use_linear_projection=sd2,
     )
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    )
+    vae = tiny_vae()
     torch.manual_seed(seed)
     text_config = tiny_text_config(tokenizer, cross)
     text_encoder = CLIPTextModel(text_config)
@@ -140,7 +148,7 @@ def tiny_sdxl_components(seed: int = 0) -> dict:
     tiny one (real SDXL's share a vocabulary too)."""
     import tempfile
 
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     tok_dir = write_char_tokenizer(Path(tempfile.mkdtemp()) / "tok", words=("cat", "dog", "red", "blue"))
@@ -169,17 +177,7 @@ def tiny_sdxl_components(seed: int = 0) -> dict:
         norm_num_groups=4,
     )
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-        scaling_factor=0.13025,
-    )
+    vae = tiny_vae(scaling_factor=0.13025)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(text_config(widths[0]))
     torch.manual_seed(seed + 1)
