@@ -30,7 +30,12 @@ Deviations, and why:
 - Random draws come from one seeded ``torch.Generator`` (config ``seed``) instead of Python's
   ``random``, so fits are reproducible. Several targets are erased in turn (iteration ``i`` uses target
   ``i mod n``); the reference takes one concept.
-- The trained copy is kept in float32 whatever the pipeline's dtype (the reference trains bf16).
+- Only the trained layers are copied, in float32 whatever the pipeline's dtype (the reference trains a
+  whole bf16 copy); θ is the pipeline's UNet with those copies swapped in for each forward
+  (``plugins/_training.py``, ``swapped_in``). Precision of θ's forward: the frozen layers compute in the
+  pipeline's dtype (bf16 on SDXL), the trained ones in float32 on inputs rounded to it; on a float32
+  pipeline this is exactly the forward of a whole float32 copy (the delta is unchanged, checked by
+  ``tests/test_esd.py``).
 - The model input is passed through ``scheduler.scale_model_input`` (identity for DDIM/PNDM, needed by
   Euler-type schedulers).
 - The artifact is a weight delta of the trained parameters (the reference saves their new values), or,
@@ -52,6 +57,7 @@ reference's, so pass those for SDXL. The sampler is the pipeline's own scheduler
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -64,7 +70,13 @@ from conceptedit.conditioning import Conditioning, conditioning, predict_noise
 from conceptedit.edits import WeightDeltaEdit
 from conceptedit.families import SD_FAMILIES, SDXL
 from conceptedit.plugin import Plugin, Request
-from conceptedit.plugins._training import Trainable, learning_rate, linear_module_names, trainable_copy
+from conceptedit.plugins._training import (
+    Trainable,
+    learning_rate,
+    linear_module_names,
+    swapped_in,
+    trainable_layers,
+)
 from conceptedit.registry import register_plugin
 from conceptedit.toolkit import Progress, default_resolution, no_progress
 
@@ -141,16 +153,11 @@ class ESDPlugin(Plugin):
         start = time.perf_counter()
         device = pipe.unet.device
         frozen = pipe.unet  # θ*: never written to
-        student = trainable_copy(frozen).to(device)
-        trainable = Trainable(
-            student,
-            "unet",
-            esd_module_names(student, cfg.train_method),
-            cfg.artifact,
-            cfg.lora_rank,
-            cfg.lora_alpha,
-            cfg.seed,
-        )
+        names = esd_module_names(frozen, cfg.train_method)
+        # θ is θ* with only the trained layers replaced by float32 copies (plugins/_training.py: a whole
+        # float32 copy of the UNet does not fit beside full-size SDXL)
+        layers = trainable_layers(frozen, names).to(device)
+        trainable = Trainable(layers, "unet", names, cfg.artifact, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
         lr = learning_rate(cfg.lr, cfg.artifact, cfg.lora_lr)
         optimizer = torch.optim.Adam(trainable.parameters, lr=lr)
 
@@ -165,7 +172,9 @@ class ESDPlugin(Plugin):
         scheduler = copy.deepcopy(pipe.scheduler)  # the pipeline's own scheduler stays untouched
         latent_shape = (1, pipe.unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
         gen = torch.Generator("cpu").manual_seed(cfg.seed)
-        sampler = frozen if cfg.sampler == "frozen" else student
+
+        def student() -> Any:  # θ for the duration of a with-block; the pipeline's UNet again afterwards
+            return swapped_in(frozen, layers, names)
 
         losses = []
         bar = tqdm(range(cfg.iterations), desc="esd", disable=None, leave=False)
@@ -175,7 +184,8 @@ class ESDPlugin(Plugin):
             stop = int(torch.randint(0, cfg.num_inference_steps, (1,), generator=gen))
             noise = torch.randn(latent_shape, generator=gen).to(device) * scheduler.init_noise_sigma
             # sampling the erase_from prompt when given, as the reference does
-            x_t = sample_until(sampler, scheduler, source, uncond, noise, stop, cfg.guidance_scale)
+            with student() if cfg.sampler == "trained" else contextlib.nullcontext():
+                x_t = sample_until(frozen, scheduler, source, uncond, noise, stop, cfg.guidance_scale)
             t = scheduler.timesteps[stop]
             x_in = scheduler.scale_model_input(x_t, t)
             with torch.no_grad():
@@ -183,9 +193,10 @@ class ESDPlugin(Plugin):
                     frozen, torch.cat([x_in] * 3), t, Conditioning.cat([uncond, cond, source])
                 ).chunk(3)
                 target = eps_from - cfg.negative_guidance * (eps_c - eps_u)
-            loss = torch.nn.functional.mse_loss(predict_noise(student, x_in, t, source), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with student() as unet:
+                loss = torch.nn.functional.mse_loss(predict_noise(unet, x_in, t, source), target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             optimizer.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}", stop=stop)
@@ -195,7 +206,7 @@ class ESDPlugin(Plugin):
             cfg.artifact,
             cfg.artifact,
             request,
-            trained_layers=len(esd_module_names(frozen, cfg.train_method)),
+            trained_layers=len(names),
             lr=lr,
             loss_first=losses[0],
             loss_last=losses[-1],

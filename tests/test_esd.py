@@ -84,24 +84,91 @@ def test_esd_lora_artifact_and_options(tiny_pipe, tmp_path):
 
 
 def test_sampler_option_picks_the_model_that_samples(tiny_pipe, monkeypatch):
-    """sampler=frozen samples x_t with the pipeline's own UNet, sampler=trained with the copy being trained
-    (never the frozen one): which UNet each call of sample_until got is recorded."""
+    """sampler=frozen samples x_t with the pipeline's own UNet, sampler=trained with the model being trained
+    (the pipeline's UNet with the trained layers swapped in, never the frozen one): what each call of
+    sample_until saw is recorded."""
     import conceptedit.plugins.esd as esd
+    from conceptedit.plugins._training import _CastLayer
 
     real, used = esd.sample_until, []
 
     def recording(unet, *args, **kwargs):
-        used.append(unet)
+        swapped = [m.trained for m in unet.modules() if isinstance(m, _CastLayer)]
+        used.append((unet, swapped))
         return real(unet, *args, **kwargs)
 
     monkeypatch.setattr(esd, "sample_until", recording)
     cfg = dict(FAST, iterations=2, num_inference_steps=2)
     get_plugin("esd")(cfg).fit(tiny_pipe, Request(targets=["cat"]))
-    assert len(used) == 2 and all(u is tiny_pipe.unet for u in used)
+    assert len(used) == 2 and all(u is tiny_pipe.unet and not swapped for u, swapped in used)
     used.clear()
     get_plugin("esd")(dict(cfg, sampler="trained")).fit(tiny_pipe, Request(targets=["cat"]))
-    assert len(used) == 2 and all(u is not tiny_pipe.unet for u in used)
-    assert used[0] is used[1] and isinstance(used[0], type(tiny_pipe.unet))  # the one student, trained on
+    n_layers = len(esd_module_names(tiny_pipe.unet, "esd-x"))
+    assert len(used) == 2 and all(len(swapped) == n_layers for _, swapped in used)
+    assert all(a is b for a, b in zip(used[0][1], used[1][1], strict=True))  # the same layers, trained on
+    assert not any(isinstance(m, _CastLayer) for m in tiny_pipe.unet.modules())  # swapped back
+
+
+def test_trained_layers_swap_in_like_a_whole_copy_and_are_always_restored(tiny_pipe):
+    """The student is the pipeline's UNet with float32 copies of only the trained layers swapped in: its
+    forward and its gradients equal those of a whole float32 copy (the previous implementation), bit for
+    bit on a float32 model; no gradient reaches the pipeline; layers and requires_grad flags are restored,
+    also when the block raises. esd-u swaps conv_in and the time embedding too."""
+    from conceptedit.conditioning import conditioning, predict_noise
+    from conceptedit.plugins._training import parameter_names_of, swapped_in, trainable_copy, trainable_layers
+
+    unet = tiny_pipe.unet
+    names = esd_module_names(unet, "esd-u")
+    layers = trainable_layers(unet, names)
+    trained = parameter_names_of(unet, names)
+    assert [n for n, _ in layers.named_parameters()] == trained  # nothing else is copied
+    whole = trainable_copy(unet)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in layers.named_parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+            whole.get_parameter(n).copy_(p)
+    for n, p in layers.named_parameters():
+        p.requires_grad_(True)
+        whole.get_parameter(n).requires_grad_(True)
+    unet.conv_in.bias.requires_grad_(False)  # mixed flags, to see them restored
+    flags = [p.requires_grad for p in unet.parameters()]
+    modules = dict(unet.named_modules())
+    with torch.no_grad():
+        cond = conditioning(tiny_pipe, ["a cat"])
+    x = torch.randn((1, unet.config.in_channels, 8, 8), generator=gen)
+    t = torch.tensor(500)
+
+    with swapped_in(unet, layers, names) as student:
+        pred = predict_noise(student, x, t, cond)
+        pred.square().mean().backward()
+    ref = predict_noise(whole, x, t, cond)
+    ref.square().mean().backward()
+    assert torch.equal(pred, ref)
+    for n, p in layers.named_parameters():
+        assert torch.equal(p.grad, whole.get_parameter(n).grad), n
+    assert all(p.grad is None for p in unet.parameters())
+    assert not torch.equal(pred, predict_noise(unet, x, t, cond))  # the frozen UNet again, unchanged
+    for _ in range(2):  # after a normal exit, then after an exception inside the block
+        now = dict(unet.named_modules())
+        assert now.keys() == modules.keys() and all(modules[n] is m for n, m in now.items())
+        assert [p.requires_grad for p in unet.parameters()] == flags
+        with pytest.raises(RuntimeError, match="inside"), swapped_in(unet, layers, names):
+            raise RuntimeError("inside")
+
+
+def test_esd_on_a_bf16_pipeline(tiny_sdxl_pipe):
+    """On a bf16 pipeline (full-size SDXL's dtype) the frozen UNet computes in bf16, the trained layers in
+    float32; the delta is float32, not zero, and the pipeline is left as it was (esd-u: conv_in and the
+    time/added embeddings are swapped too)."""
+    pipe = tiny_sdxl_pipe.to(torch.bfloat16)
+    before_state = full_state(pipe)
+    for method in ("esd-x", "esd-u"):
+        edit = get_plugin("esd")(dict(FAST, iterations=2, train_method=method)).fit(pipe, Request(targets=["cat"]))
+        assert edit.tensors and all(v.dtype == torch.float32 for v in edit.tensors.values())
+        assert any(v.abs().max() > 0 for v in edit.tensors.values())
+        assert_same_state(before_state, full_state(pipe))
+        assert all(p.dtype == torch.bfloat16 and p.grad is None for p in pipe.unet.parameters())
 
 
 def test_esd_config_is_strict():
