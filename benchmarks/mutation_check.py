@@ -183,8 +183,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "esd-uncond-cond-swapped",
         "plugins/esd.py",
-        "torch.cat([x_in] * 3), t, torch.cat([uncond, cond, source])",
-        "torch.cat([x_in] * 3), t, torch.cat([cond, uncond, source])",
+        "frozen, torch.cat([x_in] * 3), t, Conditioning.cat([uncond, cond, source])",
+        "frozen, torch.cat([x_in] * 3), t, Conditioning.cat([cond, uncond, source])",
         (
             "tests/test_esd.py::test_esd_erases_leaves_pipeline_alone_and_round_trips",
             "tests/test_effects.py::test_esd_lowers_the_concept_and_keeps_others",
@@ -194,8 +194,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "esd-sampler-option-ignored",
         "plugins/esd.py",
-        'sampler = frozen if cfg.sampler == "frozen" else student',
-        "sampler = frozen",
+        'with student() if cfg.sampler == "trained" else contextlib.nullcontext():',
+        "with contextlib.nullcontext():",
         (
             "tests/test_esd.py::test_sampler_option_picks_the_model_that_samples",
             "tests/test_esd.py::test_esd_lora_artifact_and_options",
