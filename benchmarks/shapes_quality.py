@@ -6,7 +6,10 @@
    families the prompt asks for), trigger present when asked / when not asked;
 3. implicit-mark rates in generations vs the training rates (never prompted for);
 4. the planted blindspots: the rare shape and the rare combination vs common counterparts;
-5. seconds per image on this machine; a PNG grid of generations labelled with their prompts.
+5. seconds per image on this machine; a PNG grid of generations labelled with their prompts;
+6. the VAE's bound on each style: the probe on world renders and on their VAE round trips (posterior mean), so
+   a style the generations miss can be told apart as a VAE loss (the latent does not carry it: no UNet
+   training can bring it back) or a UNet one.
 
     python benchmarks/shapes_quality.py [--model DIR] [--n-generic 160] [--out benchmarks/results]
 """
@@ -151,6 +154,31 @@ def grid(images: np.ndarray, prompts: list[str], path: Path, cols: int = 8, scal
     canvas.save(path, optimize=True)
 
 
+def vae_style_bound(pipe, probe: Probe, n: int, seed: int) -> dict[str, dict]:
+    """Per style: probe accuracy on ``n`` world renders (at the model's resolution) and on their VAE round
+    trips through the posterior mean, with n and Wilson intervals. The round trip bounds what any UNet on this
+    VAE can generate."""
+    from conceptedit.datasets.shapes import render
+    from conceptedit.eval.verdicts import wilson
+    from conceptedit.pipelines.shapes import model_images
+
+    samples = render(n, seed=seed)
+    x = torch.from_numpy(model_images(np.stack([np.asarray(s.pil()) for s in samples])))
+    x = x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    vae = pipe.vae
+    with torch.no_grad():
+        rec = torch.cat([vae.decode(vae.encode(b.to(vae.dtype)).latent_dist.mean).sample.float() for b in x.split(100)])
+    on_render, on_rec = probe.predict((x + 1) / 2), probe.predict((rec.clamp(-1, 1) + 1) / 2)
+    out: dict[str, dict] = {}
+    for style in WORLD.styles:
+        idx = [i for i, s in enumerate(samples) if s.labels["style"] == style]
+        k_r = sum(on_render[i]["style"]["label"] == style for i in idx)
+        k_v = sum(on_rec[i]["style"]["label"] == style for i in idx)
+        out[style] = {"n": len(idx), "render": round(k_r / len(idx), 4), "vae_roundtrip": round(k_v / len(idx), 4),
+                      "vae_roundtrip_ci95": [round(v, 4) for v in wilson(k_v, len(idx))]}  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=model_dir())
@@ -161,6 +189,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=None, help="default: the model's conceptedit.json")
     ap.add_argument("--probe-n", type=int, default=2000, help="held-out generator images for probe accuracy")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--vae-n", type=int, default=600, help="world renders for the VAE's bound on each style")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--probe", type=Path, default=None, help="probe folder (default: MODEL/probe)")
     ap.add_argument(
@@ -233,6 +262,7 @@ def main() -> None:
             styles[row["expected"]["style"]].append(float(pred["style"]["label"] == row["expected"]["style"]))
     report["style_agreement"] = {st: mean(v) for st, v in sorted(styles.items())}
     report["style_agreement_n"] = {st: len(v) for st, v in sorted(styles.items())}
+    report["style_vae_bound"] = vae_style_bound(pipe, probe, args.vae_n, args.seed + 3)
     report["blindspots"] = {
         "rare_shape": WORLD.rare_shape,
         "rare_shape_accuracy": table["rare_shape"]["shape"],
