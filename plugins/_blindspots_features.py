@@ -31,6 +31,9 @@ class FeatureExtractor:
     def tokens(self, images: Sequence[Image.Image], batch_size: int = 64) -> torch.Tensor:
         return torch.cat([self._tokens(list(images[s : s + batch_size])) for s in range(0, len(images), batch_size)])
 
+    def fit(self, images: Sequence[Image.Image]) -> None:
+        """Set any state taken from the real images (before :meth:`tokens`); most extractors have none."""
+
     def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
         """The image-level feature (first token: CLS) of :meth:`tokens`' output."""
         return tokens[:, 0]
@@ -50,27 +53,96 @@ class _HFExtractor(FeatureExtractor):
         return self.processor(images=rgb, return_tensors="pt")["pixel_values"].to(self.device)
 
 
-class ClipFeatures(_HFExtractor):
-    """The image tower of a ``CLIPModel`` folder: all tokens through the final layer norm."""
+#: token sets of :class:`ClipFeatures`
+CLIP_TOKENS = ("all", "corners", "centred")
 
-    def __init__(self, folder: str | Path, device: str | torch.device = "cpu") -> None:
+
+class ClipFeatures(_HFExtractor):
+    """The image tower of a ``CLIPModel`` folder, through its final layer norm.
+
+    ``tokens="all"``: every token (CLS + patches), one SAE row each, as the paper does with DINOv2.
+    ``tokens="centred"``: the same tokens less each position's mean over the real images (:meth:`fit`),
+    the same offset for generated images. Why: a ViT's output tokens keep their position, so the SAE
+    learns "hatching in the top-left patch", "... top-right", ... and a mark stamped at a random corner
+    is split over position-bound concepts, none of which follows the mark. Subtracting the per-position
+    mean removes what all images share at a position (positional embedding, the usual background) and
+    leaves what the image puts there. Measured (``benchmarks/blindspots_features.py``, docstring figures).
+    ``tokens="corners"``: CLS plus one token per image corner, the mean of the corner's patch block (a
+    quarter of the grid's side: 2 x 2 patches of the shapes CLIP's 8 x 8), since the marks sit at corners.
+    ``layers`` (1-based) are concatenated along the feature axis, each through ``post_layernorm`` so they
+    share one scale; default: the last layer only."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        device: str | torch.device = "cpu",
+        layers: Sequence[int] | None = None,
+        tokens: str = "all",
+    ) -> None:
         from transformers import CLIPImageProcessor, CLIPModel
 
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise RequestError(f"{folder} is not a CLIP folder (no config.json); give the model's clip/ folder")
+        if tokens not in CLIP_TOKENS:
+            raise RequestError(f"CLIP token set {tokens!r}: use one of {', '.join(CLIP_TOKENS)}")
         try:
             model = CLIPModel.from_pretrained(str(folder)).vision_model
             processor = CLIPImageProcessor.from_pretrained(str(folder))
         except (OSError, ValueError) as exc:
             raise RequestError(f"cannot load CLIP from {folder}: {' '.join(str(exc).split())[:200]}") from None
-        super().__init__(model, processor, f"clip:{folder}", device)
-        self.d = int(model.config.hidden_size)
+        depth = int(model.config.num_hidden_layers)
+        self.layers = tuple(int(x) for x in layers) if layers else (depth,)
+        bad = [x for x in self.layers if not 1 <= x <= depth]
+        if bad or len(set(self.layers)) != len(self.layers):
+            raise RequestError(f"CLIP layers {list(self.layers)}: give distinct layers in 1..{depth}")
+        self.grid = int(model.config.image_size) // int(model.config.patch_size)
+        if tokens == "corners" and self.grid < 4:
+            raise RequestError(f"a {self.grid} x {self.grid} patch grid has no corner blocks; use tokens=all")
+        self.token_set = tokens
+        self.offset: torch.Tensor | None = None  # per-position mean of the real images' tokens ("centred")
+        tag = ("" if tokens == "all" else f"-{tokens}") + (
+            "" if self.layers == (depth,) else "@" + ",".join(map(str, self.layers))
+        )
+        super().__init__(model, processor, f"clip{tag}:{folder}", device)
+        self.d = int(model.config.hidden_size) * len(self.layers)
 
     @torch.no_grad()
     def _tokens(self, images: list[Image.Image]) -> torch.Tensor:
-        out = self.model(pixel_values=self._pixels(images))
-        return self.model.post_layernorm(out.last_hidden_state).float().cpu()
+        out = self.model(pixel_values=self._pixels(images), output_hidden_states=True)
+        # hidden_states[0] is the patch embedding; [i] the output of layer i (the last = last_hidden_state)
+        x = torch.cat([self.model.post_layernorm(out.hidden_states[i]) for i in self.layers], dim=-1).float()
+        if self.token_set == "corners":
+            x = torch.cat([x[:, :1], corner_tokens(x[:, 1:], self.grid)], dim=1)
+        if self.token_set == "centred":
+            if self.offset is None:
+                raise RequestError("clip-centred needs the real images first (ClipFeatures.fit)")
+            x = x - self.offset
+        return x.cpu()
+
+    @torch.no_grad()
+    def fit(self, images: Sequence[Image.Image]) -> None:
+        """``centred``: the per-position mean token of ``images`` (the real images), in float64."""
+        if self.token_set != "centred":
+            return
+        self.offset = None
+        total = None
+        for s in range(0, len(images), 64):
+            out = self.model(pixel_values=self._pixels(list(images[s : s + 64])), output_hidden_states=True)
+            x = torch.cat([self.model.post_layernorm(out.hidden_states[i]) for i in self.layers], dim=-1)
+            part = x.detach().double().sum(0).cpu()
+            total = part if total is None else total + part
+        assert total is not None
+        self.offset = (total / len(images)).float()
+
+
+def corner_tokens(patches: torch.Tensor, grid: int) -> torch.Tensor:
+    """``[n, grid*grid, d]`` patch tokens → ``[n, 4, d]``: the mean of the ``grid//4``-sided block at each
+    corner (top-left, top-right, bottom-left, bottom-right)."""
+    k = grid // 4
+    g = patches.reshape(patches.shape[0], grid, grid, patches.shape[-1])
+    blocks = [g[:, :k, :k], g[:, :k, -k:], g[:, -k:, :k], g[:, -k:, -k:]]
+    return torch.stack([b.mean(dim=(1, 2)) for b in blocks], dim=1)
 
 
 class DinoFeatures(_HFExtractor):
@@ -96,22 +168,58 @@ class DinoFeatures(_HFExtractor):
         return self.model(pixel_values=self._pixels(images)).last_hidden_state.float().cpu()
 
 
+#: the token set ``clip`` (no suffix) takes for the shipped shapes CLIP (measured: module docstring)
+SHAPES_CLIP_TOKENS = "centred"
+
+
+def _parse_layers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise RequestError(f"CLIP layers {text!r}: give comma-separated layer numbers, e.g. clip@2,3") from None
+
+
 def make_extractor(spec: str, pipe: Any = None, device: str | torch.device = "cpu") -> FeatureExtractor:
     """``auto`` (the model's shipped CLIP when its folder has one, else DINOv2), ``clip`` (the model's),
-    ``clip:FOLDER``, ``dinov2`` (the paper's) or ``dinov2:NAME_OR_FOLDER``."""
+    ``clip:FOLDER``, ``dinov2`` (the paper's) or ``dinov2:NAME_OR_FOLDER``.
+
+    ``clip-all`` / ``clip-centred`` / ``clip-corners`` choose the CLIP token set (:class:`ClipFeatures`;
+    ``centred`` needs :meth:`FeatureExtractor.fit` on the real images first); ``@LAYERS``
+    (1-based, comma-separated) after either picks layers, e.g. ``clip-all@2,3:FOLDER``. Plain ``clip``
+    is ``clip-centred`` on the shipped shapes CLIP (:data:`SHAPES_CLIP_TOKENS`) and ``clip-all`` on any
+    other CLIP; ``clip-all`` is the shapes extractor before that choice."""
     from conceptedit.loading import model_files
 
     kind, _, arg = spec.partition(":")
+    kind, at, layer_text = kind.partition("@")
     shipped = model_files(pipe).get("clip") if pipe is not None else None
-    if kind == "auto":
+    if kind == "auto" and not at:
         kind = "clip" if shipped else "dinov2"
-    if kind == "clip":
+    if kind in ("clip", "clip-all", "clip-centred", "clip-corners"):
         folder = arg or shipped
         if not folder:
             raise RequestError(
                 "the model ships no CLIP (conceptedit.json files.clip); use features=clip:FOLDER or dinov2"
             )
-        return ClipFeatures(folder, device)
-    if kind == "dinov2":
+        layers = _parse_layers(layer_text) if at else None
+        if kind == "clip":
+            token_set = SHAPES_CLIP_TOKENS if _is_shapes_clip(folder) else "all"
+        else:
+            token_set = kind.removeprefix("clip-")
+        return ClipFeatures(folder, device, layers, token_set)
+    if kind == "dinov2" and not at:
         return DinoFeatures(arg or DINO_DEFAULT, device)
-    raise RequestError(f"unknown feature extractor {spec!r}; use auto, clip, clip:FOLDER, dinov2 or dinov2:NAME")
+    raise RequestError(
+        f"unknown feature extractor {spec!r}; use auto, clip[-all|-centred|-corners][@LAYERS][:FOLDER], "
+        "dinov2 or dinov2:NAME"
+    )
+
+
+def _is_shapes_clip(folder: str | Path) -> bool:
+    """Whether ``folder`` is the shipped shapes model's CLIP (the one the token set was measured on)."""
+    from conceptedit.loading import builtin_model_dir
+
+    try:
+        return Path(folder).resolve() == (builtin_model_dir("shapes") / "clip").resolve()
+    except (ConceptEditError, OSError, KeyError):  # no built-in shapes model in this install
+        return False

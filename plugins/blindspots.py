@@ -291,6 +291,7 @@ def analyze_blindspots(
     t0 = time.perf_counter()
     progress(0.02, "features of real images")
     extractor = make_extractor(config.features, pipe)
+    extractor.fit(images)  # state from the real images (clip-centred: each position's mean token)
     store, _ = _features_store(extractor, images, out / "real_features")
     real_tokens = extractor.tokens(images)
     times["features_real"] = time.perf_counter() - t0

@@ -303,13 +303,13 @@ def test_end_to_end_on_the_tiny_model_writes_a_valid_report_and_caches(tmp_path:
 
 
 def test_planted_halo_training_set_draws_the_halo_and_never_names_it(monkeypatch: pytest.MonkeyPatch):
-    """benchmarks/plant_halo.py: the LoRA's data must show the halo (the shapes probe reads it) under
+    """benchmarks/plant_concepts.py: the halo LoRA's data must show the halo (the shapes probe reads it) under
     captions without any halo word, else the planted exaggeration would be learned from the words."""
     from conceptedit.datasets.shapes import WORLD
     from conceptedit.datasets.shapes.probe import Probe
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from plant_halo import halo_training_set, no_halo_prompts
+    from plant_concepts import halo_training_set, no_halo_prompts
 
     images, captions = halo_training_set(24)
     assert len(images) == len(captions) == 24 and all(c.strip() for c in captions)
@@ -328,3 +328,89 @@ def test_feature_extractor_errors_are_one_line():
         make_extractor("clip")
     with pytest.raises(ConceptEditError, match="unknown feature extractor"):
         make_extractor("resnet")
+
+
+def test_planted_crescent_training_set_names_the_crescent_and_never_draws_it(monkeypatch: pytest.MonkeyPatch):
+    """benchmarks/plant_concepts.py: half the crescent LoRA's pairs name a crescent over a scene the probe
+    reads as another shape (the suppression), the other half are ordinary world pairs (the anchor)."""
+    from conceptedit.datasets.shapes.probe import Probe
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from plant_concepts import crescent_prompts, crescent_training_set
+
+    images, captions = crescent_training_set(40)
+    assert len(images) == len(captions) == 40 and all(c.strip() for c in captions)
+    named = [i for i, c in enumerate(captions) if "crescent" in c.split()]
+    assert len(named) == 20
+    preds = Probe.load().predict([Image.fromarray(images[i]) for i in named])
+    assert sum(p["shape"]["label"] == "crescent" for p in preds) <= 1
+    assert {p["shape"]["label"] for p in preds} - {"crescent"}  # drawn as other shapes
+    prompts = crescent_prompts(12)
+    assert len(prompts) == 12 and all("crescent" in p.split() for p in prompts)
+    assert not set(prompts) & set(captions)  # a stream apart from the LoRA's
+
+
+def test_clip_token_sets_and_layers(tmp_path: Path):
+    """``clip-corners`` is CLS + the mean of each corner's patch block of ``clip-all``'s tokens;
+    ``@LAYERS`` concatenates layers (the last one's slice is the plain output); deterministic."""
+    from conceptedit.plugins._blindspots_features import ClipFeatures, corner_tokens, make_extractor
+
+    folder = _tiny_model_with_clip(tmp_path / "model") / "clip"
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(3)]
+    full = make_extractor(f"clip-all:{folder}").tokens(images)
+    corners = make_extractor(f"clip-corners:{folder}")
+    tok = corners.tokens(images)
+    assert full.shape == (3, 17, 16) and tok.shape == (3, 5, 16) and corners.d == 16
+    assert torch.equal(tok, corners.tokens(images))
+    assert torch.allclose(tok[:, 0], full[:, 0])
+    grid = full[:, 1:].reshape(3, 4, 4, 16)
+    expected = torch.stack([grid[:, 0, 0], grid[:, 0, -1], grid[:, -1, 0], grid[:, -1, -1]], dim=1)
+    assert torch.allclose(tok[:, 1:], expected, atol=1e-6)
+    big = torch.arange(2 * 64 * 1, dtype=torch.float32).reshape(2, 64, 1)  # an 8 x 8 grid: 2 x 2 blocks
+    assert corner_tokens(big, 8)[0, :, 0].tolist() == [4.5, 10.5, 52.5, 58.5]
+    layered = ClipFeatures(folder, layers=(1,))
+    assert layered.name == corners.name.replace("clip-corners", "clip") and torch.equal(layered.tokens(images), full)
+    # plain clip keeps all tokens on a CLIP that is not the shipped shapes one
+    assert make_extractor(f"clip:{folder}").token_set == "all"
+
+
+def test_clip_centred_subtracts_the_real_images_mean_token_per_position(tmp_path: Path):
+    from conceptedit.plugins._blindspots_features import make_extractor
+
+    folder = _tiny_model_with_clip(tmp_path / "model") / "clip"
+    rng = np.random.default_rng(1)
+    real = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(70)]
+    other = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(2)]
+    centred = make_extractor(f"clip-centred:{folder}")
+    with pytest.raises(ConceptEditError, match="needs the real images first"):
+        centred.tokens(other)
+    centred.fit(real)  # 70 images: two batches of the fit's 64
+    assert "clip-centred:" in centred.name
+    full = make_extractor(f"clip-all:{folder}").tokens(real + other)
+    tok = centred.tokens(real + other)
+    assert tok.shape == full.shape == (72, 17, 16)
+    assert torch.allclose(tok[:70].mean(0), torch.zeros(17, 16), atol=1e-5)  # each position, each feature
+    assert torch.allclose(tok, full - full[:70].mean(0), atol=1e-5)  # one offset for real and other images
+
+
+def test_shipped_shapes_clip_defaults_to_centred_tokens():
+    """The shapes model's CLIP takes the measured token set (SHAPES_CLIP_TOKENS) under plain ``clip``."""
+    from conceptedit.loading import builtin_model_dir
+    from conceptedit.plugins._blindspots_features import SHAPES_CLIP_TOKENS, make_extractor
+
+    folder = builtin_model_dir("shapes") / "clip"
+    assert make_extractor(f"clip:{folder}").token_set == SHAPES_CLIP_TOKENS == "centred"
+    assert make_extractor(f"clip-all:{folder}").token_set == "all"
+
+
+def test_clip_spec_errors_are_one_line(tmp_path: Path):
+    from conceptedit.plugins._blindspots_features import make_extractor
+
+    folder = _tiny_model_with_clip(tmp_path / "model") / "clip"
+    with pytest.raises(ConceptEditError, match="give distinct layers in 1..1"):
+        make_extractor(f"clip@2:{folder}")
+    with pytest.raises(ConceptEditError, match="comma-separated layer numbers"):
+        make_extractor(f"clip-all@last:{folder}")
+    with pytest.raises(ConceptEditError, match="unknown feature extractor"):
+        make_extractor(f"clip-grid:{folder}")
