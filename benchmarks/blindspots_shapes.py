@@ -126,8 +126,17 @@ def summarise(
         }
         if key in result.get("labels", {}):  # the concept that carries this label best, named by it or not
             j = result["labels"][key]
-            findings[key]["label_concept"] = _brief(result["concepts"][j["concept"]]) | {"r_label": j["r"]}
+            lc = _brief(result["concepts"][j["concept"]]) | {"r_label": j["r"]}
+            # the direction the probe measures (generated vs real rate) against the concept's δ - 0.5
+            shift = findings[key]["generated_rate_probe"] - findings[key]["real_rate_probe"]
+            lc["direction_right"] = bool(shift * (lc["delta"] - 0.5) > 0) if shift and lc["r_label"] > 0 else None
+            findings[key]["label_concept"] = lc
     findings["halo=True"]["generated_rate_probe_unasked"] = round(rate([gen_rows[i] for i in unasked], "halo=True"), 4)
+    if rare:  # the rare shape where the caption asks for it (the planted suppression acts there)
+        asked = [i for i, lab in enumerate(labels) if lab["shape"] == rare]
+        findings[f"shape={rare}"]["generated_rate_probe_asked"] = round(
+            rate([gen_rows[i] for i in asked], f"shape={rare}"), 4
+        )
     common = [f"shape={s}" for s in COMMON_SHAPES] + [f"colour={c}" for c in WORLD.colour_names]
     common_concepts = [c for k in common for c in by_name.get(k, [])]
     fp = [c for c in common_concepts if c["label"] in ("suppressed", "exaggerated")]
@@ -157,7 +166,7 @@ def _brief(c: dict) -> dict:
     return {
         "concept": c["concept"], "label": c["label"], "delta": round(c["delta"], 3),
         "ci": [round(c["delta_low"], 3), round(c["delta_high"], 3)], "d_z": round(c["effect"], 3),
-        "q": float(f"{c['q']:.3g}"), "r": c.get("name_corr"),
+        "q": float(f"{c['q']:.3g}"), "significant": bool(c.get("significant")), "r": c.get("name_corr"),
     }  # fmt: skip
 
 
@@ -165,6 +174,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="shapes")
     ap.add_argument("--clip", default=None, help="CLIP folder (default: the model's clip/)")
+    ap.add_argument(
+        "--features", default="clip",
+        help="extractor: clip (the shapes default, = clip-corners), clip-all (all tokens, the earlier default), "
+        "clip-corners, with @LAYERS if wanted (see plugins/_blindspots_features.py)",
+    )  # fmt: skip
     ap.add_argument("--probe", type=Path, default=None, help="probe folder (default: <model>/probe or the shipped one)")
     ap.add_argument("--n", type=int, default=160)
     ap.add_argument("--enrich", default="crescent=0.15")
@@ -181,6 +195,13 @@ def main() -> None:
         "reused when there), analyse with it applied and again after removing it",
     )  # fmt: skip
     ap.add_argument("--halo-steps", type=int, default=300)
+    ap.add_argument(
+        "--plant-crescent",
+        action="store_true",
+        help="also fit a LoRA that draws other shapes for crescent prompts (benchmarks/plant_concepts.py; saved "
+        "under --out/crescent_lora, reused when there), analyse with it applied and again after removing it",
+    )
+    ap.add_argument("--crescent-steps", type=int, default=300)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -193,7 +214,7 @@ def main() -> None:
     t_render = time.perf_counter() - t0
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
-    features = f"clip:{args.clip}" if args.clip else "clip"
+    features = f"{args.features}:{args.clip}" if args.clip else args.features
     cfg = BlindspotsConfig(
         features=features, n_images=len(images), train_tokens=args.train_tokens, fdr=args.fdr,
         min_shift=args.min_shift, seed=args.seed, out=args.out,
@@ -218,32 +239,35 @@ def main() -> None:
         "render_seconds": round(t_render, 1), "base": run("base"),
     }  # fmt: skip
     if args.plant_halo:
-        report |= plant_halo_runs(pipe, out_dir, args.halo_steps, args.seed, run)
+        report |= plant_runs("halo", pipe, out_dir, args.halo_steps, args.seed, run)
+    if args.plant_crescent:
+        report |= plant_runs("crescent", pipe, out_dir, args.crescent_steps, args.seed, run)
     print(json.dumps(report, indent=1))
 
 
-def plant_halo_runs(pipe, out_dir: Path, steps: int, seed: int, run) -> dict:
-    """The planted exaggeration: analysis with the halo LoRA applied, then again after removing it."""
-    from plant_halo import plant_halo_lora
+def plant_runs(concept: str, pipe, out_dir: Path, steps: int, seed: int, run) -> dict:
+    """A planted blind spot (``plant_concepts.py``): analysis with its LoRA applied, then again after
+    removing it (reports ``CONCEPT_planted`` and ``CONCEPT_removed``)."""
+    from plant_concepts import plant_lora
 
     from conceptedit.edits import Edit
 
-    folder = out_dir / "halo_lora"
+    folder = out_dir / f"{concept}_lora"
     t = time.perf_counter()
     if (folder / "manifest.json").is_file():
         edit = Edit.load(folder)
     else:
-        edit = plant_halo_lora(pipe, steps=steps, seed=seed)
+        edit = plant_lora(pipe, concept, steps=steps, seed=seed)
         edit.save(folder)
     fit = round(time.perf_counter() - t, 1)
     handle = edit.apply(pipe)
     try:
-        planted = run("halo_planted")
+        planted = run(f"{concept}_planted")
     finally:
         handle.remove()
     planted["seconds"] = {"lora_fit_or_load": fit, **planted["seconds"]}
-    return {"halo_lora": {"folder": str(folder), **edit.manifest.extra}, "halo_planted": planted,
-            "halo_removed": run("halo_removed")}  # fmt: skip
+    return {f"{concept}_lora": {"folder": str(folder), **edit.manifest.extra}, f"{concept}_planted": planted,
+            f"{concept}_removed": run(f"{concept}_removed")}  # fmt: skip
 
 
 def _generated(pipe, captions: list[str], cfg: BlindspotsConfig) -> list:
