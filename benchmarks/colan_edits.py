@@ -46,272 +46,53 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from conceptedit.datasets.shapes import WORLD, prompt_for, render_labels, shape_mask
-from conceptedit.eval.verdicts import wilson
-from conceptedit.pipelines.shapes import model_dir, model_images
+from conceptedit.datasets.shapes.edit_cases import EDIT_FAMILIES, EditCase, ShapesCaseSet, make_cases
+from conceptedit.eval.image_edits import edited_embeddings, image_edit_lines, run_arms, score, source_weights
 
-FAMILIES = ("shape", "colour", "style", "background")
+FAMILIES = EDIT_FAMILIES
 ARMS = ("colan", "swap", "direction")
 DIRECTION_STRENGTH = 1.0
 
 
-@dataclass
-class Case:
-    labels: dict
-    family: str
-    target: str
-    image: np.ndarray  # (32, 32, 3) uint8
-    prompt: str
-    target_prompt: str
-    outside: np.ndarray  # (32, 32) bool: away from both shapes
-    silhouette: np.ndarray  # (32, 32) bool: the (unchanged) shape, coverage >= 1/2
-
-    @property
-    def edit(self) -> str:
-        return f"{self.labels[self.family]} -> {self.target}"
-
-    @property
-    def target_labels(self) -> dict:
-        return self.labels | {self.family: self.target}
-
-
-def _down(mask: np.ndarray) -> np.ndarray:
-    """64×64 mask → 32×32 coverage."""
-    return mask.reshape(32, 2, 32, 2).mean(axis=(1, 3))
-
-
-def _dilate(m: np.ndarray) -> np.ndarray:
-    p = np.pad(m, 1)
-    return p[1:-1, 1:-1] | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
-
-
-def _labels(rng: np.random.Generator) -> dict:
-    s = WORLD.image_size
-    return {
-        "shape": str(rng.choice(WORLD.shapes)),
-        "colour": str(rng.choice(WORLD.colour_names)),
-        "background": str(rng.choice(WORLD.background_names)),
-        "style": str(rng.choice(WORLD.styles)),
-        "character": None,
-        "trigger": False,
-        "trigger_word": None,
-        "marks": {m.name: {"present": False, "corner": None, "box": None} for m in WORLD.marks},
-        "center": [float(s / 2 + rng.integers(-3, 4)), float(s / 2 + rng.integers(-3, 4))],
-        "radius": float(rng.uniform(12.0, 15.0)),
-        "phase": int(rng.integers(0, 12)),
-    }
-
-
-def _is_character(lab: dict) -> bool:
-    return WORLD.character_for(lab["shape"], lab["colour"], lab["style"], lab["background"]) is not None
-
-
-def make_cases(n: int, seed: int) -> list[Case]:
-    """``n`` edits, families in turn, from a seeded stream (the same on every machine)."""
-    rng = np.random.default_rng([seed, 16])
-    cases: list[Case] = []
-    while len(cases) < n:
-        family = FAMILIES[len(cases) % len(FAMILIES)]
-        lab = _labels(rng)
-        classes = {"shape": WORLD.shapes, "colour": WORLD.colour_names, "style": WORLD.styles}
-        options = [c for c in classes.get(family, WORLD.background_names) if c != lab[family]]
-        target = str(rng.choice(options))
-        if _is_character(lab) or _is_character(lab | {family: target}):
-            continue
-        image = model_images(render_labels(lab, seed, len(cases))[None])[0]
-        (cx, cy), r = lab["center"], lab["radius"]
-        src_mask = shape_mask(lab["shape"], cx, cy, r)
-        tgt_mask = shape_mask(target if family == "shape" else lab["shape"], cx, cy, r)
-        outside = ~_dilate(_down(src_mask | tgt_mask) > 0)
-        prompt, target_prompt = prompt_for(lab), prompt_for(lab | {family: target})
-        cases.append(Case(lab, family, target, image, prompt, target_prompt, outside, _down(src_mask) >= 0.5))
-    return cases
-
-
-# ------------------------------------------------------------------------------------------ metrics
-def silhouette(image: np.ndarray, background: str) -> np.ndarray:
-    """Pixels away from the background colour, closed and hole-filled (an outlined shape counts whole)."""
-    from scipy.ndimage import binary_closing, binary_fill_holes
-
-    d = np.linalg.norm(image.astype(float) - np.array(WORLD.rgb(background), float), axis=-1)
-    return binary_fill_holes(binary_closing(d > 60, iterations=1))
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
-
-
-def psnr(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
-    mse = ((a.astype(float) - b.astype(float))[region] ** 2).mean()
-    return float(10 * math.log10(255**2 / max(mse, 1e-10)))
-
-
-class ClipTokDistance:
-    """LPIPS-like distance on the shapes CLIP image tower (unit-normalised patch tokens, no learned weights)."""
-
-    def __init__(self) -> None:
-        from transformers import CLIPVisionModel
-
-        folder = model_dir() / "clip"
-        self.model = CLIPVisionModel.from_pretrained(folder).eval()
-        pre = json.loads((folder / "preprocessor_config.json").read_text())
-        self.mean = torch.tensor(pre["image_mean"])[:, None, None]
-        self.std = torch.tensor(pre["image_std"])[:, None, None]
-
-    @torch.no_grad()
-    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        def feats(x: np.ndarray) -> list[torch.Tensor]:
-            t = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std
-            hs = self.model(pixel_values=t, output_hidden_states=True).hidden_states[1:]
-            return [torch.nn.functional.normalize(h[:, 1:], dim=-1) for h in hs]
-
-        d = [((fa - fb) ** 2).sum(-1).mean(-1) for fa, fb in zip(feats(a), feats(b), strict=True)]
-        return torch.stack(d).mean(0).numpy()
-
-
-def rate(flags: list[bool]) -> dict[str, Any]:
-    k, n = int(sum(flags)), len(flags)
-    lo, hi = wilson(k, n)
-    return {"k": k, "n": n, "rate": k / n if n else float("nan"), "ci95": [lo, hi]}
-
-
-def mean(values: list[float]) -> dict[str, Any]:
-    v = np.asarray(values, float)
-    if not len(v):
-        return {"n": 0, "mean": float("nan"), "ci95": [float("nan")] * 2}
-    half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
-    return {"n": len(v), "mean": float(v.mean()), "ci95": [float(v.mean() - half), float(v.mean() + half)]}
-
-
-def probe_labels(probe: Any, images: np.ndarray) -> list[dict[str, str]]:
-    return [{f: p["label"] for f, p in pred.items()} for pred in probe.predict(images)]
-
-
-def score(cases: list[Case], before: list[dict], after: list[dict], images: np.ndarray, dist: Any) -> dict:
-    """Every metric of one arm, over all cases and per edited family."""
-    rows = []
-    composite = images.copy()
-    for i, c in enumerate(cases):
-        composite[i][~c.outside] = c.image[~c.outside]
-    tok = dist(np.stack([c.image for c in cases]), composite)
-    for i, c in enumerate(cases):
-        ok = after[i][c.family] == c.target
-        same = all(after[i][f] == before[i][f] for f in before[i] if f != c.family)
-        row: dict[str, Any] = {"family": c.family, "success": ok, "consistent": same, "both": ok and same}
-        if c.family != "background":
-            row["psnr_bg"] = psnr(images[i], c.image, c.outside)
-            row["clip_tok_bg"] = float(tok[i])
-        if c.family != "shape":
-            bg = c.target if c.family == "background" else c.labels["background"]
-            row["iou"] = iou(silhouette(images[i], bg), c.silhouette)
-        rows.append(row)
-
-    def summary(rs: list[dict]) -> dict:
-        out = {k: rate([r[k] for r in rs]) for k in ("success", "consistent", "both")}
-        for k in ("psnr_bg", "clip_tok_bg", "iou"):
-            out[k] = mean([r[k] for r in rs if k in r])
-        return out
-
-    return {"all": summary(rows), **{f: summary([r for r in rows if r["family"] == f]) for f in FAMILIES}}
-
-
-# ------------------------------------------------------------------------------------------ running
-def edited_embeddings(plugin: Any, pipe: Any, cases: list[Case]) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """Per arm the (B, 32, 128) edited embeddings, and the seconds of each CoLan decomposition."""
+def step_along_delta(plugin: Any, pipe: Any, cases: list[EditCase], embs: dict[str, torch.Tensor]) -> dict:
+    """Each arm's step along Δ = d_tgt − d_src (least-squares coefficient of its embedding change on Δ) and
+    the cosine of that change with Δ: colan's step is w_src by construction, direction's is s."""
     dic = plugin.dictionary(pipe)
-    src = plugin.encode(pipe, [c.prompt for c in cases])
-    colan, secs = [], []
-    for c in cases:
-        t = time.perf_counter()
-        e, _ = plugin.transplant(pipe, c.prompt, c.labels[c.family], c.target)
-        secs.append(time.perf_counter() - t)
-        colan.append(e.float())
-    delta = torch.stack(
-        [dic.atoms[dic.index(c.target)] - dic.atoms[dic.index(c.labels[c.family])] for c in cases]
-    ).float()
-    arms = {
-        "colan": torch.stack(colan),
-        "swap": plugin.encode(pipe, [c.target_prompt for c in cases]),
-        "direction": src + DIRECTION_STRENGTH * delta.reshape(src.shape),
-    }
-    return {"source": src, **arms}, secs
+    delta = torch.stack([dic.atoms[dic.index(c.target)] - dic.atoms[dic.index(c.source)] for c in cases]).double()
+    out = {}
+    for arm in ("plugin", "swap", "direction"):
+        change = (embs[arm] - embs["source"]).double().flatten(1)
+        step = (change * delta).sum(1) / (delta * delta).sum(1)
+        cos = (change * delta).sum(1) / (change.norm(dim=1) * delta.norm(dim=1)).clamp_min(1e-12)
+        out[arm] = {"step_median": float(step.median()), "cos_median": float(cos.median())}
+    return out
 
 
-def run(
-    pipe: Any, plugin: Any, cases: list[Case], chunk: int = 40, log: Any = print
-) -> tuple[dict[str, np.ndarray], dict]:
-    """Edited images per arm (one shared inversion per chunk) and timings."""
-    embs, secs = edited_embeddings(plugin, pipe, cases)
-    out: dict[str, list[np.ndarray]] = {a: [] for a in ARMS}
-    t_inv, t_regen = 0.0, dict.fromkeys(ARMS, 0.0)
-    for s in range(0, len(cases), chunk):
-        images = np.stack([c.image for c in cases[s : s + chunk]])
-        t = time.perf_counter()
-        zt = plugin.invert(pipe, images, embs["source"][s : s + chunk])
-        t_inv += time.perf_counter() - t
-        for arm in ARMS:
-            t = time.perf_counter()
-            out[arm].append(plugin.regenerate(pipe, zt, embs["source"][s : s + chunk], embs[arm][s : s + chunk]))
-            t_regen[arm] += time.perf_counter() - t
-        log(f"  edited {min(s + chunk, len(cases))}/{len(cases)}")
-    timing = {"decomposition_s": mean(secs), "inversion_s_per_image": t_inv / len(cases)}
-    timing |= {f"regeneration_s_per_image_{a}": t_regen[a] / len(cases) for a in ARMS}
-    return {a: np.concatenate(v) for a, v in out.items()}, timing
-
-
-def save_grid(path: Path, cases: list[Case], images: dict[str, np.ndarray], per_family: int = 3) -> None:
+def save_grid(path: Path, cases: list[EditCase], images: dict[str, np.ndarray], per_family: int = 3) -> None:
     from PIL import Image, ImageDraw
 
     picks = [i for f in FAMILIES for i in [j for j, c in enumerate(cases) if c.family == f][:per_family]]
     cell, head, label_w = 96, 16, 150
     grid = Image.new("RGB", (label_w + cell * 4, head + cell * len(picks)), "white")
     d = ImageDraw.Draw(grid)
+    arms = ("plugin", "swap", "direction")
     for k, name in enumerate(("source", *ARMS)):
         d.text((label_w + k * cell + 4, 2), name, fill="black")
     for r, i in enumerate(picks):
         d.text((4, head + r * cell + cell // 2 - 6), cases[i].edit, fill="black")
-        row = [cases[i].image] + [images[a][i] for a in ARMS]
+        row = [cases[i].image] + [images[a][i] for a in arms]
         for k, im in enumerate(row):
             grid.paste(Image.fromarray(im).resize((cell, cell), Image.NEAREST), (label_w + k * cell, head + r * cell))
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
-
-
-def _fmt_rate(r: dict) -> str:
-    return f"{r['rate']:.2f} [{r['ci95'][0]:.2f},{r['ci95'][1]:.2f}] ({r['k']}/{r['n']})"
-
-
-def _fmt_mean(m: dict, digits: int = 3) -> str:
-    if not m["n"]:
-        return "n/a"
-    return f"{m['mean']:.{digits}f} [{m['ci95'][0]:.{digits}f},{m['ci95'][1]:.{digits}f}] (n={m['n']})"
-
-
-def report(results: dict) -> str:
-    lines = []
-    for scope in ("all", *FAMILIES):
-        lines.append(f"== {scope}")
-        for arm in ARMS:
-            s = results["arms"][arm][scope]
-            lines.append(
-                f"  {arm:<9} success {_fmt_rate(s['success'])}  consistent {_fmt_rate(s['consistent'])}"
-                f"  both {_fmt_rate(s['both'])}"
-            )
-            lines.append(
-                f"  {'':<9} psnr_bg {_fmt_mean(s['psnr_bg'], 2)}  clip_tok_bg {_fmt_mean(s['clip_tok_bg'])}"
-                f"  iou {_fmt_mean(s['iou'])}"
-            )
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -324,7 +105,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "colan_edits.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    from conceptedit.datasets.shapes.probe import Probe
     from conceptedit.loading import load_pipeline
     from conceptedit.registry import get_plugin
     from conceptedit.toolkit import parse_overrides
@@ -333,26 +113,36 @@ def main(argv: list[str] | None = None) -> dict:
     pipe = load_pipeline("shapes")
     pipe.set_progress_bar_config(disable=True)
     plugin = get_plugin("colan")(parse_overrides(args.set))
-    probe = Probe.load(model_dir() / "probe")
+    cs = ShapesCaseSet()
     drawn = make_cases(args.n, args.seed)
-    truth = [{f: p for f, p in probe_labels(probe, c.image[None])[0].items()} for c in drawn]
-    cases, before = [], []
-    for c, b in zip(drawn, truth, strict=True):
-        expect = {"shape": c.labels["shape"], "colour": c.labels["colour"], "style": c.labels["style"],
-                  "background": c.labels["background"], "character": "none", "trigger": "absent"}  # fmt: skip
-        if all(b[f] == v for f, v in expect.items()) and all(b[m.name] == "absent" for m in WORLD.marks):
-            cases.append(c)
-            before.append(b)
+    read = cs.read(np.stack([c.image for c in drawn]))
+    keep = cs.keep(drawn, read)
+    cases = [c for c, k in zip(drawn, keep, strict=True) if k]
+    before = [r for r, k in zip(read, keep, strict=True) if k]
     print(f"{len(cases)} of {len(drawn)} cases read correctly by the probe before the edit; settings {plugin.config}")
-    images, timing = run(pipe, plugin, cases)
-    dist = ClipTokDistance()
+    prepared = edited_embeddings(plugin, pipe, cases, ("swap", "direction"), DIRECTION_STRENGTH)
+    embs = prepared[0]
+    images, timing, weights = run_arms(pipe, plugin, cases, ("swap", "direction"), log=print, prepared=prepared)
+    arms = {a: score(cases, before, cs.read(images[a]), images[a], cs.distance, FAMILIES) for a in images}
     results: dict[str, Any] = {
+        "name": "colan_edits",
+        "plugin": "colan",
+        "cases": "shapes",
+        "families": list(FAMILIES),
         "n_drawn": len(drawn),
         "n": len(cases),
         "seed": args.seed,
         "settings": vars(plugin.config),
         "direction_strength": DIRECTION_STRENGTH,
-        "arms": {a: score(cases, before, probe_labels(probe, images[a]), images[a], dist) for a in ARMS},
+        "arms": {("colan" if a == "plugin" else a): v for a, v in arms.items()},
+        "source_weight": source_weights(cases, weights),
+        "source_weight_by_family": {
+            f: source_weights(
+                *zip(*[(c, w) for c, w in zip(cases, weights, strict=True) if c.family == f], strict=True)
+            )
+            for f in FAMILIES
+        },
+        "step_along_delta": step_along_delta(plugin, pipe, cases, embs),
     }
     t = time.perf_counter()
     one = plugin.edit_image(pipe, cases[0].image, cases[0].prompt, cases[0].edit)
@@ -360,7 +150,16 @@ def main(argv: list[str] | None = None) -> dict:
     timing["single_edit_decomposition_s"] = one["seconds"]["decomposition"]
     results["timing"] = timing
     results["seconds_total"] = time.perf_counter() - t0
-    print(report(results))
+    print("\n".join(image_edit_lines(results)))
+    steps = results["step_along_delta"]
+    print(
+        "step along d_tgt - d_src (median): "
+        + ", ".join(f"{a} {steps[a]['step_median']:.2f} (cos {steps[a]['cos_median']:.2f})" for a in steps)
+    )
+    print(
+        "source-concept weight median by family: "
+        + ", ".join(f"{f} {w['median']:.2f}" for f, w in results["source_weight_by_family"].items())
+    )
     print(
         f"decomposition {timing['decomposition_s']['mean']:.3f} s per edit (batch run); one single-image edit "
         f"{timing['single_edit_s']:.1f} s of which decomposition {timing['single_edit_decomposition_s']:.3f} s; "

@@ -53,6 +53,7 @@ BUILT_IN_ENTRY_POINTS: dict[str, dict[str, str]] = {
     "conceptedit.image_sets": {"shapes": "conceptedit.datasets.shapes_images:real_images"},  # blindspots
     "conceptedit.stimuli": {"shapes": "conceptedit.datasets.shapes.stimuli:shapes_stimuli"},  # colan
     "conceptedit.detectors": {"shapes": "conceptedit.datasets.shapes.detector:ShapesMarkDetector"},  # geom-erasing
+    "conceptedit.image_edit_cases": {"shapes": "conceptedit.datasets.shapes.edit_cases:ShapesCaseSet"},  # eval
 }
 
 

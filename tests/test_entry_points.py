@@ -1,6 +1,7 @@
 """Other packages plug into every registry through entry points, one mechanism for all
 (``conceptedit.registry.Registry.discover``): plugins, metrics, SAE architectures, built-in models,
-prompt sets, the paraphrase attack's word lists, blindspots' image sets and Geom-Erasing's detectors.
+prompt sets, the paraphrase attack's word lists, blindspots' image sets, Geom-Erasing's detectors and
+eval's image-edit case sets.
 ``importlib.metadata.entry_points`` is replaced by a fake that declares a third-party package's
 entries; a broken entry is recorded with its error and breaks nothing else."""
 
@@ -17,6 +18,7 @@ import pytest
 from conceptedit import registry
 from conceptedit.detectors import DETECTORS, get_detector
 from conceptedit.errors import BrokenPluginError, ConfigError, ModelLoadError
+from conceptedit.eval.image_edits import CASE_SETS, case_set
 from conceptedit.eval.metrics import METRICS, create_metric
 from conceptedit.eval.prompts import BUILTIN_PROMPT_SETS, builtin_prompt_set
 from conceptedit.loading import BUILTIN_MODELS, builtin_model_dir
@@ -36,6 +38,7 @@ DECLARED = {
     "conceptedit.image_sets": {"fake-ep-images": f"{MODULE}:image_set", "fake-ep-broken": "no_such_module_xyz:X"},
     "conceptedit.stimuli": {"fake-ep-stimuli": f"{MODULE}:stimuli", "fake-ep-broken": "no_such_module_xyz:X"},
     "conceptedit.detectors": {"fake-ep-detector": f"{MODULE}:FakeDetector", "fake-ep-broken": "no_such_module_xyz:X"},
+    "conceptedit.image_edit_cases": {"fake-ep-cases": f"{MODULE}:FakeCases", "fake-ep-broken": "no_such_module_xyz:X"},
 }
 TABLES = {
     "conceptedit.plugins": registry._PLUGINS,
@@ -47,6 +50,7 @@ TABLES = {
     "conceptedit.image_sets": IMAGE_SETS,
     "conceptedit.stimuli": STIMULI,
     "conceptedit.detectors": DETECTORS,
+    "conceptedit.image_edit_cases": CASE_SETS,
 }
 
 
@@ -108,6 +112,10 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
                     return []
 
 
+            class FakeCases:
+                families = ("shape",)
+
+
             def stimuli():
                 return {{"zorblax": ["a zorblax", "zorblax again"]}}
 
@@ -152,10 +160,11 @@ def test_every_registry_loads_its_entry_point_group(third_party: Path):
     assert IMAGE_SETS["fake-ep-images"](1, 0) == ([], [], [])
     assert stimuli_for("fake-ep-stimuli") == {"zorblax": ["a zorblax", "zorblax again"]}
     assert type(get_detector("fake-ep-detector")).__module__ == MODULE
+    assert type(case_set("fake-ep-cases")).__module__ == MODULE
     # the built-ins are still there: the shapes world registers through the same groups
     assert "probe" in METRICS and "shapes" in BUILTIN_MODELS and "shapes-erasure" in BUILTIN_PROMPT_SETS
     assert "topk" in SAE_ARCHITECTURES and "negative-prompt" in registry._PLUGINS and "shapes" in WORD_LISTS
-    assert "shapes" in IMAGE_SETS and "shapes" in STIMULI and "shapes" in DETECTORS
+    assert "shapes" in IMAGE_SETS and "shapes" in STIMULI and "shapes" in DETECTORS and "shapes" in CASE_SETS
 
 
 def test_a_broken_entry_point_is_reported_by_name(third_party: Path):
@@ -168,6 +177,8 @@ def test_a_broken_entry_point_is_reported_by_name(third_party: Path):
         create_metric("fake_ep_broken")
     with pytest.raises(ConfigError, match="failed to load: .*no_such_module_xyz"):
         builtin_prompt_set("fake-ep-broken")
+    with pytest.raises(ConfigError, match="case set 'fake-ep-broken' failed to load: .*no_such_module_xyz"):
+        case_set("fake-ep-broken")
     with pytest.raises(ModelLoadError, match="not available in this install: .*no_such_module_xyz"):
         builtin_model_dir("fake-ep-broken")
 

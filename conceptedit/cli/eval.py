@@ -62,6 +62,11 @@ def run_command(
         before = "–" if r["base"] is None else f"{r['base']:.3f}"
         after = "–" if r["edited"] is None else f"{r['edited']:.3f}"
         typer.echo(f"{r['edit']:<24} {r['prompt_set']:<28} {r['metric']:<36} {before} -> {after}")
+    if results.get("image_edits"):
+        from conceptedit.eval.image_edits import image_edit_lines
+
+        for run in results["image_edits"]:
+            typer.echo("\n".join(image_edit_lines(run, ("all",))))
     for name, reason in results["unavailable"].items():
         typer.echo(f"unavailable: {name}: {reason}")
     typer.echo(f"report: {cfg.output_dir / 'report.html'}")

@@ -91,6 +91,50 @@ class AttackSpec:
 
 
 @dataclass
+class ImageEditSpec:
+    """An image-edit benchmark (``conceptedit.eval.image_edits``): an edit plugin on ``n`` rendered cases
+    of a case set (built in: ``shapes``), with baselines on the same backbone."""
+
+    name: str
+    plugin: str
+    config: dict[str, Any] = field(default_factory=dict)
+    cases: str = "shapes"
+    n: int = 24
+    seed: int = 0
+    families: list[str] = field(default_factory=list)  # edited families, in turn; empty: the case set's
+    baselines: list[str] = field(default_factory=list)  # swap, direction (plugins with colan's backbone)
+    direction_strength: float = 1.0
+    instruction: str = "edit"  # what edit_image gets: "SRC -> TGT" (edit) or the target prompt
+    chunk: int = 40  # images per batched inversion
+
+    def __post_init__(self) -> None:
+        from conceptedit.eval.image_edits import BASELINES, INSTRUCTIONS
+
+        if not isinstance(self.name, str) or not self.name.strip() or "/" in self.name:
+            raise ConfigError(f"every image edit needs a plain name, got {short(self.name)}")
+        if not isinstance(self.plugin, str) or not self.plugin.strip():
+            raise ConfigError(f"image edit {self.name!r}: 'plugin' must name an edit plugin")
+        if not isinstance(self.cases, str):
+            raise ConfigError(f"image edit {self.name!r}: 'cases' must name a case set, got {short(self.cases)}")
+        check_int(f"image edit {self.name!r}: n", self.n, 1)
+        check_int(f"image edit {self.name!r}: seed", self.seed, 0)
+        check_int(f"image edit {self.name!r}: chunk", self.chunk, 1)
+        check_float(f"image edit {self.name!r}: direction_strength", self.direction_strength)
+        for key, valid in (("baselines", BASELINES), ("families", None)):
+            value = getattr(self, key)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"image edit {self.name!r}: '{key}' must be a list of names, got {short(value)}")
+            bad = [v for v in value if valid is not None and v not in valid]
+            if bad:
+                raise ConfigError(f"image edit {self.name!r}: unknown baseline(s) {bad}; valid: {list(valid)}")
+        if self.instruction not in INSTRUCTIONS:
+            raise ConfigError(
+                f"image edit {self.name!r}: instruction must be one of {', '.join(INSTRUCTIONS)}, "
+                f"got {short(self.instruction)}"
+            )
+
+
+@dataclass
 class GenerationSpec:
     num_inference_steps: int | None = None  # None: the model's default
     guidance_scale: float | None = None
@@ -135,6 +179,7 @@ class EvalConfig:
     device: str | None = None
     grid_cases: int = 6  # base-vs-edited pairs shown per edit in the report
     attacks: list[AttackSpec] = field(default_factory=list)  # attack plugins x edits (attack success rate)
+    image_edits: list[ImageEditSpec] = field(default_factory=list)  # edit plugins on rendered images
 
     def __post_init__(self) -> None:
         check_run_name(self.name)
@@ -151,15 +196,16 @@ class EvalConfig:
             from conceptedit.devices import check_device
 
             check_device(self.device)
-        if not self.prompt_sets:
-            raise ConfigError("config needs at least one prompt set under 'prompt_sets'")
+        if not self.prompt_sets and not self.image_edits:
+            raise ConfigError("config needs at least one prompt set under 'prompt_sets' (or an 'image_edits' entry)")
         edit_names = {e.name for e in self.edits}
         for attack in self.attacks:
             unknown = [e for e in attack.edits if e not in edit_names]
             if unknown:
                 known = sorted(edit_names)
                 raise ConfigError(f"attack {attack.name!r} names unknown edit(s) {unknown}; edits: {known}")
-        for kind, items in (("edit", self.edits), ("prompt set", self.prompt_sets), ("attack", self.attacks)):
+        kinds = (("edit", self.edits), ("prompt set", self.prompt_sets), ("attack", self.attacks))
+        for kind, items in (*kinds, ("image edit", self.image_edits)):
             names = [i.name for i in items]
             if len(set(names)) != len(names):
                 raise ConfigError(f"{kind} names must be unique, got {names}")
@@ -215,6 +261,29 @@ def _check_attack(spec: AttackSpec, where: str) -> None:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _check_image_edit(spec: ImageEditSpec, where: str) -> None:
+    """The plugin exists, is of kind ``edit`` and accepts its config; baselines need colan's backbone;
+    the case set and its families exist — all before any model loads."""
+    from conceptedit.eval.image_edits import case_set, has_backbone
+    from conceptedit.registry import get_plugin
+
+    try:
+        cls = get_plugin(spec.plugin)
+        if cls.kind != "edit":
+            raise ConfigError(f"plugin {spec.plugin!r} is of kind {cls.kind!r}, not an image edit")
+        plugin = cls(spec.config)
+        if spec.baselines and not has_backbone(plugin):
+            raise ConfigError(
+                f"baselines {spec.baselines} need a plugin with colan's backbone; {spec.plugin!r} has none"
+            )
+        known = case_set(spec.cases).families
+        bad = [f for f in spec.families if f not in known]
+        if bad:
+            raise ConfigError(f"unknown famil(ies) {bad} for case set {spec.cases!r}; valid: {list(known)}")
+    except ConceptEditError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def _items(value: Any, where: str) -> list[Any]:
     if value is None:
         return []
@@ -252,6 +321,12 @@ def parse_config(data: dict[str, Any], where: str = "config") -> EvalConfig:
     ]
     for i, spec in enumerate(data["attacks"]):
         _check_attack(spec, f"{where}: attacks[{i}]")
+    data["image_edits"] = [
+        _section(ImageEditSpec, a, f"{where}: image_edits[{i}]")
+        for i, a in enumerate(_items(data.get("image_edits"), f"{where}: image_edits"))
+    ]
+    for i, spec in enumerate(data["image_edits"]):
+        _check_image_edit(spec, f"{where}: image_edits[{i}]")
     data["prompt_sets"] = [
         _section(PromptSetSpec, p, f"{where}: prompt_sets[{i}]")
         for i, p in enumerate(_items(data.get("prompt_sets"), f"{where}: prompt_sets"))

@@ -329,6 +329,9 @@ def write_report(out: Path, cfg: EvalConfig, results: dict[str, Any], rows: list
         f"<h1>{html.escape(cfg.name)}</h1><p>{results['n_images']} images; models: "
         f"{html.escape(', '.join(cfg.models))}</p>",
     ]
+    from conceptedit.eval.image_edits import image_edit_html
+
+    parts += image_edit_html(results.get("image_edits", []))
     verdicts = verdict_rows(results, rows)
     if verdicts:
         parts.append(

@@ -294,6 +294,7 @@ class Evaluation:
 
         done = self.store.done_keys()
         attack_runs: list[dict[str, Any]] = []  # what each (attack, edit) found and cost (config 'attacks')
+        image_edit_runs: list[dict[str, Any]] = []  # config 'image_edits' (main process only)
         for model in self.cfg.models:
             pipe = load_pipeline(model, device=self.device)
             pipe.set_progress_bar_config(disable=True)
@@ -324,6 +325,10 @@ class Evaluation:
                 from conceptedit.eval.attacks import run_attacks
 
                 attack_runs += run_attacks(self, pipe, mkey, model, loaded, done)
+            if self.cfg.image_edits and self.dist.is_main:
+                from conceptedit.eval.image_edits import run_image_edits
+
+                image_edit_runs += run_image_edits(self, pipe, mkey, model)
             del pipe
         self.dist.wait()
         if not self.dist.is_main:
@@ -331,6 +336,8 @@ class Evaluation:
         results = self.aggregate()
         if attack_runs:
             results["attacks"] = attack_runs
+        if image_edit_runs:
+            results["image_edits"] = image_edit_runs
         from conceptedit.eval.report import write_report
 
         write_report(self.out, self.cfg, results, list(self.store.rows()))
