@@ -9,20 +9,24 @@ and a UNet, so each can be tested alone.
 - :func:`alignment_problem` + :func:`conceptedit.sparsity.ridge.weighted_ridge_edit`: the closed-form
   cross-attention alignment (the concept and its neighbours → the anchor; beyond-concept samples and
   preserved concepts → themselves).
-- :func:`noise_alignment_lora`: the LoRA stage (prediction-noise alignment) on a copy of the UNet.
+- :func:`lora_student` + :func:`noise_alignment_lora`: the LoRA stage (prediction-noise alignment) on the
+  UNet with float32 copies of only its LoRA'd (and closed-form-edited) layers swapped in.
 
 The leading underscore keeps the plugin registry from importing this module as a plugin.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from conceptedit.conditioning import Conditioning, predict_noise
 from conceptedit.errors import RequestError
+from conceptedit.plugins._training import Trainable, swapped_in, trainable_layers
 
 
 def _unit_directions(n: int, dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -197,6 +201,43 @@ def _with_row(cond: Conditioning, row: int, value: torch.Tensor) -> Conditioning
     return cond.with_embeds(out)
 
 
+@dataclass
+class LoRAStudent:
+    """The LoRA stage's student: the pipeline's UNet (frozen, never written to) with ``layers`` swapped in
+    for the duration of a with-block (``with student():``; :func:`conceptedit.plugins._training.swapped_in`)."""
+
+    unet: torch.nn.Module
+    layers: torch.nn.Module  # float32 copies of the LoRA'd layers and the closed-form-edited ones
+    names: list[str]
+
+    def __call__(self) -> contextlib.AbstractContextManager[torch.nn.Module]:
+        return swapped_in(self.unet, self.layers, self.names)
+
+
+def lora_student(
+    unet: torch.nn.Module,
+    deltas: dict[str, torch.Tensor],
+    lora_names: list[str],
+    rank: int,
+    alpha: float | None,
+    seed: int,
+) -> tuple[LoRAStudent, Trainable]:
+    """The student ``W + Δ + BA``: float32 copies of only the layers the LoRA or the closed-form delta (keys
+    ``unet.<layer>.weight``) touch, with Δ added and rank-``rank`` LoRA factors on ``lora_names``, and the
+    :class:`Trainable` holding those factors. Why not a whole copy: a float32 copy of SDXL's UNet is 9.6 GiB
+    (it took full-size SDXL past 18 GiB); on a float32 UNet this student computes exactly what a whole
+    copy did (same seeded LoRA init, same forward; tests/test_training.py)."""
+    wanted = set(lora_names) | {k.removeprefix("unet.").removesuffix(".weight") for k in deltas}
+    names = [n for n, _ in unet.named_modules() if n in wanted]
+    layers = trainable_layers(unet, names).to(next(unet.parameters()).device)
+    with torch.no_grad():
+        for key, delta in deltas.items():
+            param = layers.get_parameter(key.removeprefix("unet."))
+            param.add_(delta.to(param.device, param.dtype))
+    trainable = Trainable(layers, "unet", lora_names, "lora", rank, alpha, seed)
+    return LoRAStudent(unet, layers, names), trainable
+
+
 def noise_alignment_lora(
     student: torch.nn.Module,
     frozen: torch.nn.Module,
@@ -208,6 +249,7 @@ def noise_alignment_lora(
     regularisation_weight: float,
     generator: torch.Generator,
     progress: Callable[[int, float], None],
+    student_context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
 ) -> list[float]:
     """Prediction-noise alignment: ``ε_student(x_t, c[e_p → e_p + η], t) ≈ ε_frozen(x_t, anchor_p, t)`` and,
     with weight ``regularisation_weight``, ``ε_student(x_t, a[e_p → e_p + ξ], t) ≈ ε_frozen(x_t, a[e_p → e_p + ξ],
@@ -217,7 +259,9 @@ def noise_alignment_lora(
     CLIP text encoder repeat the last word — and undid the erasure: zorblax on shapes v2, n = 10, erased
     0.5 / residue 0.6 with it, 0.1 / 0.3 with the anchor context, 0.0 / 0.0 with no LoRA stage.)
     ``x_t`` is a concept latent noised to a uniform random ``t``. Adam over
-    ``parameters`` (the LoRA factors). Returns the per-step losses."""
+    ``parameters`` (the LoRA factors). ``student_context`` (e.g. a :class:`LoRAStudent`): the student's
+    forward and backward run inside it (the trained layers swapped into ``student``). Returns the per-step
+    losses."""
     optimizer = torch.optim.Adam(parameters, lr=lr)
     device = next(student.parameters()).device
     n_train = int(scheduler.config.num_train_timesteps)
@@ -242,12 +286,13 @@ def noise_alignment_lora(
         x_in = torch.cat([x_t] * len(conds))
         with torch.no_grad():
             targets = predict_noise(frozen, x_in, t, Conditioning.cat([data.anchor_sequences[p]] + conds[1:]))
-        preds = predict_noise(student, x_in, t, Conditioning.cat(conds))
-        loss = torch.nn.functional.mse_loss(preds[:1], targets[:1])
-        if use_reg:
-            loss = loss + regularisation_weight * torch.nn.functional.mse_loss(preds[1:], targets[1:])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with student_context() if student_context is not None else contextlib.nullcontext():
+            preds = predict_noise(student, x_in, t, Conditioning.cat(conds))
+            loss = torch.nn.functional.mse_loss(preds[:1], targets[:1])
+            if use_reg:
+                loss = loss + regularisation_weight * torch.nn.functional.mse_loss(preds[1:], targets[1:])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         optimizer.step()
         losses.append(loss.item())
         progress(step, losses[-1])

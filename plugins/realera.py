@@ -103,11 +103,12 @@ from conceptedit.plugins._realera_stages import (
     NoiseAlignmentData,
     alignment_problem,
     beyond_from_pool,
+    lora_student,
     mine_neighbours,
     noise_alignment_lora,
     sample_beyond,
 )
-from conceptedit.plugins._training import Trainable, linear_module_names, trainable_copy
+from conceptedit.plugins._training import linear_module_names
 from conceptedit.plugins.uce import OBJECT_TEMPLATES, cross_attention_projections, same_shape_chunks
 from conceptedit.registry import register_plugin
 from conceptedit.sparsity.ridge import weighted_ridge_edit
@@ -380,8 +381,8 @@ class RealEraPlugin(Plugin):
         gen: torch.Generator,
         progress: Progress,
     ) -> tuple[dict[str, torch.Tensor], list[float], float]:
-        """LoRA factors trained on a copy of the UNet with the closed-form delta added, the losses, and the
-        seconds spent generating the concept latents."""
+        """LoRA factors trained on the UNet with the closed-form delta added (float32 copies of only the layers
+        they touch, :func:`lora_student`), the losses, and the seconds spent generating the concept latents."""
         from diffusers import DDPMScheduler
 
         cfg = self.config
@@ -392,15 +393,12 @@ class RealEraPlugin(Plugin):
         latent_seconds = time.perf_counter() - t0
         data.sequences = [s.to(device) for s in data.sequences]  # Conditioning: context (+ SDXL pooled, time ids)
         data.anchor_sequences = [s.to(device) for s in data.anchor_sequences]
-        student = trainable_copy(pipe.unet).to(device)
-        with torch.no_grad():
-            for key, delta in deltas.items():
-                student.get_parameter(key.removeprefix("unet.")).add_(delta.to(device))
         if cfg.lora_modules == "kv":
-            names = cross_attention_projections(student, True)
+            names = cross_attention_projections(pipe.unet, True)
         else:
-            names = linear_module_names(student, lambda n: "attn2" in n)
-        trainable = Trainable(student, "unet", names, "lora", cfg.lora_rank, cfg.lora_alpha, cfg.seed)
+            names = linear_module_names(pipe.unet, lambda n: "attn2" in n)
+        # W + Δ + BA on float32 copies of only those layers (+ the delta's), swapped into the pipeline's UNet
+        student, trainable = lora_student(pipe.unet, deltas, names, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
         # add_noise only: DDPM's forward process is the training-time x_t every scheduler's UNet expects
         # (an Euler-type copy would index the pipeline's last inference schedule instead)
         scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -409,7 +407,7 @@ class RealEraPlugin(Plugin):
             progress(0.2 + 0.8 * (step + 1) / cfg.lora_steps, f"LoRA step {step + 1}/{cfg.lora_steps}, loss {loss:.4f}")
 
         losses = noise_alignment_lora(
-            student, pipe.unet, scheduler, data, trainable.parameters, cfg.lora_steps, cfg.lora_lr,
-            cfg.lora_regularisation, gen, report,
+            pipe.unet, pipe.unet, scheduler, data, trainable.parameters, cfg.lora_steps, cfg.lora_lr,
+            cfg.lora_regularisation, gen, report, student_context=student,
         )  # fmt: skip
-        return lora_tensors_from_peft(student, "unet"), losses, latent_seconds
+        return lora_tensors_from_peft(trainable.model, "unet"), losses, latent_seconds
