@@ -4,8 +4,36 @@ Bohacek, Fel et al. 2025 encode images with DINOv2 ViT-B/14 with registers and k
 (CLS + 4 registers + 256 patches); the SAE sees one row per token. :class:`DinoFeatures` does that
 for real models (a local folder or the hub cache; offline it says so in one line). The shapes model
 ships its own CLIP (both towers, ``clip/`` in its folder, read via ``conceptedit.loading.model_files``);
-:class:`ClipFeatures` uses its image tower the same way (all tokens after the final layer norm), as
+:class:`ClipFeatures` uses its image tower the same way (tokens after the final layer norm), as
 DINOv2 has never seen 32-pixel shapes.
+
+Which tokens, on the shapes CLIP (3 layers of width 128, 8 x 8 patches + CLS; measured with
+``benchmarks/blindspots_features.py``, Dec 2026). Linear-probe test AUC (1,000 renders to fit, 500 to
+score), watermark / qr / glyphs / striped / crescent:
+
+- pooled (CLS) only: 0.51 / 0.60 / 0.54 / 0.996 / 0.98: the marks are not in the pooled embedding
+  (the CLIP's captions never name them), the style is;
+- all 65 tokens of the last layer: 0.99 / 0.999 / 0.95 / 0.98 / 0.998: the tokens do carry the marks;
+- CLS + 4 corner tokens (2 x 2 patch means): 0.94 / 0.98 / 0.74 / 0.99 / 0.95.
+
+So the features encode marks and style; what the earlier analysis lacked was a concept that follows
+them. Best-correlated SAE concept (the benchmark's SAE, 512 renders, SAE seeds 0 / 1), Pearson r of
+its per-image energy with the label, watermark / qr / glyphs / striped / crescent:
+
+- ``clip-all`` (every token, the earlier default): 0.25 0.29 / 0.29 0.21 / 0.13 0.20 / 0.30 0.37 /
+  0.71 0.78;
+- ``clip-centred`` (each position's mean real token subtracted): 0.51 0.51 / 0.36 0.25 / 0.19 0.21 /
+  0.37 0.30 / 0.52 0.35;
+- ``clip-corners``: 0.16 / 0.31 / 0.22 / 0.39 / 0.34 (seed 0); layers 2+3 concatenated (``@2,3``)
+  0.47 0.34 / 0.22 0.17 / 0.19 0.16 / 0.35 0.23 / 0.41 0.40; SAE width 1024 on ``clip-all`` 0.37 / 0.21
+  / 0.20 / 0.34 / 0.62.
+
+The output tokens keep their position, so the SAE learns one concept per corner for a mark stamped
+at a random corner; centring removes the position and doubles the watermark's r. ``clip-centred`` is
+therefore the shapes default (:data:`SHAPES_CLIP_TOKENS`); its cost is a weaker crescent concept
+(r 0.35-0.52 against 0.71-0.78). The other labels stay below r 0.4 whatever the tokens: the SAE
+(256 concepts, 5 active per token) splits them by context (a mark on each background), which no
+extractor choice fixes. ``clip-all`` keeps the earlier extractor.
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ trainer's); a concept is called suppressed/exaggerated by a paired t-test at a B
 a least shift |δ − 0.5| ≥ ``min_shift`` (0.1; the paper thresholds δ at 0.1/0.9, kept as ``paper_class``
 in the report; ``_blindspots_stats`` says why a margin is needed); memorisation is flagged by
 nearest-neighbour distance in pooled features (the paper flags pairs with near-zero energy
-difference). ``request.targets`` is not used: the analysis covers every concept the SAE finds.
+difference); on the shapes CLIP each token position's mean over the real images is subtracted
+(``clip-centred``, ``_blindspots_features`` says why and what it measured; the paper keeps DINOv2's
+tokens as they are). ``request.targets`` is not used: the analysis covers every concept the SAE finds.
 """
 
 from __future__ import annotations
