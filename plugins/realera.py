@@ -116,11 +116,29 @@ from conceptedit.toolkit import Progress, no_progress, tokenize
 
 DELTA_FILE = "weights.safetensors"
 _LORA_ENDS = (".lora_A.weight", ".lora_B.weight")
+# Sentences the in-context keys are read from (``keys: context``). Written for this plugin, generic (no
+# world's words), with words after the concept as well as before it, and none of them a frame of the shapes
+# benchmark (``WORLD.train_templates`` / ``heldout_templates``) except the bare concept, UCE's own key prompt.
+CONTEXT_TEMPLATES = (
+    "{}",
+    "a view of {}",
+    "{} in the middle of the scene",
+    "a close-up of {} with soft light",
+    "a scene with {} and nothing else",
+    "an example of {}, seen from the front",
+)
 
 
 @dataclass
 class RealEraConfig:
     anchor: str = field(default="", metadata={"help": "concept the erased neighbourhood maps to ('' = unconditional)"})
+    keys: Literal["context", "word"] = field(
+        default="context",
+        metadata={
+            "help": "closed-form keys: the concept's row and every row after it in template sentences, each mapped "
+            "to the same row of the sentence with the anchor substituted (MACE's), or the bare word's row (UCE's)"
+        },
+    )
     n_neighbours: int = field(
         default=16, metadata={"min": 0, "help": "mined neighbours per concept prompt (0 = no mining)"}
     )
@@ -239,10 +257,12 @@ def encode_concept(pipe: Any, prompt: str) -> tuple[torch.Tensor, int]:
 
 
 @torch.no_grad()
-def vocabulary_embeddings(pipe: Any, n: int, generator: torch.Generator, batch: int = 256) -> torch.Tensor:
+def vocabulary_embeddings(
+    pipe: Any, n: int, generator: torch.Generator, batch: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-attention context rows of ``n`` random vocabulary tokens (special tokens left out), each as the
     one-word prompt's word row (float64, CPU; on SDXL both encoders' rows concatenated: their tokenizers
-    share a vocabulary). The encoders are causal, so the row needs only ``[BOS, token]``."""
+    share a vocabulary), and the token ids. The encoders are causal, so the row needs only ``[BOS, token]``."""
     encoders = text_encoders(pipe)
     tok = encoders[0][2]
     special = set(tok.all_special_ids)
@@ -255,7 +275,50 @@ def vocabulary_embeddings(pipe: Any, n: int, generator: torch.Generator, batch: 
             for name, _, tokenizer in encoders
         }
         out.append(encode_ids(pipe, inputs)[0][:, 1].double().cpu())
+    return torch.cat(out), ids
+
+
+def concept_span(tokenizer: Any, prompt: str, anchor_prompt: str) -> tuple[int, int, int]:
+    """Where the concept sits in ``prompt`` and the anchor in ``anchor_prompt`` (the same sentence with the
+    anchor substituted), from their common token prefix and suffix (MACE's ``find_matching_indices``):
+    ``(prefix, concept_end, anchor_end)``: the concept's tokens are ``prefix..concept_end``, and the anchor's
+    last token is ``anchor_end`` (the last prefix token when the anchor is empty: for the bare prompt and
+    ``""``, BOS, which is UCE's guide row)."""
+    # untruncated, so the common suffix (up to EOS) is found in a sentence longer than the encoder reads
+    a, b = (list(tokenizer(p, truncation=False).input_ids) for p in (prompt, anchor_prompt))
+    prefix = 0
+    while prefix < min(len(a), len(b)) and a[prefix] == b[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < min(len(a) - prefix - 1, len(b) - prefix) and a[-1 - suffix] == b[-1 - suffix]:
+        suffix += 1
+    if len(a) - suffix - 1 < prefix:
+        raise RequestError(f"the concept prompt {prompt!r} has no token that its anchor prompt {anchor_prompt!r} lacks")
+    return prefix, len(a) - suffix - 1, len(b) - suffix - 1
+
+
+@torch.no_grad()
+def spliced_contexts(
+    pipe: Any, prompt: str, prefix: int, concept_end: int, token_ids: torch.Tensor, batch: int = 64
+) -> torch.Tensor:
+    """Contexts ``(m, L, d)`` (float64, CPU) of ``prompt`` with its concept tokens ``prefix..concept_end``
+    replaced by one token each of ``token_ids`` (every encoder's tokenizer shares the vocabulary; padded with
+    its own pad token): the beyond-concept samples in the concept's sentence frame."""
+    out = []
+    for chunk in token_ids.split(batch):
+        inputs = {}
+        for name, _, tokenizer in text_encoders(pipe):
+            ids = tokenize(tokenizer, [prompt]).input_ids[0]
+            pad = torch.full((concept_end - prefix,), int(tokenizer.pad_token_id), dtype=ids.dtype)
+            rows = [torch.cat([ids[:prefix], t.view(1).to(ids.dtype), ids[concept_end + 1 :], pad]) for t in chunk]
+            inputs[name] = torch.stack(rows)[:, : len(ids)]
+        out.append(encode_ids(pipe, inputs)[0].double().cpu())
     return torch.cat(out)
+
+
+def pool_indices(pool: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Indices in ``pool`` of ``rows`` (exact copies of pool rows, as :func:`beyond_from_pool` returns)."""
+    return torch.tensor([int(torch.nonzero((pool == r).all(dim=1))[0]) for r in rows], dtype=torch.long)
 
 
 @torch.no_grad()
@@ -282,11 +345,12 @@ class RealEraPlugin(Plugin):
     paper = "Liu et al., RealEra: Semantic-level Concept Erasure via Neighbor-Concept Mining, arXiv 2410.09140"
 
     def prompts(self, word: str) -> list[str]:
-        """The concept prompts (or, with the anchor as ``word``, their anchor prompts)."""
-        out = [word]
+        """The concept prompts (or, with the anchor as ``word``, their anchor prompts): the bare word, or the
+        context templates (``keys: context``); plus UCE's five templates with ``expand_prompts``."""
+        templates = list(CONTEXT_TEMPLATES) if self.config.keys == "context" else ["{}"]
         if self.config.expand_prompts:
-            out += [t.format(word) for t in OBJECT_TEMPLATES]
-        return out
+            templates += OBJECT_TEMPLATES
+        return [" ".join(t.format(word).split()) for t in templates]
 
     def fit(self, pipe: Any, request: Request, progress: Progress = no_progress) -> RealEraEdit:
         self.check_pipeline(pipe)
@@ -297,38 +361,72 @@ class RealEraPlugin(Plugin):
         start = time.perf_counter()
         progress(0.0, "mining neighbours")
         gen = torch.Generator("cpu").manual_seed(cfg.seed)
+        tokenizer = text_encoders(pipe)[0][2]
+        context = cfg.keys == "context"
         regularise = cfg.n_beyond > 0 and (cfg.regularisation_scale > 0 or cfg.lora_regularisation > 0)
-        pool = vocabulary_embeddings(pipe, cfg.beyond_pool, gen) if regularise and cfg.beyond == "vocabulary" else None
-        prompts, sequences, rows, anchor_seqs, concepts, anchors, neighbours, beyond = ([] for _ in range(8))
+        pool, pool_ids = (
+            vocabulary_embeddings(pipe, cfg.beyond_pool, gen)
+            if regularise and cfg.beyond == "vocabulary"
+            else (None, None)
+        )
+        # per concept prompt (LoRA stage): its conditioning, concept row, anchor conditioning, neighbours and
+        # beyond-concept samples of the concept row
+        prompts, sequences, rows, anchor_seqs, lora_neighbours, lora_beyond = ([] for _ in range(6))
+        # per keyed row (closed form): the key, its anchor row, its neighbours, its beyond-concept samples
+        keys, anchors, neighbours, beyond, kept = ([] for _ in range(5))
         for target in request.targets:
             for prompt, anchor_prompt in zip(self.prompts(target), self.prompts(cfg.anchor), strict=True):
-                seq, row = concept_condition(pipe, prompt)
-                aseq, arow = concept_condition(pipe, anchor_prompt.strip())
-                e = seq.embeds[0, row].double()
-                prompts.append(prompt)
-                sequences.append(seq)
-                rows.append(row)
-                anchor_seqs.append(aseq)
-                concepts.append(e)
-                anchors.append(aseq.embeds[0, arow].double())
-                neighbours.append(mine_neighbours(e, cfg.n_neighbours, cfg.max_distance, cfg.min_cos, cfg.max_cos, gen))
+                seq = concept_condition(pipe, prompt)[0]
+                aseq = concept_condition(pipe, anchor_prompt)[0]
+                prefix, c_end, a_end = concept_span(tokenizer, prompt, anchor_prompt)
+                emb, aemb = seq.embeds[0].double(), aseq.embeds[0].double()
+                if c_end >= len(emb) or a_end >= len(aemb):
+                    raise RequestError(f"{prompt!r} is longer than the text encoder reads: the concept is cut off")
+                e = emb[c_end]
+                n_rows = min(len(emb) - c_end, len(aemb) - a_end) if context else 1
                 if pool is not None:
-                    beyond.append(beyond_from_pool(e, pool, cfg.n_beyond, cfg.max_distance, cfg.min_cos, gen))
+                    chosen = beyond_from_pool(e, pool, cfg.n_beyond, cfg.max_distance, cfg.min_cos, gen)
+                    if context:  # the same words in this sentence frame, row for row after the concept's
+                        idx = pool_indices(pool, chosen)
+                        framed = spliced_contexts(pipe, prompt, prefix, c_end, pool_ids[idx])[:, prefix:]
                 else:
                     n = cfg.n_beyond if regularise else 0
-                    beyond.append(sample_beyond(e, n, cfg.min_cos, cfg.beyond_max_distance, gen))
+                    chosen = sample_beyond(e, n, cfg.min_cos, cfg.beyond_max_distance, gen)
+                for r in range(n_rows):
+                    row = emb[c_end + r]
+                    keys.append(row)
+                    anchors.append(aemb[a_end + r])
+                    neighbours.append(
+                        mine_neighbours(row, cfg.n_neighbours, cfg.max_distance, cfg.min_cos, cfg.max_cos, gen)
+                    )
+                    if not context:
+                        beyond.append(chosen)
+                    elif pool is not None:  # in context: the chosen words' rows at the same offset
+                        beyond.append(framed[:, r])
+                    else:
+                        beyond.append(sample_beyond(row, n, cfg.min_cos, cfg.beyond_max_distance, gen))
+                if context:
+                    kept.append(emb[:prefix])  # the sentence before the concept (the same with the anchor): kept
+                prompts.append(prompt)
+                sequences.append(seq)
+                rows.append(c_end)
+                anchor_seqs.append(aseq)
+                lora_neighbours.append(neighbours[-n_rows])
+                lora_beyond.append(chosen)
+        for p in request.preserve:  # preserved concepts: their rows (in context: and the rows after) kept
+            for prompt, anchor_prompt in zip(self.prompts(p), self.prompts(cfg.anchor), strict=True):
+                emb = concept_condition(pipe, prompt)[0].embeds[0].double()
+                c_end = concept_span(tokenizer, prompt, anchor_prompt)[1]
+                kept.append(emb[c_end:] if context else emb[c_end : c_end + 1])
         seconds["mining"] = time.perf_counter() - start
 
         deltas: dict[str, torch.Tensor] = {}
         if cfg.closed_form:
             t0 = time.perf_counter()
             progress(0.1, "closed-form cross-attention alignment")
-            preserve = None
-            if request.preserve:
-                encoded = [encode_concept(pipe, p) for p in request.preserve]
-                preserve = torch.stack([s[0, r].double() for s, r in encoded])
+            preserve = torch.cat(kept) if kept else None
             problem = alignment_problem(
-                concepts, neighbours, anchors, beyond, preserve,
+                keys, neighbours, anchors, beyond, preserve,
                 cfg.erase_scale, cfg.neighbour_scale, cfg.regularisation_scale, cfg.preserve_scale,
             )  # fmt: skip
             deltas = self._closed_form(pipe.unet, problem)
@@ -339,10 +437,8 @@ class RealEraPlugin(Plugin):
         if cfg.lora_steps:
             t0 = time.perf_counter()
             progress(0.15, "LoRA stage: generating concept latents")
-            lora, losses, seconds["lora_latents"] = self._lora_stage(
-                pipe, deltas, NoiseAlignmentData(sequences, rows, anchor_seqs, neighbours, beyond, torch.empty(0)),
-                prompts, gen, progress,
-            )  # fmt: skip
+            data = NoiseAlignmentData(sequences, rows, anchor_seqs, lora_neighbours, lora_beyond, torch.empty(0))
+            lora, losses, seconds["lora_latents"] = self._lora_stage(pipe, deltas, data, prompts, gen, progress)
             seconds["lora"] = time.perf_counter() - t0 - seconds["lora_latents"]
 
         manifest = self.manifest(
@@ -350,6 +446,7 @@ class RealEraPlugin(Plugin):
             "weight_delta",
             request,
             erase_prompts=prompts,
+            n_keys=len(keys),
             n_neighbours_mined=sum(len(n) for n in neighbours),
             n_beyond_sampled=sum(len(b) for b in beyond),
             lora_loss_first=losses[0] if losses else None,
@@ -367,7 +464,9 @@ class RealEraPlugin(Plugin):
         deltas = {}
         for idx in same_shape_chunks(modules):
             W_old = torch.stack([modules[i].weight.detach().float().cpu() for i in idx])
-            W_new = weighted_ridge_edit(W_old, problem.keys, problem.values(W_old), problem.weights, self.config.lamb)
+            W_new = weighted_ridge_edit(
+                W_old, problem.keys, None, problem.weights, self.config.lamb, sources=problem.sources
+            )
             for j, i in enumerate(idx):
                 deltas[f"unet.{names[i]}.weight"] = W_new[j] - W_old[j]
         return deltas

@@ -26,7 +26,7 @@ from conceptedit.plugins._realera_stages import (
     mine_neighbours,
     sample_beyond,
 )
-from conceptedit.plugins.realera import DELTA_FILE, RealEraEdit, encode_concept
+from conceptedit.plugins.realera import CONTEXT_TEMPLATES, DELTA_FILE, RealEraEdit, concept_span, encode_concept
 from conceptedit.registry import get_plugin
 from conceptedit.sparsity.ridge import normal_equation_residual, weighted_ridge_edit
 
@@ -166,7 +166,7 @@ def test_realera_artifact_round_trip_and_exact_removal(tiny_pipe, tmp_path):
     assert isinstance(edit, RealEraEdit) and edit.manifest.plugin == "realera"
     assert edit.delta.tensors and edit.lora is not None and edit.lora.modules
     assert set(edit.manifest.extra["stage_seconds"]) == {"mining", "closed_form", "lora_latents", "lora"}
-    assert edit.manifest.extra["n_neighbours_mined"] == 8
+    assert edit.manifest.extra["n_neighbours_mined"] == 8 * edit.manifest.extra["n_keys"]  # 8 per keyed row
 
     edit.save(tmp_path / "re")
     assert sorted(p.name for p in (tmp_path / "re").iterdir()) == sorted([DELTA_FILE, LORA_FILE, "manifest.json"])
@@ -269,14 +269,15 @@ def test_bad_config_values_are_one_line_errors(bad):
 def test_defaults_are_documented_values():
     cfg = get_plugin("realera")().config
     assert (cfg.max_distance, cfg.min_cos, cfg.max_cos, cfg.n_neighbours) == (0.75, 0.8, 0.95, 16)
-    assert cfg.anchor == "" and cfg.lamb == 0.5 and cfg.lora_rank == 4
+    assert cfg.anchor == "" and cfg.lamb == 0.5 and cfg.lora_rank == 4 and cfg.keys == "context"
 
 
 def test_lora_stage_aligns_the_concept_prediction_with_the_anchor(tiny_pipe):
     """The LoRA stage alone (no closed form) brings the concept prompt's noise prediction towards the
     anchor's (the original model's on ``""``), at noise and timesteps it never saw."""
+    # keys: word, so all 40 steps train on the bare prompt measured here (in context they are shared by 6 sentences)
     cfg = dict(FAST, closed_form=False, lora_steps=40, lora_lr=2e-2, n_neighbours=4, lora_regularisation=0.0)
-    edit = get_plugin("realera")(cfg).fit(tiny_pipe, Request(targets=["cat"]))
+    edit = get_plugin("realera")(dict(cfg, keys="word")).fit(tiny_pipe, Request(targets=["cat"]))
     seq, _ = encode_concept(tiny_pipe, "cat")
     anchor, _ = encode_concept(tiny_pipe, "")
     g = torch.Generator().manual_seed(123)
@@ -360,3 +361,53 @@ def test_closed_form_in_chunks_gives_the_same_edit(tiny_pipe, monkeypatch):
     monkeypatch.setattr(uce, "LAYERS_PER_SOLVE", 2)
     modules = [torch.nn.Linear(3, 2) for _ in range(5)] + [torch.nn.Linear(4, 2)]
     assert uce.same_shape_chunks(modules) == [[0, 1], [2, 3], [4], [5]]
+
+
+def test_sources_give_the_same_solve_as_their_values():
+    """``weighted_ridge_edit(sources=S)`` (targets ``W_old s``, no ``(L, n, out)`` values) is the values solve."""
+    g, W, e, anchor, nb, vocab = random_alignment(3)
+    p = alignment_problem([e], [nb], [anchor], [vocab[:50]], None, 1.0, 1.0, 1.0, 1.0)
+    by_values = weighted_ridge_edit(W, p.keys, p.values(W), p.weights, 0.5)
+    by_sources = weighted_ridge_edit(W, p.keys, None, p.weights, 0.5, sources=p.sources)
+    torch.testing.assert_close(by_sources, by_values, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError):
+        weighted_ridge_edit(W, p.keys, p.values(W), p.weights, 0.5, sources=p.sources)
+
+
+def test_concept_span_finds_the_concept_and_the_anchor_rows(tiny_pipe):
+    tok = tiny_pipe.tokenizer
+    assert concept_span(tok, "cat", "") == (1, 1, 0)  # UCE: the word's row -> BOS of ""
+    n_prefix = len(tok("a view of").input_ids) - 1  # BOS + the frame's tokens
+    prefix, c_end, a_end = concept_span(tok, "a view of cat", "a view of")
+    assert (prefix, a_end) == (n_prefix, n_prefix - 1) and c_end >= prefix  # "of" row is the anchor's
+    prefix, c_end, a_end = concept_span(tok, "cat in the middle", "dog in the middle")
+    assert prefix == 1 and c_end == a_end  # one word for another: row for row
+    with pytest.raises(RequestError):
+        concept_span(tok, "a view of", "a view of")
+
+
+def test_context_keys_map_the_rows_after_the_concept_to_the_anchor_sentence(tiny_pipe):
+    """In a sentence, CLIP carries the concept into every row after it (EOS and padding repeat it): with
+    ``keys: context`` those rows of a template sentence map to the same rows of the sentence with the anchor
+    substituted; keyed on the word's row alone (``keys: word``), they keep most of their old output."""
+    from conceptedit.conditioning import conditioning
+
+    prompt = " ".join(CONTEXT_TEMPLATES[2].format("cat").split())
+    anchor = " ".join(CONTEXT_TEMPLATES[2].format("").split())
+    _, c_end, a_end = concept_span(tiny_pipe.tokenizer, prompt, anchor)
+    k = conditioning(tiny_pipe, [prompt]).embeds[0, c_end + 1 :].double()  # the rows after the word
+    a = conditioning(tiny_pipe, [anchor]).embeds[0, a_end + 1 : a_end + 1 + len(k)].double()
+
+    def gap(keys: str) -> float:  # distance to the anchor sentence's outputs, relative to the unedited one
+        cfg = dict(FAST, lora_steps=0, n_neighbours=0, n_beyond=0, keys=keys)
+        edit = get_plugin("realera")(cfg).fit(tiny_pipe, Request(targets=["cat"]))
+        out = []
+        for key, delta in edit.delta.tensors.items():
+            W = tiny_pipe.unet.get_parameter(key.removeprefix("unet.")).detach().double()
+            delta = delta.detach()
+            target = a @ W.T
+            out.append(float((k @ (W + delta.double()).T - target).norm() / (k @ W.T - target).norm()))
+        return float(np.mean(out))
+
+    in_context, word_only = gap("context"), gap("word")
+    assert in_context < 0.5 and word_only > 0.9, (in_context, word_only)  # measured: 0.33 and 1.31

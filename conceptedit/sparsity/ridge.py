@@ -39,18 +39,23 @@ def _as_keys(x: torch.Tensor | None, dim: int, what: str) -> torch.Tensor | None
 def weighted_ridge_edit(
     W_old: torch.Tensor,
     keys: torch.Tensor,
-    values: torch.Tensor,
+    values: torch.Tensor | None,
     weights: torch.Tensor | float = 1.0,
     lamb: float = 0.5,
+    sources: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``W = (Σ_i w_i v_i k_iᵀ + λ W_old)(Σ_i w_i k_i k_iᵀ + λ I)⁻¹``.
 
     Args:
         W_old: ``(out, in)`` or ``(L, out, in)``.
         keys: ``(n, in)``, shared by all layers.
-        values: targets, ``(n, out)`` (same for every layer) or ``(L, n, out)`` (per layer).
+        values: targets, ``(n, out)`` (same for every layer) or ``(L, n, out)`` (per layer); or None with
+            ``sources``.
         weights: one weight per key ``(n,)`` or a scalar.
         lamb: ridge weight λ ≥ 0 pulling ``W`` towards ``W_old``; λ = 0 needs keys spanning ``in``.
+        sources: ``(n, in)`` instead of ``values``: the targets are ``v_i = W_old s_i`` (UCE's and RealEra's
+            kind), so ``Σ w v kᵀ = W_old (Σ w s kᵀ)`` is formed without the ``(L, n, out)`` values (in-context
+            keys give tens of thousands of rows: that tensor would take gigabytes on SD-sized layers).
     """
     if lamb < 0:
         raise ValueError(f"lamb must be >= 0, got {lamb}")
@@ -60,18 +65,26 @@ def weighted_ridge_edit(
     k = keys.double().to(W.device)
     if k.dim() != 2 or k.shape[1] != n_in:
         raise ValueError(f"keys must have shape (n, {n_in}), got {tuple(keys.shape)}")
-    v = values.double().to(W.device)
-    if v.dim() == 2:
-        v = v[None].expand(W.shape[0], -1, -1)
-    if v.shape != (W.shape[0], k.shape[0], W.shape[1]):
-        raise ValueError(f"values must have shape (n, out) or (L, n, out); got {tuple(values.shape)}")
+    if (values is None) == (sources is None):
+        raise ValueError("give exactly one of values and sources")
     w = torch.as_tensor(weights, dtype=torch.float64, device=W.device)
     w = w.expand(k.shape[0]) if w.dim() == 0 else w
     if w.shape != (k.shape[0],):
         raise ValueError(f"weights must be a scalar or have shape ({k.shape[0]},), got {tuple(w.shape)}")
     eye = torch.eye(n_in, dtype=torch.float64, device=W.device)
     A = (k.T * w) @ k + lamb * eye  # (in, in), symmetric
-    B = torch.einsum("lno,n,ni->loi", v, w, k) + lamb * W  # (L, out, in)
+    if sources is not None:
+        s = sources.double().to(W.device)
+        if s.shape != k.shape:
+            raise ValueError(f"sources must have the keys' shape {tuple(k.shape)}, got {tuple(sources.shape)}")
+        B = W @ ((s.T * w) @ k) + lamb * W  # W_old Σ w s kᵀ + λ W_old: (L, out, in)
+    else:
+        v = values.double().to(W.device)
+        if v.dim() == 2:
+            v = v[None].expand(W.shape[0], -1, -1)
+        if v.shape != (W.shape[0], k.shape[0], W.shape[1]):
+            raise ValueError(f"values must have shape (n, out) or (L, n, out); got {tuple(values.shape)}")
+        B = torch.einsum("lno,n,ni->loi", v, w, k) + lamb * W  # (L, out, in)
     # W_new = B A⁻¹  ⇔  A W_newᵀ = Bᵀ (A symmetric): one factorisation for every layer.
     W_new = torch.linalg.solve(A, B.transpose(1, 2)).transpose(1, 2)
     W_new = W_new.to(W_old.dtype)
