@@ -96,3 +96,23 @@ def test_empty_stimulus_file_is_an_error(pipe, tmp_path):
     plugin = get_plugin("colan")({"stimuli": str(tmp_path / "s.json")})
     with pytest.raises(ConceptEditError, match="non-empty"):
         plugin.dictionary(pipe)
+
+
+def test_demo_edit_tab_shows_the_concept_weights(pipe):
+    """The demo's Edit-an-image engine returns colan's decomposition as table rows beside before/after."""
+    from conceptedit.demo import engine
+
+    model = engine.DemoModel(pipe, "shapes")
+    source, outputs, rows = engine.edit_image_with_weights(
+        model, "colan", {"steps": 2}, None, "a red solid circle on a white background", "circle -> square"
+    )
+    assert source.size == outputs[0].size and rows
+    names = [r[0] for r in rows]
+    assert "circle" in names and "square" not in names  # the target is excluded from the dictionary
+    assert [abs(r[1]) for r in rows] == sorted((abs(r[1]) for r in rows), reverse=True)
+    assert len(rows[0][2]) == engine.image_edit.BAR_WIDTH + (rows[0][1] < 0)
+    assert engine.concept_weights({"image": None, "weights": {"a": 0.5, "b": -1.0}}) == [
+        ["b", -1.0, "-" + "█" * 24],
+        ["a", 0.5, "█" * 12],
+    ]
+    assert engine.concept_weights({"image": None}) == [] and engine.concept_weights(outputs[0]) == []

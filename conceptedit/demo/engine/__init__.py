@@ -26,7 +26,7 @@ from .comparison import Column, CompareCache, MethodComparison, compare_methods,
 from .comparison_export import export, grid_image, table_csv, table_json, table_markdown, table_rows
 from .erase import DISPLAY_MIN_SIDE, MAX_STEPS, Comparison, compare, fit_erase, for_display
 from .example import FAST_METHODS, Example, first_example
-from .image_edit import edit_image
+from .image_edit import concept_weights, edit_image, edit_image_with_weights
 from .inputs import (
     MAX_PROMPTS,
     MAX_SEEDS,
@@ -84,6 +84,8 @@ __all__ = [
     "default_prompts",
     "describe_plugin",
     "edit_image",
+    "edit_image_with_weights",
+    "concept_weights",
     "find",
     "fit_erase",
     "for_display",

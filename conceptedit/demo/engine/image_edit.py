@@ -34,6 +34,22 @@ def _images_of(result: Any) -> list[Image.Image]:
     raise ConceptEditError(f"the plugin returned {type(result).__name__}, not an image")
 
 
+#: characters of the longest bar in the concept-weight table
+BAR_WIDTH = 24
+
+
+def concept_weights(result: Any) -> list[list[Any]]:
+    """The decomposition an edit plugin returned (colan: the source prompt's concept weights), as table
+    rows ``[concept, weight, bar]`` by decreasing |weight|; the bar's length is |weight| relative to the
+    largest, ``-`` marks a negative weight. Empty when the plugin returned none."""
+    weights = result.get("weights") if isinstance(result, dict) else None
+    if not weights:
+        return []
+    items = sorted(((str(k), float(v)) for k, v in weights.items()), key=lambda kv: -abs(kv[1]))
+    top = max(abs(v) for _, v in items) or 1.0
+    return [[k, round(v, 4), ("-" if v < 0 else "") + "█" * max(1, round(BAR_WIDTH * abs(v) / top))] for k, v in items]
+
+
 def edit_image(
     model: DemoModel,
     name: str,
@@ -46,6 +62,24 @@ def edit_image(
     progress: Progress = no_progress,
 ) -> tuple[Image.Image, list[Image.Image]]:
     """Run an ``edit`` plugin; without an uploaded image, the source prompt is generated first."""
+    source, outputs, _ = edit_image_with_weights(
+        model, name, values, image, source_prompt, target_prompt, concepts, seed, progress
+    )
+    return source, outputs
+
+
+def edit_image_with_weights(
+    model: DemoModel,
+    name: str,
+    values: dict[str, Any],
+    image: Image.Image | None,
+    source_prompt: str,
+    target_prompt: str,
+    concepts: str | Sequence[str] | None = None,
+    seed: Any = 0,
+    progress: Progress = no_progress,
+) -> tuple[Image.Image, list[Image.Image], list[list[Any]]]:
+    """:func:`edit_image` plus the concept weights of the decomposition (:func:`concept_weights`)."""
     plugin = make_plugin(name, values)
     source_prompt, target_prompt = (source_prompt or "").strip(), (target_prompt or "").strip()
     if not source_prompt or not target_prompt:
@@ -63,4 +97,4 @@ def edit_image(
         request = Request(targets=targets, extra=extra)
         result = plugin.fit(model.pipe, request, progress=progress)
     progress(1.0, "done")
-    return image, _images_of(result)
+    return image, _images_of(result), concept_weights(result)
