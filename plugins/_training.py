@@ -125,6 +125,32 @@ def swapped_in(model: torch.nn.Module, layers: torch.nn.Module, names: Iterable[
             p.requires_grad_(flag)
 
 
+@contextmanager
+def activation_checkpointing(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` (a diffusers model) with gradient checkpointing on for the block: the activations a backward
+    through it needs are recomputed block by block instead of held (on full-size SDXL at 1024² the UNet's
+    held activations are several GiB a sample), at the cost of one more forward; the gradients are the same.
+    The model's own checkpointing flags are restored on exit. Models without the switch are used as they are."""
+    if not getattr(model, "_supports_gradient_checkpointing", False):
+        yield model
+        return
+    saved = [
+        (m, m.gradient_checkpointing, m.__dict__.get("_gradient_checkpointing_func"))
+        for m in model.modules()
+        if hasattr(m, "gradient_checkpointing")
+    ]
+    try:
+        model.enable_gradient_checkpointing()
+        yield model
+    finally:
+        for m, flag, func in saved:
+            m.gradient_checkpointing = flag
+            if func is None:
+                m.__dict__.pop("_gradient_checkpointing_func", None)
+            else:
+                m._gradient_checkpointing_func = func
+
+
 def linear_module_names(module: torch.nn.Module, keep: Callable[[str], bool]) -> list[str]:
     """Names of the Linear / Conv2d submodules (the layers a delta or LoRA can target) kept by ``keep``."""
     return [

@@ -29,7 +29,14 @@ Deviations, and why:
   for the real images (quick start; the paper uses real images).
 - Random draws (flips, VAE samples, shuffles, templates, t, ε) come from one seeded generator (``seed``).
 - Resolution: the model's default generation size (the reference resizes to 512, SD-1's size).
-- The trained copy of the text encoder is float32 whatever the pipeline dtype.
+- Only the trained layers are copied, in float32 whatever the pipeline dtype, and swapped into the
+  pipeline's encoders for each use (``plugins/_training.py``: ``trainable_layers``, ``swapped_in``); the
+  ``all`` group (embeddings and whole blocks) trains a whole float32 copy. Precision: the frozen layers
+  compute in the pipeline's dtype (bf16 on full-size SDXL), the trained ones in float32; on a float32
+  pipeline the fit is bit for bit the one of a whole float32 copy (checked on the tiny pipelines).
+- The backward through the frozen UNet recomputes its activations block by block (gradient checkpointing,
+  ``activation_checkpointing``, switched back off after the fit): same gradients, one more UNet forward a
+  step, and a 1024² SDXL batch no longer holds every block's activations at once.
 - The reference's zero-shot ablation (random latents) is not offered.
 - Learning rate on the built-in shapes model: with the paper's 1e-5, the eight steps leave the small
   from-scratch text encoder (4 layers, width 128) practically unchanged (probe accuracies identical
@@ -54,6 +61,7 @@ Deviations, and why:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -71,10 +79,13 @@ from conceptedit.families import SD_FAMILIES, SDXL
 from conceptedit.plugin import Plugin, Request
 from conceptedit.plugins._training import (
     Trainable,
+    activation_checkpointing,
     combined_artifact,
     learning_rate,
     linear_module_names,
+    swapped_in,
     trainable_copy,
+    trainable_layers,
 )
 from conceptedit.registry import register_plugin
 from conceptedit.toolkit import Progress, default_resolution, expand_images, no_progress
@@ -303,14 +314,29 @@ class FewShotUnlearningPlugin(Plugin):
         noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # only add_noise / get_velocity
         T = noise_scheduler.config.num_train_timesteps
 
-        # every text encoder the UNet reads trains (SDXL: both; see the module docstring)
-        students, trainables = {}, []
+        # every text encoder the UNet reads trains (SDXL: both; see the module docstring). Layer groups train
+        # float32 copies of only their layers, swapped into the pipeline's encoder for each use (trained());
+        # the "all" group (embeddings and blocks, not plain layers) trains a whole float32 copy.
+        students, trainables, swaps = {}, [], []
         for name, encoder, _ in text_encoders(pipe):
-            student = students[name] = trainable_copy(encoder).to(encoder.device)
             modules = text_encoder_module_names(
-                student, cfg.param_group, lora=cfg.artifact == "lora", last_layer=last_used_layer(pipe, name)
+                encoder, cfg.param_group, lora=cfg.artifact == "lora", last_layer=last_used_layer(pipe, name)
             )
-            trainables.append(Trainable(student, name, modules, cfg.artifact, cfg.lora_rank, cfg.lora_alpha, cfg.seed))
+            if all(m and isinstance(encoder.get_submodule(m), (torch.nn.Linear, torch.nn.Conv2d)) for m in modules):
+                model = trainable_layers(encoder, modules).to(encoder.device)
+                students[name] = encoder
+                swaps.append((encoder, model, modules))
+            else:
+                model = students[name] = trainable_copy(encoder).to(encoder.device)
+            trainables.append(Trainable(model, name, modules, cfg.artifact, cfg.lora_rank, cfg.lora_alpha, cfg.seed))
+
+        def trained() -> contextlib.ExitStack:  # the students, for the duration of a with-block
+            stack = contextlib.ExitStack()
+            stack.enter_context(activation_checkpointing(pipe.unet))  # memory, not results (plugins/_training.py)
+            for encoder, layers, modules in swaps:
+                stack.enter_context(swapped_in(encoder, layers, modules))
+            return stack
+
         optimizer = self.optimizer([p for t in trainables for p in t.parameters])
 
         def pick(k: int) -> list[str]:
@@ -337,7 +363,8 @@ class FewShotUnlearningPlugin(Plugin):
         stopped_at = None
         try:
             if eval_set is not None:
-                eval_losses.append(self.eval_loss(pipe, students, noise_scheduler, eval_set))
+                with trained():
+                    eval_losses.append(self.eval_loss(pipe, students, noise_scheduler, eval_set))
             bar = tqdm(total=total, desc="fewshot-unlearning", disable=None, leave=False)
             step = 0
             for epoch in range(cfg.epochs):
@@ -347,15 +374,17 @@ class FewShotUnlearningPlugin(Plugin):
                     z = latents[idx]
                     noise = torch.randn(z.shape, generator=gen).to(z.device)
                     t = torch.randint(0, T, (len(idx),), generator=gen).to(z.device)
-                    loss = -self.denoising_loss(pipe, students, noise_scheduler, z, noise, t, pick(len(idx)))
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    with trained():
+                        loss = -self.denoising_loss(pipe, students, noise_scheduler, z, noise, t, pick(len(idx)))
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
                     optimizer.step()
                     step += 1
                     history.append(-loss.item())
                     message = f"epoch {epoch + 1}/{cfg.epochs}, concept loss {history[-1]:.4f}"
                     if eval_set is not None:
-                        eval_losses.append(self.eval_loss(pipe, students, noise_scheduler, eval_set))
+                        with trained():
+                            eval_losses.append(self.eval_loss(pipe, students, noise_scheduler, eval_set))
                         message += f", held loss {eval_losses[-1]:.4f}"
                     bar.update(1)
                     bar.set_postfix_str(message)

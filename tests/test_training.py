@@ -1,7 +1,10 @@
-"""RealEra's LoRA stage on float32 copies of only the layers it trains, swapped into the pipeline's UNet
+"""Training helpers (plugins/_training.py) that keep the erase plugins' fits inside full-size SDXL's memory.
+
+RealEra's LoRA stage on float32 copies of only the layers it trains, swapped into the pipeline's UNet
 (``plugins/_realera_stages.py``: ``lora_student``): the same LoRA factors and losses as the previous
-implementation, which trained on a whole float32 copy of the UNet (9.6 GiB on SDXL), and the pipeline
-left as it was. ESD's use of the same swap is tested in tests/test_esd.py."""
+implementation, which trained on a whole float32 copy of the UNet (9.6 GiB on SDXL), and the pipeline left
+as it was. ESD's use of the same swap is tested in tests/test_esd.py. Activation checkpointing of the frozen
+UNet, and few-shot unlearning on a bf16 pipeline."""
 
 from __future__ import annotations
 
@@ -66,3 +69,50 @@ def test_lora_student_trains_what_a_whole_copy_trained(tiny_pipe):
     assert any(v.abs().max() > 0 for k, v in new.items() if k.endswith("lora_B.weight"))  # it trained
     assert_same_state(before, full_state(tiny_pipe))
     assert all(p.grad is None for p in unet.parameters())
+
+
+def test_activation_checkpointing_gives_the_same_gradients_and_restores_the_flags(tiny_pipe):
+    """Few-shot unlearning backpropagates through the frozen UNet with its activations recomputed (several
+    GiB a sample on full-size SDXL): the gradients are the same, and the UNet's own flags come back."""
+    from conceptedit.plugins._training import activation_checkpointing
+
+    unet = tiny_pipe.unet
+    switches = [m for m in unet.modules() if hasattr(m, "gradient_checkpointing")]
+    assert switches and not any(m.gradient_checkpointing for m in switches)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, unet.config.in_channels, 8, 8, generator=gen)
+    with torch.no_grad():
+        context = conditioning(tiny_pipe, ["a cat", "a dog"]).embeds
+    context.requires_grad_(True)
+
+    def gradient() -> torch.Tensor:
+        unet(x, torch.tensor([10, 700]), encoder_hidden_states=context).sample.square().mean().backward()
+        g, context.grad = context.grad.clone(), None
+        return g
+
+    plain = gradient()
+    with activation_checkpointing(unet):
+        assert all(m.gradient_checkpointing for m in switches)
+        recomputed = gradient()
+    assert torch.equal(plain, recomputed)
+    assert not any(m.gradient_checkpointing for m in switches)
+    assert not any("_gradient_checkpointing_func" in m.__dict__ for m in switches)
+
+
+def test_fewshot_on_a_bf16_sdxl_pipeline(tiny_sdxl_pipe):
+    """On a bf16 pipeline (full-size SDXL's dtype) the few-shot fit trains float32 copies of only its layers
+    in both encoders: a float32 delta, not zero, and the pipeline left as it was."""
+    from conceptedit.plugin import Request
+    from conceptedit.registry import get_plugin
+
+    pipe = tiny_sdxl_pipe.to(torch.bfloat16)
+    before = full_state(pipe)
+    edit = get_plugin("fewshot-unlearning")(dict(images_from_model=True, lr=1e-3, n_images=2, epochs=1)).fit(
+        pipe, Request(targets=["cat"])
+    )
+    assert {k.split(".")[0] for k in edit.tensors} == {"text_encoder", "text_encoder_2"}
+    assert all(v.dtype == torch.float32 for v in edit.tensors.values())
+    assert any(v.abs().max() > 0 for v in edit.tensors.values())
+    assert_same_state(before, full_state(pipe))
+    for component in ("unet", "text_encoder", "text_encoder_2"):
+        assert all(p.grad is None for p in getattr(pipe, component).parameters())
