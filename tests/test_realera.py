@@ -166,7 +166,7 @@ def test_realera_artifact_round_trip_and_exact_removal(tiny_pipe, tmp_path):
     assert isinstance(edit, RealEraEdit) and edit.manifest.plugin == "realera"
     assert edit.delta.tensors and edit.lora is not None and edit.lora.modules
     assert set(edit.manifest.extra["stage_seconds"]) == {"mining", "closed_form", "lora_latents", "lora"}
-    assert edit.manifest.extra["n_neighbours_mined"] == 8 * edit.manifest.extra["n_keys"]  # 8 per keyed row
+    assert edit.manifest.extra["n_neighbours_mined"] == 8 * len(edit.manifest.extra["erase_prompts"])  # 8 per sentence
 
     edit.save(tmp_path / "re")
     assert sorted(p.name for p in (tmp_path / "re").iterdir()) == sorted([DELTA_FILE, LORA_FILE, "manifest.json"])
@@ -269,7 +269,7 @@ def test_bad_config_values_are_one_line_errors(bad):
 def test_defaults_are_documented_values():
     cfg = get_plugin("realera")().config
     assert (cfg.max_distance, cfg.min_cos, cfg.max_cos, cfg.n_neighbours) == (0.75, 0.8, 0.95, 16)
-    assert cfg.anchor == "" and cfg.lamb == 0.5 and cfg.lora_rank == 4 and cfg.keys == "context"
+    assert cfg.anchor == "" and cfg.lamb == 0.5 and cfg.lora_rank == 4 and cfg.keys == "word"
 
 
 def test_lora_stage_aligns_the_concept_prediction_with_the_anchor(tiny_pipe):
