@@ -26,7 +26,7 @@ import torch
 
 from conceptedit.conditioning import Conditioning, predict_noise
 from conceptedit.errors import RequestError
-from conceptedit.plugins._training import Trainable, swapped_in, trainable_layers
+from conceptedit.plugins._training import Trainable, activation_checkpointing, swapped_in, trainable_layers
 
 
 def _unit_directions(n: int, dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -204,14 +204,18 @@ def _with_row(cond: Conditioning, row: int, value: torch.Tensor) -> Conditioning
 @dataclass
 class LoRAStudent:
     """The LoRA stage's student: the pipeline's UNet (frozen, never written to) with ``layers`` swapped in
-    for the duration of a with-block (``with student():``; :func:`conceptedit.plugins._training.swapped_in`)."""
+    for the duration of a with-block (``with student():``; :func:`conceptedit.plugins._training.swapped_in`),
+    its activations recomputed in the backward (``activation_checkpointing``: same gradients)."""
 
     unet: torch.nn.Module
     layers: torch.nn.Module  # float32 copies of the LoRA'd layers and the closed-form-edited ones
     names: list[str]
 
-    def __call__(self) -> contextlib.AbstractContextManager[torch.nn.Module]:
-        return swapped_in(self.unet, self.layers, self.names)
+    def __call__(self) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(swapped_in(self.unet, self.layers, self.names))
+        stack.enter_context(activation_checkpointing(self.unet))  # memory, not results (plugins/_training.py)
+        return stack
 
 
 def lora_student(

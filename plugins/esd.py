@@ -35,7 +35,8 @@ Deviations, and why:
   (``plugins/_training.py``, ``swapped_in``). Precision of θ's forward: the frozen layers compute in the
   pipeline's dtype (bf16 on SDXL), the trained ones in float32 on inputs rounded to it; on a float32
   pipeline this is exactly the forward of a whole float32 copy (the delta is unchanged, checked by
-  ``tests/test_esd.py``).
+  ``tests/test_esd.py``). The student's backward recomputes the UNet's activations block by block
+  (gradient checkpointing, switched back off after each step): same gradients, one more forward.
 - The model input is passed through ``scheduler.scale_model_input`` (identity for DDIM/PNDM, needed by
   Euler-type schedulers).
 - The artifact is a weight delta of the trained parameters (the reference saves their new values), or,
@@ -72,6 +73,7 @@ from conceptedit.families import SD_FAMILIES, SDXL
 from conceptedit.plugin import Plugin, Request
 from conceptedit.plugins._training import (
     Trainable,
+    activation_checkpointing,
     learning_rate,
     linear_module_names,
     swapped_in,
@@ -174,7 +176,10 @@ class ESDPlugin(Plugin):
         gen = torch.Generator("cpu").manual_seed(cfg.seed)
 
         def student() -> Any:  # θ for the duration of a with-block; the pipeline's UNet again afterwards
-            return swapped_in(frozen, layers, names)
+            stack = contextlib.ExitStack()
+            stack.enter_context(swapped_in(frozen, layers, names))
+            stack.enter_context(activation_checkpointing(frozen))  # memory, not results (plugins/_training.py)
+            return stack
 
         losses = []
         bar = tqdm(range(cfg.iterations), desc="esd", disable=None, leave=False)
@@ -193,8 +198,8 @@ class ESDPlugin(Plugin):
                     frozen, torch.cat([x_in] * 3), t, Conditioning.cat([uncond, cond, source])
                 ).chunk(3)
                 target = eps_from - cfg.negative_guidance * (eps_c - eps_u)
-            with student() as unet:
-                loss = torch.nn.functional.mse_loss(predict_noise(unet, x_in, t, source), target)
+            with student():
+                loss = torch.nn.functional.mse_loss(predict_noise(frozen, x_in, t, source), target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             optimizer.step()
