@@ -114,8 +114,33 @@ def _load_folder(folder: Path, dtype: torch.dtype, safety_checker: bool, allow_p
         raise ModelLoadError(f"could not load the diffusers folder {folder}: {exc}") from exc
 
 
+# Keys only SDXL's original single-file layout has: the second (OpenCLIP bigG) text encoder and the UNet's
+# added-condition embedding (``label_emb``, SDXL's ``add_embedding``).
+SDXL_SINGLE_FILE_KEYS = ("conditioner.embedders.1.model.", "model.diffusion_model.label_emb.")
+
+
+def _is_sdxl_single_file(path: Path) -> bool:
+    """Whether a ``.safetensors`` checkpoint is in SDXL's original layout (its header's keys; no tensor read)."""
+    if path.suffix.lower() != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return any(k.startswith(SDXL_SINGLE_FILE_KEYS) for k in f.keys())
+    except Exception:  # not a readable safetensors file: from_single_file reports it
+        return False
+
+
 def _load_single_file(path: Path, dtype: torch.dtype, config: str | None, offline: bool) -> Any:
     from diffusers import StableDiffusionPipeline
+
+    if _is_sdxl_single_file(path):  # StableDiffusionPipeline would misread it; no tested SDXL path yet
+        raise ModelLoadError(
+            f"{path} is an SDXL checkpoint in the original single-file layout, which load_pipeline does not read "
+            "yet: convert it once to a diffusers folder (diffusers: StableDiffusionXLPipeline.from_single_file("
+            "file).save_pretrained(folder)) and pass the folder"
+        )
 
     kwargs: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": offline}
     if config:

@@ -75,3 +75,18 @@ def test_single_file_without_a_usable_config_is_one_clear_error(checkpoint, tmp_
         load_pipeline(str(path), device="cpu")
     with pytest.raises(ModelLoadError, match="could not load the checkpoint file"):
         load_pipeline(str(path), device="cpu", config=str(tmp_path))  # an empty folder is no architecture
+
+
+def test_sdxl_single_file_is_one_clear_error_naming_the_workaround(checkpoint, tmp_path):
+    """An SDXL checkpoint in the original layout (found by its second text encoder's or its added-condition
+    embedding's keys) is refused in one line that says how to convert it, not misread as SD 1.x."""
+    from safetensors.torch import load_file
+
+    _, path, config_dir = checkpoint
+    state = load_file(str(path))
+    for extra in ("conditioner.embedders.1.model.ln_final.weight", "model.diffusion_model.label_emb.0.0.weight"):
+        sdxl = tmp_path / f"sdxl-{extra.split('.')[0]}.safetensors"
+        save_file({**state, extra: torch.zeros(4)}, str(sdxl))
+        with pytest.raises(ModelLoadError, match="SDXL checkpoint .* convert it once to a diffusers folder") as err:
+            load_pipeline(str(sdxl), device="cpu", config=str(config_dir))
+        assert "\n" not in str(err.value) and "from_single_file" in str(err.value)
