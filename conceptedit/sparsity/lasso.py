@@ -15,6 +15,14 @@ Solver: FISTA (Beck & Teboulle 2009) with gradient-based adaptive restart (O'Don
 duality gap rule, ``gap ≤ tol·‖y‖²`` with the gap of the d-scaled objective ``d·f``; converged
 signals leave the batch, so the cost follows the hard ones. The product with the dictionary is
 taken through the Gram matrix ``DDᵀ`` (K × K) when K < d and through D otherwise (cheaper).
+
+Before that full FISTA, a working-set loop (cf. Blitz/Celer) solves each signal on a few atoms (16 at
+first, doubling) through their small Gram matrix; each round costs one product with D, which gives
+both the duality gap and the atoms to add. Measured on ``benchmarks/sparse_coding.py``'s problems
+(d = 768, batch 256, equal objective to 1e-10, best of 7 interleaved runs, load average 9 on 2 cores):
+1 thread, K = 1,000: 1,233 vectors/s vs SPAMS 916 (the previous solver, a first set of 64 atoms and
+a separate product for the gap and for the scores: 123–141); K = 5,000: 347 vs 47. With 2 threads on
+that loaded machine torch's threads lose: 609 vs 1,549 at K = 1,000.
 """
 
 from __future__ import annotations
@@ -119,7 +127,7 @@ def elastic_net(
     max_iter: int = 5000,
     check_every: int = 10,
     init: torch.Tensor | None = None,
-    working_set: int | None = 64,
+    working_set: int | None = 16,
 ) -> SparseCodes:
     """Minimise scikit-learn's elastic-net objective for each row of ``signals`` (see module doc).
 
@@ -141,7 +149,6 @@ def elastic_net(
     D = dictionary
     a1 = alpha * l1_ratio * d  # d-scaled l1 weight (scikit-learn's cd works on d·f)
     a2 = alpha * (1 - l1_ratio) * d  # d-scaled l2 weight
-    lip = _spectral_bound(D) + a2
     codes = torch.zeros(B, K, dtype=x.dtype, device=x.device)
     if init is not None:
         if init.shape != (B, K):
@@ -153,14 +160,10 @@ def elastic_net(
     iters_out = torch.zeros(B, dtype=torch.long, device=x.device)
     conv_out = torch.ones(B, dtype=torch.bool, device=x.device)
     ynorm2 = (x.double() ** 2).sum(1)
-    if lip <= 0 or B == 0:  # all-zero dictionary: w = 0 is optimal
+    if B == 0 or not bool(D.any()):  # all-zero dictionary: w = 0 is optimal
         codes.zero_()
         return _finish(codes, gap_out, iters_out, conv_out, single)
-    use_gram = K < d
-    G = D @ D.T if use_gram else None
     c_all = x @ D.T  # (B, K) = Dy
-    step = 1.0 / lip
-    thr = a1 * step
 
     rows = torch.arange(B, device=x.device)
     if working_set is not None and K > working_set:
@@ -169,6 +172,11 @@ def elastic_net(
         )
         if rows.numel() == 0:
             return _finish(codes, gap_out, iters_out, conv_out, single)
+    # full FISTA on the rows still open (only now is the Lipschitz bound needed)
+    lip = _spectral_bound(D) + a2
+    G = D @ D.T if K < d else None
+    step = 1.0 / lip
+    thr = a1 * step
     w = codes[rows].clone()
     z = w.clone()
     t = torch.ones(rows.numel(), 1, dtype=x.dtype, device=x.device)
@@ -229,18 +237,25 @@ def _working_set(
     rows still open (handed to full FISTA) once m would make the Gram batch too large."""
     B, K = codes.shape
     rows = torch.arange(B, device=x.device)
+    cold = not bool(codes.any())  # no warm start: at w = 0 the correlations are c = Dy, already known
+    wD = torch.zeros_like(x) if cold else codes @ D  # (B, d) = Dᵀw, kept up to date from each round's solve
     while True:
-        gap = _gap(x[rows], D, codes[rows], a1, a2, positive)
+        if cold:
+            xta, r, cold = c.double(), x.double(), False
+        else:
+            xta, r = _correlations(x[rows], D, codes[rows], wD[rows], a2)
+        gap = _gap_from(x[rows], r, xta, codes[rows], a1, a2, positive)
         gap_out[rows] = gap
-        rows = rows[gap > tol * ynorm2[rows]]
+        open_ = gap > tol * ynorm2[rows]
+        rows, xta = rows[open_], xta[open_]
         if rows.numel() == 0 or int(iters_out[rows].max()) >= max_iter:
             return rows
         mm = min(m, K)
         if rows.numel() * mm * mm > max_elems:
             return rows
         wr, cr = codes[rows], c[rows]
-        g = cr - (wr @ D) @ D.T - a2 * wr  # D r − a2 w: the optimality conditions
-        score = g if positive else g.abs()
+        # xta = D r − a2 w: the optimality conditions (the same product as the duality gap's)
+        score = xta.to(wr.dtype) if positive else xta.abs().to(wr.dtype)
         score = torch.where(wr != 0, torch.full_like(score, float("inf")), score)
         idx = score.topk(mm, dim=1).indices
         Dw = D[idx]
@@ -251,8 +266,10 @@ def _working_set(
         )  # fmt: skip
         iters_out[rows] += n
         codes[rows] = torch.zeros_like(wr).scatter_(1, idx, sol.to(codes.dtype))
+        wD[rows] = torch.bmm(sol.to(D.dtype)[:, None, :], Dw)[:, 0]
         if mm == K:  # the whole dictionary was the working set: nothing more to add
-            gap_out[rows] = _gap(x[rows], D, codes[rows], a1, a2, positive)
+            xta, r = _correlations(x[rows], D, codes[rows], wD[rows], a2)
+            gap_out[rows] = _gap_from(x[rows], r, xta, codes[rows], a1, a2, positive)
             return rows[gap_out[rows] > tol * ynorm2[rows]]
         m *= 2
 
@@ -306,11 +323,20 @@ def _fista_gram(
     return w, it
 
 
-def _gap(y: torch.Tensor, D: torch.Tensor, w: torch.Tensor, a1: float, a2: float, positive: bool) -> torch.Tensor:
-    """Duality gap of ½‖y − Dᵀw‖² + a1‖w‖₁ + a2/2‖w‖² (scikit-learn's cd_fast formula), float64."""
+def _correlations(
+    y: torch.Tensor, D: torch.Tensor, w: torch.Tensor, wD: torch.Tensor, a2: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(D r − a2 w, r)`` in float64 with the residual ``r = y − Dᵀw`` (``wD`` = Dᵀw given)."""
+    r = y.double() - wD.double()
+    return (r.to(D.dtype) @ D.T).double() - a2 * w.double(), r
+
+
+def _gap_from(
+    y: torch.Tensor, r: torch.Tensor, xta: torch.Tensor, w: torch.Tensor, a1: float, a2: float, positive: bool
+) -> torch.Tensor:
+    """Duality gap of ½‖y − Dᵀw‖² + a1‖w‖₁ + a2/2‖w‖² (scikit-learn's cd_fast formula), float64, from the
+    residual ``r`` and ``xta = D r − a2 w``."""
     y64, w64 = y.double(), w.double()
-    r = y64 - (w @ D).double()
-    xta = (r.to(D.dtype) @ D.T).double() - a2 * w64
     dual = xta.max(1).values if positive else xta.abs().max(1).values
     rn2 = (r * r).sum(1)
     if a1 > 0:
@@ -320,6 +346,12 @@ def _gap(y: torch.Tensor, D: torch.Tensor, w: torch.Tensor, a1: float, a2: float
     gap = torch.where(dual > a1, 0.5 * rn2 * (1 + const * const), rn2)
     gap = gap + a1 * w64.abs().sum(1) - const * (r * y64).sum(1) + 0.5 * a2 * (1 + const * const) * (w64 * w64).sum(1)
     return gap.clamp_min(0)
+
+
+def _gap(y: torch.Tensor, D: torch.Tensor, w: torch.Tensor, a1: float, a2: float, positive: bool) -> torch.Tensor:
+    """Duality gap of ½‖y − Dᵀw‖² + a1‖w‖₁ + a2/2‖w‖² (scikit-learn's cd_fast formula), float64."""
+    xta, r = _correlations(y, D, w, w @ D, a2)
+    return _gap_from(y, r, xta, w, a1, a2, positive)
 
 
 def _finish(codes, gap, iters, conv, single: bool) -> SparseCodes:
@@ -337,7 +369,7 @@ def lasso(
     tol: float = 1e-4,
     max_iter: int = 5000,
     init: torch.Tensor | None = None,
-    working_set: int | None = 64,
+    working_set: int | None = 16,
 ) -> SparseCodes:
     """``sklearn.linear_model.Lasso(alpha, fit_intercept=False)`` objective: 1/(2d)‖y − Dᵀw‖² + α‖w‖₁."""
     return elastic_net(
