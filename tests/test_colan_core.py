@@ -33,6 +33,33 @@ def test_decomposition_finds_the_concepts_of_a_mixture_and_rescales_to_raw_atoms
     assert w[[1, 3, 4, 5]].abs().max() < 0.05
 
 
+def test_decomposition_is_the_reference_codes_procedure():
+    """peterljq/Concept-Lancet ``sparse_coding.decompose``: stack [v; atoms], re-embed the rows by an SVD
+    (Gram-preserving), L2-normalise, zero the signal's own row, SPAMS lasso mode 2 with λ₁ = τα,
+    λ₂ = (1 − τ)α, rescale by ‖v‖/‖atom‖. Re-done here with scikit-learn's ElasticNet (SPAMS' objective
+    is unscaled: alpha = (λ₁ + λ₂)/q for q re-embedded dimensions) on atoms sharing a large common part,
+    as prompt embeddings do; ``decompose`` must give the same weights."""
+    from sklearn.linear_model import ElasticNet
+
+    g = torch.Generator().manual_seed(1)
+    common = torch.randn(60, generator=g, dtype=torch.float64) * 3
+    atoms = common + torch.randn(9, 60, generator=g, dtype=torch.float64)
+    dic = ConceptDictionary([f"c{i}" for i in range(9)], atoms)
+    v = 0.7 * atoms[0] + 0.4 * atoms[3] + 0.3 * torch.randn(60, generator=g, dtype=torch.float64)
+    data = torch.cat([v[None], atoms])
+    _, S, Vh = torch.linalg.svd(data.T, full_matrices=False)
+    new = Vh.T * S  # (K + 1, q): the same Gram matrix as data
+    norms = new.norm(dim=1)
+    new = new / norms[:, None]
+    tau, alpha = 0.95, 0.05
+    q = new.shape[1]
+    net = ElasticNet(alpha=alpha / q, l1_ratio=tau, fit_intercept=False, tol=1e-14, max_iter=1_000_000)
+    ref = net.fit(new[1:].T.numpy(), new[0].numpy()).coef_ / norms[1:].numpy() * float(v.norm())
+    w, _ = decompose(v, dic, tau=tau, alpha=alpha)
+    assert (torch.from_numpy(ref) != 0).sum() >= 2
+    torch.testing.assert_close(w, torch.from_numpy(ref), atol=1e-5, rtol=1e-4)
+
+
 def test_replace_swaps_source_atom_for_target_keeping_weight_and_residual():
     dic = _toy()
     v = (0.8 * dic.atoms[0] + 0.5 * dic.atoms[2] + 0.01 * torch.ones(40, dtype=torch.float64)).reshape(4, 10)
