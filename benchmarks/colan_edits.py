@@ -27,19 +27,43 @@ Metrics per arm (rates with n and 95 % Wilson intervals, means with a normal 95 
 
     nice -n 5 python benchmarks/colan_edits.py --n 120 --seed 16 --grid /tmp/colan_grid.png
     python benchmarks/colan_edits.py --dev --n 12 --seed 101 --set guidance=3   # choosing settings
+    python benchmarks/colan_edits.py --set uncond=empty --set guidance=7.5        # the paper's CFG backbone
+    python benchmarks/colan_edits.py --direction-strength 0.43                    # diagnosis (see below)
 
-On 2 busy cores with 1 torch thread, n = 120 at the defaults took 1,396 s (23 min). One JSON document
-goes to ``benchmarks/results/colan_edits.json``.
+The cases, arms and metrics live in ``conceptedit.eval.image_edits`` and
+``conceptedit.datasets.shapes.edit_cases`` (``conceptedit eval``'s ``image_edits:`` section runs the same);
+this script adds each arm's step along Δ = d_tgt − d_src, w_src per family and a single-image edit's
+time. On 2 cores at load ~10 with 1 torch thread, n = 120 took 443–545 s. One JSON document goes to
+``benchmarks/results/colan_edits.json`` (``--out``).
 
-Measured on v2 (n = 120, seed 16, colan defaults frozen before the run: 20 steps, guidance 5, source
-embedding as the unconditional branch): success colan 0.36 [0.28, 0.45], swap 0.76, direction 0.72;
-consistency colan 0.63 [0.54, 0.71], swap 0.38, direction 0.29; both at once 0.24 / 0.25 / 0.18;
-background PSNR 50.2 / 39.6 / 41.0 dB. The goal (CoLan ≥ both baselines on success and on consistency at
-once) is not met: CoLan keeps the image but often does not edit it. Its transplant moves the embedding by
-w_src·(d_tgt − d_src), and the elastic net's w_src has median 0.43 over these edits (0 in 7 of 120, below 0.1
-in 13; shape 0.27, style 0.25, colour 0.57, background 0.64), less than half the fixed direction's step
-(s = 1); the source image's own silhouette IoU with the ground truth is 0.96 (the IoU metric's ceiling).
-Decomposition 0.62 s per edit of a 20.1 s single-image edit (paper: 0.15 s of 38.7 s).
+Measured on v2 (n = 120, seed 16, all 120 read correctly before the edit; colan defaults frozen before
+the first run: 20 steps, guidance 5, source embedding as the unconditional branch):
+
+    colan      success 0.36 [0.28,0.45] (43/120)  consistent 0.63 [0.54,0.71] (76/120)  both 0.24 (29/120)
+    swap       success 0.76 [0.67,0.83] (91/120)  consistent 0.38 [0.29,0.46] (45/120)  both 0.25 (30/120)
+    direction  success 0.72 [0.63,0.79] (86/120)  consistent 0.29 [0.22,0.38] (35/120)  both 0.18 (22/120)
+    background PSNR 50.2 / 39.6 / 41.0 dB; silhouette IoU 0.69 / 0.66 / 0.62 (the source's own: 0.96)
+
+The goal (CoLan ≥ both baselines on success and on consistency at once) is not met. Diagnosis:
+
+- The decomposition is the reference code's: the same weights as its SVD re-embedding + SPAMS mode-2
+  procedure to 3e-6 on all 120 edits (``tests/test_colan_core.py`` pins it against scikit-learn), the
+  whole padded prompt embedding, atoms = mean stimulus embeddings, τ 0.95, α 0.05, target excluded,
+  replace = ``v + w_src (d_tgt − d_src)``. No deviation found on the representation side.
+- CoLan's edit is a step of w_src along Δ: median 0.42 (shape 0.27, style 0.24, colour 0.57,
+  background 0.64; 0 in 7 edits, < 0.1 in 13); the prompt swap steps 0.82 along Δ (cosine 0.88), the
+  direction arm 1. The elastic net shrinks it (least squares without penalty: median 0.72), and the
+  prompt's other concepts share the atoms' common (template) part (weights of present concepts sum to
+  1.62, of absent ones to −1.01; residual 48 % of ‖v‖).
+- A fixed direction at CoLan's median weight (``--direction-strength 0.43``) scores the same as CoLan:
+  success 0.33 [0.26,0.42], consistent 0.61 [0.52,0.69], both 0.24 (29/120), PSNR 48.7 dB. Per-edit
+  weights add nothing measurable over one global strength here: success and consistency trade off
+  along the step size, and CoLan sits at a small step.
+- The paper's backbone CFG (``--set uncond=empty --set guidance=7.5``, P2P-Zero without its
+  cross-attention guidance) widens the gap: colan 0.23 / 0.69 / both 0.15 (18/120), swap 0.87 / 0.73 /
+  both 0.62 (75/120), direction 0.63 / 0.64 / both 0.40; PSNR 43.8 / 41.9 / 42.6 dB.
+
+Decomposition 0.27–0.34 s per edit of a 6.2–8.1 s single-image edit (paper: 0.15 s of 38.7 s).
 """
 
 from __future__ import annotations
@@ -101,6 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--set", action="append", default=[], help="colan setting KEY=VALUE (for --dev runs)")
     ap.add_argument("--dev", action="store_true", help="choosing settings: print only, write no JSON")
+    ap.add_argument(
+        "--direction-strength", type=float, default=DIRECTION_STRENGTH, help="s of the direction arm (default 1)"
+    )
     ap.add_argument("--grid", type=Path, default=None, help="PNG grid of a few cases (outside the repo)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "colan_edits.json")
     args = ap.parse_args(argv)
@@ -120,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     cases = [c for c, k in zip(drawn, keep, strict=True) if k]
     before = [r for r, k in zip(read, keep, strict=True) if k]
     print(f"{len(cases)} of {len(drawn)} cases read correctly by the probe before the edit; settings {plugin.config}")
-    prepared = edited_embeddings(plugin, pipe, cases, ("swap", "direction"), DIRECTION_STRENGTH)
+    prepared = edited_embeddings(plugin, pipe, cases, ("swap", "direction"), args.direction_strength)
     embs = prepared[0]
     images, timing, weights = run_arms(pipe, plugin, cases, ("swap", "direction"), log=print, prepared=prepared)
     arms = {a: score(cases, before, cs.read(images[a]), images[a], cs.distance, FAMILIES) for a in images}
@@ -133,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         "n": len(cases),
         "seed": args.seed,
         "settings": vars(plugin.config),
-        "direction_strength": DIRECTION_STRENGTH,
+        "direction_strength": args.direction_strength,
         "arms": {("colan" if a == "plugin" else a): v for a, v in arms.items()},
         "source_weight": source_weights(cases, weights),
         "source_weight_by_family": {
