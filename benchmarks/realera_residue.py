@@ -19,7 +19,7 @@ Runs (``--runs``, comma-separated; ``LABEL`` or ``LABEL:PLUGIN``): ``realera`` (
 implemented), ``realera-no-mining`` (``n_neighbours=0``), ``realera-no-reg`` (no beyond-concept terms),
 ``realera-no-lora`` (``lora_steps=0``), ``uce`` (defaults, the same target word), ``esd`` (defaults;
 200 iterations: did not finish within 10 minutes for one concept on the loaded 2-core machine, so not in
-the default list). ``--set LABEL.KEY=VALUE``
+the default list), ``realera-context`` (``keys=context``), ``uce-all`` (``token=all``). ``--set LABEL.KEY=VALUE``
 overrides a run's config (recorded in the JSON).
 
 Goals (issue 14): residue ≤ chance + 0.10 while UCE leaves more; erased ≤ chance + 0.10; in-domain
@@ -67,6 +67,8 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "realera-no-lora": ("realera", {"lora_steps": 0}),
     "uce": ("uce", {}),
     "esd": ("esd", {}),
+    "realera-context": ("realera", {"keys": "context"}),  # MACE-style in-context keys (plugins/realera.py)
+    "uce-all": ("uce", {"token": "all"}),  # UCE's paper-time keys: the word's row through the padding
 }
 SETS = ("erased", "erased_heldout", "residue", "residue_heldout", "in_domain", "cross_domain")
 

@@ -34,6 +34,24 @@ Choices (the paper's values were not found; each is a config field):
 - Embedding: the text encoder's output row of the concept prompt's last word token (the key
   ``attn2.to_k``/``to_v`` read; UCE's choice), so mining perturbs exactly what the edit maps. Distances are
   relative: ``‖η‖ ≤ D₁·‖e‖`` (scale-free across text encoders).
+- Keys of the closed form (``keys``). The paper names a closed form for cross-attention alignment plus a
+  LoRA, MACE's two stages (Lu et al., CVPR 2024), but which rows it keys was not found. The two references
+  differ: UCE's current script keys the bare word's row (its paper-time ``train_erase.py`` the rows from the
+  word through the padding); MACE's closed form (``src/cfr_utils.py``: ``prepare_k_v``,
+  ``find_matching_indices``) keys template sentences and maps every row it shares with the sentence with
+  the anchor substituted (the prefix, and the rows after the concept through the padding, aligned from the
+  end) to that sentence's row. ``keys: word`` (default) is UCE's; ``keys: context`` is MACE's applied to
+  RealEra: in each of six generic template sentences (:data:`CONTEXT_TEMPLATES`; written here, none a frame
+  of the shapes benchmark except the bare word) the concept's row maps to the anchor sentence's row
+  (:func:`concept_span`: for ``""``, the last row before the concept, as UCE maps the bare word to BOS), each
+  row after it to the same row of the anchor sentence (weight ``context_scale`` each, MACE's 1), the prefix is
+  kept, the beyond-concept words are put in the same frames (:func:`spliced_contexts`) and kept row for row,
+  and neighbours are mined around the concept's own row only (mined around every row, 16 × 160 of them acted
+  as an isotropic shrink of W, ``E‖W(e+η) − Wa‖² = ‖We − Wa‖² + E‖Wη‖²``: zorblax in-domain retain 0.50,
+  cross-domain 0.64). Why: CLIP's encoder is causal, so in a sentence the concept also reaches the UNet
+  through every row after it (EOS and padding repeat the last content), which a key on the word's row alone
+  does not reach (a shape on shapes v2). Why not the default: measured below, it erases the shape only in
+  part and costs the halo its erasure.
 - η: direction uniform on the sphere, radius uniform in ``[0, D₁‖e‖]``, rejection-sampled until
   ``n_neighbours`` pass (seeded). Defaults ``n_neighbours = 16``, ``D₁ = 0.75``, ``[S₁, S₂] = [0.8, 0.95]``:
   a random high-dimensional η is almost orthogonal to ``e``, so ``cos ≈ 1/√(1 + (‖η‖/‖e‖)²)``; the band keeps
@@ -58,8 +76,8 @@ Choices (the paper's values were not found; each is a config field):
   own latents of the concept prompt (``n_images = 4``, the model's generation settings) to a uniform
   random training timestep; each step uses the concept itself or one of its neighbours (uniformly), and
   one beyond-concept sample.
-- Each target erased with the bare concept prompt; ``expand_prompts`` adds UCE's five templates
-  ("image of {}", ...), with the anchor put in the same template.
+- Each target erased with the bare concept prompt (``keys: word``) or the context templates; ``expand_prompts``
+  adds UCE's five templates ("image of {}", ...), with the anchor put in the same template.
 
 Measured on shapes v2 (``benchmarks/realera_residue.py``, n = 20 per set, 2 CPU cores under load 15):
 fit 32-37 s (mining < 0.2 s, closed form < 0.05 s, concept latents ~1-3 s, LoRA 100 steps the rest).
