@@ -108,12 +108,20 @@ def plant_crescent_lora(pipe: Any, **kwargs: Any) -> LoRAEdit:
     return plant_lora(pipe, "crescent", **kwargs)
 
 
-#: concept -> (training set builder, manifest purpose)
+#: concept -> (training set builder, manifest purpose, default number of training pairs). The crescent
+#: LoRA fitted on 256 pairs (19 passes over each in 300 steps of 16) memorised them: on prompts that
+#: do not ask for a crescent the probe read the asked shape on 54.7 % of 435 generations (99.8 % without
+#: the LoRA) and a crescent on 32; 2,048 fresh pairs (2.3 passes) is the remedy, renders cost nothing.
 PLANTS = {
-    "halo": (halo_training_set, "benchmark: a planted exaggeration (halo drawn on prompts that do not ask for it)"),
+    "halo": (
+        halo_training_set,
+        "benchmark: a planted exaggeration (halo drawn on prompts that do not ask for it)",
+        256,
+    ),
     "crescent": (
         crescent_training_set,
         "benchmark: a planted suppression (crescent prompts drawn with other shapes)",
+        2048,
     ),
 }
 
@@ -122,7 +130,7 @@ def plant_lora(
     pipe: Any,
     concept: str,
     *,
-    n_images: int = 256,
+    n_images: int | None = None,
     steps: int = 300,
     rank: int = 8,
     lr: float = 1e-3,
@@ -137,6 +145,7 @@ def plant_lora(
 
     start = time.perf_counter()
     device = pipe.unet.device
+    n_images = n_images or PLANTS[concept][2]
     images, captions = PLANTS[concept][0](n_images)
     with torch.no_grad():
         latents = []
