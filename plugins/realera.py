@@ -79,15 +79,23 @@ Choices (the paper's values were not found; each is a config field):
 - Each target erased with the bare concept prompt (``keys: word``) or the context templates; ``expand_prompts``
   adds UCE's five templates ("image of {}", ...), with the anchor put in the same template.
 
-Measured on shapes v2 (``benchmarks/realera_residue.py``, n = 20 per set, 2 CPU cores under load 15):
-fit 32-37 s (mining < 0.2 s, closed form < 0.05 s, concept latents ~1-3 s, LoRA 100 steps the rest).
-The halo erased as "glowing": erased 0.05, residue through its five other words 0.00 (UCE: 0.10 / 0.00).
-zorblax: erased 0.25, residue through its nickname 0.00 (UCE 0.00 / 0.00; the closed form alone 0.00 /
-0.00: the LoRA stage costs a little erasure here). circle: not erased (0.95; UCE 1.00): a shape named
-inside a sentence reaches the UNet through the rows after it (CLIP's causal encoder), which a closed form
-keyed on the bare word's row does not reach (``expand_prompts`` gets it to 0.7 at n = 10). On v2 UCE leaves
-no residue where it erases (the world's aliases are close in the CLIP text space), so the residue RealEra
-targets does not show on this world.
+Measured on shapes v2 (``benchmarks/realera_residue.py``, n = 20 per set, prompt seed 0, erased / residue
+through the other words; 2 CPU cores under load ~10):
+
+- ``keys: word`` (default): the halo erased as "glowing" 0.05 / 0.00 (UCE 0.10 / 0.00); zorblax 0.15 /
+  0.00 (UCE 0.00 / 0.00); circle not erased, 0.95 / 1.00 (UCE 1.00 / 1.00). Fit 80-92 s (mining 0.4 s,
+  closed form 0.06 s, concept latents 7 s, LoRA 100 steps 72-84 s).
+- ``keys: context``: circle 0.35 / 0.30 (chance 0.12), in-domain retain 1.00, cross-domain 0.92 (UCE 0.87);
+  zorblax 0.00 / 0.00, in-domain 0.95 (UCE 0.75), cross-domain 0.88 (UCE 0.92); but the halo only 0.45 /
+  0.50 (chance 0.50). The closed form alone gives the same (circle 0.35 / 0.30, halo 0.45 / 0.55). Fit
+  120-133 s (mining and the framed beyond-concept words 3-7 s, closed form 0.3-0.6 s). With the bare
+  sentence as the only template (its rows through the padding, n = 10, closed form): halo 0.00 / 0.00, circle
+  0.6 / 0.9, so the template sentences are what reach the shape and what cost the halo (in this world's
+  700-token BPE, their generic words are byte pieces).
+- UCE with its paper-time keys (``token: all``, the word's row through the padding) erases circle (0.20)
+  and leaves residue through "disc": 0.40 [0.22, 0.61]; ``keys: context`` leaves 0.30 [0.15, 0.52] (0.20
+  without mining), with weaker erasure: the direction the paper claims, not significant at n = 20. Where UCE
+  erases with its default keys (halo, zorblax) it leaves no residue: v2's aliases are close in its CLIP space.
 
 SDXL: the embedding ``e`` is the concept token's row of the 2048-d context every ``attn2`` reads (both text
 encoders' penultimate states concatenated, as ``encode_prompt`` gives the UNet), so mining, the vocabulary
