@@ -79,7 +79,14 @@ import numpy as np
 import torch
 
 from conceptedit.datasets.shapes.edit_cases import EDIT_FAMILIES, EditCase, ShapesCaseSet, make_cases
-from conceptedit.eval.image_edits import edited_embeddings, image_edit_lines, run_arms, score, source_weights
+from conceptedit.eval.image_edits import (
+    edited_embeddings,
+    image_edit_lines,
+    run_arms,
+    save_grid,
+    score,
+    source_weights,
+)
 
 FAMILIES = EDIT_FAMILIES
 ARMS = ("colan", "swap", "direction")
@@ -98,25 +105,6 @@ def step_along_delta(plugin: Any, pipe: Any, cases: list[EditCase], embs: dict[s
         cos = (change * delta).sum(1) / (change.norm(dim=1) * delta.norm(dim=1)).clamp_min(1e-12)
         out[arm] = {"step_median": float(step.median()), "cos_median": float(cos.median())}
     return out
-
-
-def save_grid(path: Path, cases: list[EditCase], images: dict[str, np.ndarray], per_family: int = 3) -> None:
-    from PIL import Image, ImageDraw
-
-    picks = [i for f in FAMILIES for i in [j for j, c in enumerate(cases) if c.family == f][:per_family]]
-    cell, head, label_w = 96, 16, 150
-    grid = Image.new("RGB", (label_w + cell * 4, head + cell * len(picks)), "white")
-    d = ImageDraw.Draw(grid)
-    arms = ("plugin", "swap", "direction")
-    for k, name in enumerate(("source", *ARMS)):
-        d.text((label_w + k * cell + 4, 2), name, fill="black")
-    for r, i in enumerate(picks):
-        d.text((4, head + r * cell + cell // 2 - 6), cases[i].edit, fill="black")
-        row = [cases[i].image] + [images[a][i] for a in arms]
-        for k, im in enumerate(row):
-            grid.paste(Image.fromarray(im).resize((cell, cell), Image.NEAREST), (label_w + k * cell, head + r * cell))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -193,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"total {results['seconds_total']:.0f} s"
     )
     if args.grid:
-        save_grid(args.grid, cases, images)
+        save_grid(args.grid, cases, {("colan" if a == "plugin" else a): v for a, v in images.items()}, FAMILIES)
         print(f"grid: {args.grid}")
     if not args.dev:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -141,7 +141,12 @@ def test_eval_runs_image_edits_end_to_end(tmp_path, monkeypatch):
         assert arm["all"]["iou"]["n"] == run["n"] and arm["background"]["psnr_bg"]["n"] == 0
     assert run["source_weight"]["median"] > 0 and run["timing"]["decomposition_s"]["n"] == run["n"]
     assert json.loads((tmp_path / "out" / "results.json").read_text())["image_edits"][0]["n"] == run["n"]
-    assert "<h2>Image edits</h2>" in (tmp_path / "out" / "report.html").read_text()
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "<h2>Image edits</h2>" in report and f"<img src='{run['grid']}'>" in report
+    from PIL import Image
+
+    with Image.open(tmp_path / "out" / run["grid"]) as grid:  # source + 3 arms, 3 cases at most per family
+        assert grid.size[0] == 150 + 96 * 4 and grid.size[1] >= 16 + 96 * 2
 
     def boom(*a, **k):
         raise AssertionError("recomputed instead of read from the cache")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +41,7 @@ from conceptedit.registry import Registry
 
 __all__ = [
     "ARMS", "BASELINES", "ClipTokDistance", "case_set", "edited_embeddings", "image_edit_lines", "iou",
-    "mean", "psnr", "rate", "run_arms", "run_image_edits", "score", "silhouette",
+    "mean", "psnr", "rate", "run_arms", "run_image_edits", "save_grid", "score", "silhouette",
 ]  # fmt: skip
 
 BASELINES = ("swap", "direction")
@@ -231,6 +232,28 @@ def run_one_by_one(
     return {"plugin": np.stack(images)}, {"edit_s": mean(secs)}, weights
 
 
+def save_grid(
+    path: Path, cases: list[Any], images: dict[str, np.ndarray], families: tuple[str, ...], per_family: int = 3
+) -> Path:
+    """A PNG of a few cases per edited family: the source, then each arm's edit (nearest-neighbour scaled)."""
+    from PIL import Image, ImageDraw
+
+    picks = [i for f in families for i in [j for j, c in enumerate(cases) if c.family == f][:per_family]]
+    arms = list(images)
+    cell, head, label_w = 96, 16, 150
+    grid = Image.new("RGB", (label_w + cell * (1 + len(arms)), head + cell * len(picks)), "white")
+    d = ImageDraw.Draw(grid)
+    for k, name in enumerate(("source", *arms)):
+        d.text((label_w + k * cell + 4, 2), name, fill="black")
+    for r, i in enumerate(picks):
+        d.text((4, head + r * cell + cell // 2 - 6), cases[i].edit, fill="black")
+        for k, im in enumerate([cases[i].image] + [images[a][i] for a in arms]):
+            grid.paste(Image.fromarray(im).resize((cell, cell), Image.NEAREST), (label_w + k * cell, head + r * cell))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
 def source_weights(cases: list[Any], weights: list[dict[str, float]]) -> dict[str, Any]:
     """The source concept's weight in each decomposition (colan: the transplant's step along Δ)."""
     w = [float(ws.get(c.source, 0.0)) for c, ws in zip(cases, weights, strict=True)]
@@ -239,8 +262,11 @@ def source_weights(cases: list[Any], weights: list[dict[str, float]]) -> dict[st
     return {"median": float(np.median(w)), "zero": sum(x == 0 for x in w), "below_0.1": sum(x < 0.1 for x in w)}
 
 
-def evaluate_spec(pipe: Any, spec: Any, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """One ``image_edits`` entry on one pipeline: cases, arms, scores, timings (JSON-able)."""
+def evaluate_spec(
+    pipe: Any, spec: Any, log: Callable[[str], None] = lambda s: None, grid: Path | None = None
+) -> dict[str, Any]:
+    """One ``image_edits`` entry on one pipeline: cases, arms, scores, timings (JSON-able); with ``grid``,
+    a PNG of a few cases per family there."""
     from conceptedit.registry import get_plugin
 
     t0 = time.perf_counter()
@@ -261,6 +287,8 @@ def evaluate_spec(pipe: Any, spec: Any, log: Callable[[str], None] = lambda s: N
         )
     else:
         images, timing, weights = run_one_by_one(pipe, plugin, cases, spec.instruction)
+    if grid is not None:
+        save_grid(grid, cases, images, families)
     distance = getattr(cs, "distance", None)
     arms = {a: score(cases, before, cs.read(imgs), imgs, distance, families) for a, imgs in images.items()}
     return {
@@ -289,14 +317,25 @@ def run_image_edits(ev: Any, pipe: Any, mkey: str, model: str) -> list[dict[str,
     for spec in ev.cfg.image_edits:
         key = payload_hash({"model": mkey, "spec": {k: v for k, v in config_to_dict(spec).items() if k != "name"}})
         path = ev.cfg.cache_path / "image_edits" / f"{key}.json"
+        grid = path.with_suffix(".png")
         if path.is_file():
             res = json.loads(path.read_text())
         else:
-            res = evaluate_spec(pipe, spec, (lambda s: tqdm.write(s)) if ev.progress else (lambda s: None))
+            log = (lambda s: tqdm.write(s)) if ev.progress else (lambda s: None)
+            res = evaluate_spec(pipe, spec, log, grid)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(res, indent=2, default=str))
-        out.append(res | {"name": spec.name, "model": model})
+        res = res | {"name": spec.name, "model": model}
+        if grid.is_file():  # the report's copy, next to report.html
+            shown = ev.out / f"image_edits_{_safe(model)}_{_safe(spec.name)}.png"
+            shutil.copyfile(grid, shown)
+            res["grid"] = shown.name
+        out.append(res)
     return out
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -368,4 +407,9 @@ def image_edit_html(runs: list[dict[str, Any]]) -> list[str]:
     )
     for run in runs:
         parts.append(f"<pre>{html.escape(chr(10).join(image_edit_lines(run)))}</pre>")
+        if run.get("grid"):
+            parts.append(
+                f"<p>{html.escape(run['name'])} on {html.escape(run['model'])}: source, then each arm</p>"
+                f"<img src='{html.escape(run['grid'])}'>"
+            )
     return parts
