@@ -414,3 +414,32 @@ def test_clip_spec_errors_are_one_line(tmp_path: Path):
         make_extractor(f"clip-all@last:{folder}")
     with pytest.raises(ConceptEditError, match="unknown feature extractor"):
         make_extractor(f"clip-grid:{folder}")
+
+
+def test_plant_lora_recipe_on_the_tiny_pipeline(monkeypatch: pytest.MonkeyPatch):
+    """The planting recipe at tiny size: a LoRA edit that changes the UNet's output on a crescent prompt
+    while applied and leaves the weights bit for bit as they were once removed."""
+    from tests.tiny import tiny_pipeline
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from plant_concepts import plant_lora
+
+    pipe = tiny_pipeline()
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    edit = plant_lora(pipe, "crescent", n_images=8, steps=3, batch_size=4, lr=1e-2)
+    assert edit.manifest.targets == ["crescent"] and edit.manifest.extra["n_images"] == 8
+    assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())  # pipe not changed
+
+    def out() -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        z = torch.randn(1, pipe.unet.config.in_channels, 8, 8, generator=g)
+        hidden = pipe.encode_prompt(["a red crescent"], "cpu", 1, False)[0]
+        with torch.no_grad():
+            return pipe.unet(z, torch.tensor([500]), hidden).sample
+
+    ref = out()
+    handle = edit.apply(pipe)
+    assert not torch.allclose(out(), ref)
+    handle.remove()
+    assert torch.equal(out(), ref)
+    assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
