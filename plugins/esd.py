@@ -37,6 +37,9 @@ Deviations, and why:
   pipeline this is exactly the forward of a whole float32 copy (the delta is unchanged, checked by
   ``tests/test_esd.py``). The student's backward recomputes the UNet's activations block by block
   (gradient checkpointing, switched back off after each step): same gradients, one more forward.
+  Measured on full-size SDXL (bf16, 1024², ``benchmarks/full_size.py``): ``esd-x`` peaks at 18.5 GiB
+  (8.1 GiB of it the float32 copy, gradients and Adam state of its 546 M weights); ``esd-u`` / ``esd-all``
+  train 2.0 / 2.6 B weights, 30 / 38 GiB of such state, and do not fit a 24 GiB machine on SDXL.
 - The model input is passed through ``scheduler.scale_model_input`` (identity for DDIM/PNDM, needed by
   Euler-type schedulers).
 - The artifact is a weight delta of the trained parameters (the reference saves their new values), or,

@@ -36,7 +36,8 @@ Deviations, and why:
   pipeline the fit is bit for bit the one of a whole float32 copy (checked on the tiny pipelines).
 - The backward through the frozen UNet recomputes its activations block by block (gradient checkpointing,
   ``activation_checkpointing``, switched back off after the fit): same gradients, one more UNet forward a
-  step, and a 1024² SDXL batch no longer holds every block's activations at once.
+  step, and a 1024² SDXL batch no longer holds every block's activations at once. Full-size SDXL (bf16,
+  1024², 2 images, batch 2): peak 19.0 GiB, in the backward and Adam step (481 M trained weights).
 - The reference's zero-shot ablation (random latents) is not offered.
 - Learning rate on the built-in shapes model: with the paper's 1e-5, the eight steps leave the small
   from-scratch text encoder (4 layers, width 128) practically unchanged (probe accuracies identical
