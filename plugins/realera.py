@@ -104,7 +104,9 @@ that space; the LoRA stage conditions the UNet with each prompt's own pooled emb
 student sees the concept prompt's, the target the anchor prompt's). The pooled embedding itself is not
 perturbed or edited (it enters the time embedding, not cross-attention).
 
-Deviations: float64 solve, float32 training copy whatever the pipeline's dtype.
+Deviations: float64 solve; the LoRA stage trains float32 copies of only the layers it touches, whatever the
+pipeline's dtype, swapped into the pipeline's UNet whose other layers compute in its own dtype
+(``_realera_stages.lora_student``; a whole float32 UNet copy was 9.6 GiB on SDXL).
 """
 
 from __future__ import annotations
