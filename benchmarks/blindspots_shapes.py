@@ -13,45 +13,55 @@ crescent (the comparison is paired per caption, so stratifying the captions keep
 it, a few hundred images hold only a handful of crescents. Images are cached under ``--out``: a rerun
 with the same model and settings generates nothing. Runtime per stage is printed.
 
-``--plant-halo`` plants a known exaggeration: a UNet LoRA (``plant_halo.py``: rank 8 on the transformer
-blocks, 300 steps on 256 renders that all carry the halo, captioned without halo words) is fitted once
-(saved under ``--out/halo_lora`` and reused), applied as an Edit for a second analysis, removed, and the
-model analysed a third time. Reports go to ``--out/{base,halo_planted,halo_removed}/report.html``.
+``--plant-halo`` / ``--plant-crescent`` plant a known exaggeration / suppression (``plant_concepts.py``:
+a rank-8 UNet LoRA on the transformer blocks, 300 steps; halo: 256 renders that all carry the halo,
+captioned without halo words; crescent: 2,048 pairs, half of them a crescent caption over the scene
+drawn with a common shape, half ordinary pairs). Each is fitted once (saved under ``--out/CONCEPT_lora``
+and reused), applied as an Edit for an analysis, removed, and the model analysed again. Reports go to
+``--out/{base,halo_planted,halo_removed,crescent_planted,crescent_removed}/report.html``. ``--features``
+picks the extractor (default ``clip``: ``clip-centred`` on the shapes CLIP; ``clip-all`` is the earlier
+one, measured below as "previous").
 
-    nice -n 5 python benchmarks/blindspots_shapes.py --n 512 --out runs/bench/bs512 --threads 1 --plant-halo
+    python benchmarks/blindspots_shapes.py --n 512 --out runs/bench/bs512 --threads 1 --plant-halo --plant-crescent
 
 Measured on the shipped v2 (n = 512 real/generated pairs, crescent enriched to 15 %, SAE width 256 on
-150k CLIP tokens, FDR 0.05, least shift |δ - 0.5| >= 0.1; 2 shared cores at load 10-19, Dec 2026):
+150k ``clip-centred`` tokens, FDR 0.05, least shift |δ - 0.5| >= 0.1; 2 shared cores at load 8-11,
+Dec 2026):
 
-- base: 1 suppressed, 1 exaggerated, 247 faithful, 7 inactive; 23 more concepts are significant but
-  shift less than 0.1 (without the margin all 25 were "found", 4 of them named by a common shape or
-  colour). Found: #107 (best label background=white, r 0.51) suppressed, δ 0.383 [0.319, 0.448],
-  d_z -0.13; #34 (weak label colour=red, r 0.27) exaggerated, δ 0.662 [0.566, 0.767], d_z +0.13.
-  False positives among the 25 concepts named (r >= 0.3) by a common shape or colour: 0.
-- crescent (v2 renders it when asked): probe 15.0 % real, 14.6 % generated. Its concept (#54, r 0.71)
-  is faithful: δ 0.565 [0.543, 0.589], q 1e-5 (significant, below the margin). Not a blindspot of v2.
-- implicit marks, probe real -> generated: watermark 25.6 -> 20.5 %, qr 15.0 -> 9.4 %, glyphs 13.9 ->
-  10.4 % (all under-produced). Not found: no SAE concept is named by a mark; the concepts that carry
-  them best correlate with them at r 0.25 / 0.29 / 0.13 and are faithful (δ 0.43-0.46, q >= 0.3).
-  v2's CLIP was trained on captions that never name a mark, so its image tower barely encodes them;
-  no mark shift is significant, so none is in the wrong direction either.
-- striped: probe 16.8 % real -> 10.9 % generated (dotted 21.9 -> 14.3 %); not found: no concept is
-  named striped (its best concept, #162, r 0.30, is faithful, δ 0.485 [0.444, 0.523]); dotted likewise
-  (#47, r 0.34, δ 0.492).
-- halo (asked for in the captions): probe 17.8 % real, 17.6 % generated, 0.0 % on the 421 captions
-  that do not ask for it; faithful (#120, r 0.72, δ 0.470 [0.435, 0.503]).
-- planted halo LoRA: the probe reads the halo on 13.1 % of generations for captions that do not ask
-  for it (0.0 % without the LoRA). Found: 4 of the 8 concepts named halo=True exaggerated, the best
-  halo concept #120 δ 0.716 [0.678, 0.755], d_z +0.56, q 3e-30. The LoRA is not surgical: 100
-  discoveries in all (79 suppressed, 21 exaggerated; probe, real -> with the LoRA: yellow objects
-  16 -> 59 %, the ring's gold leaking into the object; dotted 22 -> 6 %; green and purple 18-19 -> 2.5 %),
-  so 14 common shape/colour concepts are found too, rightly.
-- LoRA removed: the same 1 + 1 discoveries as the base and halo faithful (δ 0.470): the generations are
-  the base's cache hits, i.e. the weights are restored bit for bit.
-- seconds per stage: render 26; real features 40 (first run; 5 once the store exists); SAE 96 (once,
-  then loaded); generation 877 for 512 images (two workers); planted generation ~360 (three workers,
-  load 11); analysis (generated features, statistics, bootstrap) 5-12; probe 3-6. The LoRA fit took
-  2116 s wall at ~5 % of a core (load 16-19); its CPU time was a few minutes.
+- base: 0 suppressed, 0 exaggerated, 217 faithful, 39 inactive; 5 concepts significant below the
+  least shift (previous, ``clip-all``: 1 + 1 found, 23 below). False positives among the 29 concepts
+  named (r >= 0.3) by a common shape or colour: 0. Near copies: 0.
+- marks, probe real -> generated (all under-produced): watermark 25.6 -> 20.5 %, qr 15.0 -> 9.4 %,
+  glyphs 13.9 -> 10.4 %. Now one concept is named by a mark: #55 (watermark, r 0.51; previous best r
+  0.25) δ 0.452 [0.410, 0.498], the right direction, q 0.25: not significant. qr's best concept #3
+  (r 0.36, named background=black) δ 0.421 [0.329, 0.517], right direction, q 0.40; glyphs' best
+  (#211, r 0.19) is almost never active (δ 0.0 [0.0, 0.5], q 0.35). None is significant, so none is in
+  the wrong direction. Even a concept that were the mark exactly would give δ = gen / (real + gen) =
+  0.445 (watermark), 0.385 (qr), 0.428 (glyphs): only qr's shift reaches the least shift of 0.1.
+- striped: 16.8 -> 10.9 % (dotted 21.9 -> 14.3 %); best concept #180 (r 0.37) δ 0.474 [0.347, 0.582],
+  right direction, q 0.85; an exact striped concept would give δ 0.394, just past the margin.
+- crescent (v2 draws it when asked: probe 97.4 % of the 77 crescent captions): concept #54 (r 0.52)
+  faithful, δ 0.594 [0.557, 0.635] (q 0.002, below the margin).
+- halo asked: 17.8 % real, 17.6 % generated, 0.0 % on captions that do not ask for it; faithful.
+- planted halo LoRA: the halo on 13.1 % of generations for captions that do not ask for it (0.0 %
+  without). Found: 10 of the 12 concepts named halo=True exaggerated, the best #134 δ 0.697 [0.680,
+  0.713], d_z +1.11, q 1e-88. The LoRA is not surgical (83 discoveries; yellow objects 15.8 -> 58.6 %,
+  green 18.9 -> 2.5 %, purple 17.8 -> 2.5 %), so 11 common shape/colour concepts are found too, rightly.
+- halo LoRA removed: 0 + 0 discoveries as the base, every generation a cache hit of the base's: the
+  weights are restored bit for bit.
+- planted crescent LoRA (2,048 pairs): the probe reads a crescent on 35.1 % of the 77 crescent
+  captions (97.4 % without), but the LoRA is not surgical: on the other 435 captions the asked shape
+  drops from 99.8 % to 46.7 % and 37 show a crescent-like shape, so the overall crescent rate barely
+  moves (15.0 % real, 12.5 % generated). Not found as suppressed: the crescent concept #54 (r 0.52) is
+  found exaggerated, δ 0.792 [0.762, 0.824], q 2e-33, as the broken shapes on other prompts light it
+  (45 discoveries, 4 of them common shape/colour concepts). With 256 pairs it was the same (asked
+  crescent 52 %, #54 δ 0.808, 52 discoveries). The analysis is not at fault here, the plant is: a
+  surgical one (a cross-attention-only LoRA, or a lower rate) is left to do.
+- crescent LoRA removed: 0 + 0 discoveries, as the base; every generation a cache hit of the base's.
+- seconds per stage: render 22; real features 14 (10 once the store exists); SAE 22 (once, then
+  loaded in 0.03); generation 356 for 512 images (two workers); planted generation 327 (two workers);
+  analysis (generated features, statistics, bootstrap) 5.5-6.4; probe 4. LoRA fits: halo 1,328 s,
+  crescent 1,243 s (256 pairs) and 666 s (2,048 pairs) wall at load 8-11, one thread each.
 """
 
 from __future__ import annotations

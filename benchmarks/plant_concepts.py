@@ -109,9 +109,10 @@ def plant_crescent_lora(pipe: Any, **kwargs: Any) -> LoRAEdit:
 
 
 #: concept -> (training set builder, manifest purpose, default number of training pairs). The crescent
-#: LoRA fitted on 256 pairs (19 passes over each in 300 steps of 16) memorised them: on prompts that
-#: do not ask for a crescent the probe read the asked shape on 54.7 % of 435 generations (99.8 % without
-#: the LoRA) and a crescent on 32; 2,048 fresh pairs (2.3 passes) is the remedy, renders cost nothing.
+#: LoRA is not surgical (measured with ``blindspots_shapes.py --plant-crescent``, n = 512): on 256 pairs
+#: (19 passes over each) the probe read the asked shape on 54.7 % of 435 generations for other prompts
+#: (99.8 % without the LoRA) and a crescent on 32 of them; on 2,048 fresh pairs (2.3 passes) on 46.7 %
+#: and 37, so memorising the pairs is not the cause: the LoRA learns to ignore shape words at large.
 PLANTS = {
     "halo": (
         halo_training_set,
@@ -136,6 +137,7 @@ def plant_lora(
     lr: float = 1e-3,
     batch_size: int = 16,
     seed: int = 0,
+    layers: str = "blocks",
 ) -> LoRAEdit:
     """Fit the planting LoRA of ``concept`` (a :data:`PLANTS` key) on ``pipe``'s UNet (attention and
     feed-forward layers of the transformer blocks); ``pipe`` is not changed."""
@@ -157,7 +159,10 @@ def plant_lora(
             [pipe.encode_prompt(captions[s : s + 64], device, 1, False)[0].float() for s in range(0, n_images, 64)]
         )
     student = trainable_copy(pipe.unet).to(device)
-    names = linear_module_names(student, lambda n: "transformer_blocks" in n)
+    if layers == "cross-kv":  # only the text side of cross-attention (ESD-x / concept-ablation style)
+        names = linear_module_names(student, lambda n: "attn2.to_k" in n or "attn2.to_v" in n)
+    else:
+        names = linear_module_names(student, lambda n: "transformer_blocks" in n)
     trainable = Trainable(student, "unet", names, "lora", lora_rank=rank, lora_alpha=rank, seed=seed)
     optimizer = torch.optim.Adam(trainable.parameters, lr=lr)
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -182,6 +187,7 @@ def plant_lora(
         extra={
             "purpose": PLANTS[concept][1],
             "n_images": n_images, "steps": steps, "rank": rank, "lr": lr, "batch_size": batch_size, "seed": seed,
+            "layers": layers,
             "loss_first10": float(np.mean(losses[:10])), "loss_last10": float(np.mean(losses[-10:])),
             "fit_seconds": round(time.perf_counter() - start, 1),
         },
