@@ -416,9 +416,11 @@ def test_clip_spec_errors_are_one_line(tmp_path: Path):
         make_extractor(f"clip-grid:{folder}")
 
 
-def test_plant_lora_recipe_on_the_tiny_pipeline(monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize("layers", ["blocks", "cross-kv"])
+def test_plant_lora_recipe_on_the_tiny_pipeline(monkeypatch: pytest.MonkeyPatch, layers: str):
     """The planting recipe at tiny size: a LoRA edit that changes the UNet's output on a crescent prompt
-    while applied and leaves the weights bit for bit as they were once removed."""
+    while applied and leaves the weights bit for bit as they were once removed; ``cross-kv`` touches
+    only the cross-attention keys and values."""
     from tests.tiny import tiny_pipeline
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -426,8 +428,10 @@ def test_plant_lora_recipe_on_the_tiny_pipeline(monkeypatch: pytest.MonkeyPatch)
 
     pipe = tiny_pipeline()
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    edit = plant_lora(pipe, "crescent", n_images=8, steps=3, batch_size=4, lr=1e-2)
+    edit = plant_lora(pipe, "crescent", n_images=8, steps=3, batch_size=4, lr=1e-2, layers=layers)
     assert edit.manifest.targets == ["crescent"] and edit.manifest.extra["n_images"] == 8
+    kv = [k for k in edit.tensors if "attn2.to_k" in k or "attn2.to_v" in k]
+    assert kv and (len(kv) == len(edit.tensors)) == (layers == "cross-kv")
     assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())  # pipe not changed
 
     def out() -> torch.Tensor:
