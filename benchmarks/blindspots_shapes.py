@@ -55,8 +55,10 @@ Dec 2026):
   moves (15.0 % real, 12.5 % generated). Not found as suppressed: the crescent concept #54 (r 0.52) is
   found exaggerated, δ 0.792 [0.762, 0.824], q 2e-33, as the broken shapes on other prompts light it
   (45 discoveries, 4 of them common shape/colour concepts). With 256 pairs it was the same (asked
-  crescent 52 %, #54 δ 0.808, 52 discoveries). The analysis is not at fault here, the plant is: a
-  surgical one (a cross-attention-only LoRA, or a lower rate) is left to do.
+  crescent 52 %, #54 δ 0.808, 52 discoveries), and with the LoRA on the cross-attention keys and
+  values only (``layers="cross-kv"``, 2,048 pairs) worse: asked crescent 29.9 %, other prompts' shape
+  39.8 %, 61 stray crescents, #54 exaggerated δ 0.781. The analysis reports what the planted model
+  does (more crescent-concept energy overall); a surgical suppression plant is still to be found.
 - crescent LoRA removed: 0 + 0 discoveries, as the base; every generation a cache hit of the base's.
 - seconds per stage: render 22; real features 14 (10 once the store exists); SAE 22 (once, then
   loaded in 0.03); generation 356 for 512 images (two workers); planted generation 327 (two workers);

@@ -113,6 +113,7 @@ def plant_crescent_lora(pipe: Any, **kwargs: Any) -> LoRAEdit:
 #: (19 passes over each) the probe read the asked shape on 54.7 % of 435 generations for other prompts
 #: (99.8 % without the LoRA) and a crescent on 32 of them; on 2,048 fresh pairs (2.3 passes) on 46.7 %
 #: and 37, so memorising the pairs is not the cause: the LoRA learns to ignore shape words at large.
+#: Cross-attention keys/values only (``layers="cross-kv"``) is worse still (39.8 %, 61 stray crescents).
 PLANTS = {
     "halo": (
         halo_training_set,
