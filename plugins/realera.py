@@ -336,7 +336,11 @@ def spliced_contexts(
 ) -> torch.Tensor:
     """Contexts ``(m, L, d)`` (float64, CPU) of ``prompt`` with its concept tokens ``prefix..concept_end``
     replaced by one token each of ``token_ids`` (every encoder's tokenizer shares the vocabulary; padded with
-    its own pad token): the beyond-concept samples in the concept's sentence frame."""
+    its own pad token): the beyond-concept samples in the concept's sentence frame. No ids (no vocabulary
+    word lies outside the neighbourhood, as with random-weight encoders): ``(0, L, d)``."""
+    if not len(token_ids):  # split() of an empty tensor still yields one (empty) chunk
+        ids = {name: tokenize(tokenizer, [prompt]).input_ids for name, _, tokenizer in text_encoders(pipe)}
+        return encode_ids(pipe, ids)[0][:0].double().cpu()
     out = []
     for chunk in token_ids.split(batch):
         inputs = {}

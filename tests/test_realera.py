@@ -411,3 +411,12 @@ def test_context_keys_map_the_rows_after_the_concept_to_the_anchor_sentence(tiny
 
     in_context, word_only = gap("context"), gap("word")
     assert in_context < 0.5 and word_only > 0.9, (in_context, word_only)  # measured: 0.33 and 1.31
+
+
+def test_context_keys_fit_when_no_vocabulary_word_lies_beyond_the_neighbourhood(tiny_pipe):
+    """Random-weight encoders (benchmarks/full_size.py) can leave no pool word outside the neighbourhood: the
+    in-context fit then has no beyond-concept samples (it raised "stack expects a non-empty TensorList")."""
+    cfg = dict(FAST, lora_steps=1, keys="context", max_distance=100.0, min_cos=-1.0)
+    edit = get_plugin("realera")(cfg).fit(tiny_pipe, Request(targets=["cat"]))
+    assert edit.manifest.extra["n_beyond_sampled"] == 0  # the case under test
+    assert edit.delta.tensors and all(torch.isfinite(t).all() for t in edit.delta.tensors.values())
