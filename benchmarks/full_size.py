@@ -13,6 +13,7 @@ polled figure when it was killed), what the edit changed.
 
     nice -n 5 python benchmarks/full_size.py                      # everything (tens of minutes on 2 cores)
     python benchmarks/full_size.py --models sd15 --cases uce       # one case
+    python benchmarks/full_size.py --models sd15 --cases realera@context   # RealEra's in-context keys
 
 Runtime (measured 2026-12-03 on the shared 2-core machine, load 5-18): SD 1.5 build and save 5.5 min, then
 2.5-13 min a case (ItD's reference SAE 5 min, few-shot 10 min, the bare case's VAE decode at 512 10 min);
@@ -59,13 +60,16 @@ MINIMAL: dict[str, dict[str, Any]] = {
 
 
 def case_config(case: str, corpus: Path) -> tuple[str, dict[str, Any]]:
-    """The plugin name and config of a case (``itd@N``: ItD with an SAE of N latents)."""
-    name, _, width = case.partition("@")
+    """The plugin name and config of a case (``itd@N``: ItD with an SAE of N latents; ``realera@context``:
+    RealEra keyed in context, ``keys: context``)."""
+    name, _, variant = case.partition("@")
     cfg = dict(MINIMAL[name])
     if name == "itd":
         cfg["corpus"] = str(corpus)
-        if width:
-            cfg["sae_width"] = int(width)
+        if variant:
+            cfg["sae_width"] = int(variant)
+    elif name == "realera" and variant:
+        cfg["keys"] = variant
     return name, cfg
 
 
