@@ -43,9 +43,10 @@ Choices (the paper's values were not found; each is a config field):
   end) to that sentence's row. ``keys: word`` (default) is UCE's; ``keys: context`` is MACE's applied to
   RealEra: in each of six generic template sentences (:data:`CONTEXT_TEMPLATES`; written here, none a frame
   of the shapes benchmark except the bare word) the concept's row maps to the anchor sentence's row
-  (:func:`concept_span`: for ``""``, the last row before the concept, as UCE maps the bare word to BOS), each
-  row after it to the same row of the anchor sentence (weight ``context_scale`` each, MACE's 1), the prefix is
-  kept, the beyond-concept words are put in the same frames (:func:`spliced_contexts`) and kept row for row,
+  (:func:`_realera_context.concept_span`: for ``""``, the last row before the concept, as UCE maps the bare
+  word to BOS), each row after it to the same row of the anchor sentence (weight ``context_scale`` each,
+  MACE's 1), the prefix is kept, the beyond-concept words are put in the same frames
+  (:func:`_realera_context.spliced_contexts`) and kept row for row,
   and neighbours are mined around the concept's own row only (mined around every row, 16 × 160 of them acted
   as an isotropic shrink of W, ``E‖W(e+η) − Wa‖² = ‖We − Wa‖² + E‖Wη‖²``: zorblax in-domain retain 0.50,
   cross-domain 0.64). Why: CLIP's encoder is causal, so in a sentence the concept also reaches the UNet
@@ -119,7 +120,7 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import save_file
 
-from conceptedit.conditioning import Conditioning, conditioning, encode_ids, text_encoders
+from conceptedit.conditioning import text_encoders
 from conceptedit.edits import Edit, LoRAEdit, WeightDeltaEdit, lora_tensors_from_peft
 from conceptedit.edits.base import Undo
 from conceptedit.edits.lora import LORA_FILE
@@ -127,6 +128,13 @@ from conceptedit.errors import ArtifactError, RequestError
 from conceptedit.families import SD_FAMILIES, SDXL
 from conceptedit.generation import generation_settings
 from conceptedit.plugin import Plugin, Request
+from conceptedit.plugins._realera_context import (
+    concept_condition,
+    concept_span,
+    pool_indices,
+    spliced_contexts,
+    vocabulary_embeddings,
+)
 from conceptedit.plugins._realera_stages import (
     AlignmentProblem,
     NoiseAlignmentData,
@@ -141,7 +149,7 @@ from conceptedit.plugins._training import linear_module_names
 from conceptedit.plugins.uce import OBJECT_TEMPLATES, cross_attention_projections, same_shape_chunks
 from conceptedit.registry import register_plugin
 from conceptedit.sparsity.ridge import weighted_ridge_edit
-from conceptedit.toolkit import Progress, no_progress, tokenize
+from conceptedit.toolkit import Progress, no_progress
 
 DELTA_FILE = "weights.safetensors"
 _LORA_ENDS = (".lora_A.weight", ".lora_B.weight")
@@ -272,90 +280,6 @@ class RealEraEdit(Edit):
                 save_file({k: v.detach().contiguous().cpu() for k, v in part.items()}, str(folder / name))
                 files.append(name)
         return files
-
-
-@torch.no_grad()
-def concept_condition(pipe: Any, prompt: str) -> tuple[Conditioning, int]:
-    """The UNet's conditioning for ``prompt`` (float32, CPU; on SDXL the 2048-d concatenated context, the
-    pooled embedding and time ids) and the row of its last word token (UCE's key)."""
-    cond = conditioning(pipe, [prompt]).float().to("cpu")
-    row = int(tokenize(text_encoders(pipe)[0][2], [prompt]).attention_mask[0].sum()) - 2
-    return cond, row
-
-
-def encode_concept(pipe: Any, prompt: str) -> tuple[torch.Tensor, int]:
-    """The cross-attention context ``(1, L, d)`` of ``prompt`` (float32, CPU) and its last word token's row."""
-    cond, row = concept_condition(pipe, prompt)
-    return cond.embeds, row
-
-
-@torch.no_grad()
-def vocabulary_embeddings(
-    pipe: Any, n: int, generator: torch.Generator, batch: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-attention context rows of ``n`` random vocabulary tokens (special tokens left out), each as the
-    one-word prompt's word row (float64, CPU; on SDXL both encoders' rows concatenated: their tokenizers
-    share a vocabulary), and the token ids. The encoders are causal, so the row needs only ``[BOS, token]``."""
-    encoders = text_encoders(pipe)
-    tok = encoders[0][2]
-    special = set(tok.all_special_ids)
-    ids = torch.tensor([i for i in range(len(tok)) if i not in special])
-    ids = ids[torch.randperm(len(ids), generator=generator)[:n]]
-    out = []
-    for chunk in ids.split(batch):
-        inputs = {
-            name: torch.stack([torch.full_like(chunk, tokenizer.bos_token_id), chunk], dim=1)
-            for name, _, tokenizer in encoders
-        }
-        out.append(encode_ids(pipe, inputs)[0][:, 1].double().cpu())
-    return torch.cat(out), ids
-
-
-def concept_span(tokenizer: Any, prompt: str, anchor_prompt: str) -> tuple[int, int, int]:
-    """Where the concept sits in ``prompt`` and the anchor in ``anchor_prompt`` (the same sentence with the
-    anchor substituted), from their common token prefix and suffix (MACE's ``find_matching_indices``):
-    ``(prefix, concept_end, anchor_end)``: the concept's tokens are ``prefix..concept_end``, and the anchor's
-    last token is ``anchor_end`` (the last prefix token when the anchor is empty: for the bare prompt and
-    ``""``, BOS, which is UCE's guide row)."""
-    # untruncated, so the common suffix (up to EOS) is found in a sentence longer than the encoder reads
-    a, b = (list(tokenizer(p, truncation=False).input_ids) for p in (prompt, anchor_prompt))
-    prefix = 0
-    while prefix < min(len(a), len(b)) and a[prefix] == b[prefix]:
-        prefix += 1
-    suffix = 0
-    while suffix < min(len(a) - prefix - 1, len(b) - prefix) and a[-1 - suffix] == b[-1 - suffix]:
-        suffix += 1
-    if len(a) - suffix - 1 < prefix:
-        raise RequestError(f"the concept prompt {prompt!r} has no token that its anchor prompt {anchor_prompt!r} lacks")
-    return prefix, len(a) - suffix - 1, len(b) - suffix - 1
-
-
-@torch.no_grad()
-def spliced_contexts(
-    pipe: Any, prompt: str, prefix: int, concept_end: int, token_ids: torch.Tensor, batch: int = 64
-) -> torch.Tensor:
-    """Contexts ``(m, L, d)`` (float64, CPU) of ``prompt`` with its concept tokens ``prefix..concept_end``
-    replaced by one token each of ``token_ids`` (every encoder's tokenizer shares the vocabulary; padded with
-    its own pad token): the beyond-concept samples in the concept's sentence frame. No ids (no vocabulary
-    word lies outside the neighbourhood, as with random-weight encoders): ``(0, L, d)``."""
-    if not len(token_ids):  # split() of an empty tensor still yields one (empty) chunk
-        ids = {name: tokenize(tokenizer, [prompt]).input_ids for name, _, tokenizer in text_encoders(pipe)}
-        return encode_ids(pipe, ids)[0][:0].double().cpu()
-    out = []
-    for chunk in token_ids.split(batch):
-        inputs = {}
-        for name, _, tokenizer in text_encoders(pipe):
-            ids = tokenize(tokenizer, [prompt]).input_ids[0]
-            pad = torch.full((concept_end - prefix,), int(tokenizer.pad_token_id), dtype=ids.dtype)
-            rows = [torch.cat([ids[:prefix], t.view(1).to(ids.dtype), ids[concept_end + 1 :], pad]) for t in chunk]
-            inputs[name] = torch.stack(rows)[:, : len(ids)]
-        out.append(encode_ids(pipe, inputs)[0].double().cpu())
-    return torch.cat(out)
-
-
-def pool_indices(pool: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Indices in ``pool`` of ``rows`` (exact copies of pool rows, as :func:`beyond_from_pool` returns)."""
-    return torch.tensor([int(torch.nonzero((pool == r).all(dim=1))[0]) for r in rows], dtype=torch.long)
 
 
 @torch.no_grad()

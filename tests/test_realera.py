@@ -19,6 +19,7 @@ from conceptedit.edits.lora import LORA_FILE
 from conceptedit.errors import ConceptEditError, ConfigError, RequestError, UnsupportedModelError
 from conceptedit.generation import generate
 from conceptedit.plugin import Request
+from conceptedit.plugins._realera_context import concept_span, encode_concept
 from conceptedit.plugins._realera_stages import (
     alignment_problem,
     beyond_from_pool,
@@ -26,7 +27,7 @@ from conceptedit.plugins._realera_stages import (
     mine_neighbours,
     sample_beyond,
 )
-from conceptedit.plugins.realera import CONTEXT_TEMPLATES, DELTA_FILE, RealEraEdit, concept_span, encode_concept
+from conceptedit.plugins.realera import CONTEXT_TEMPLATES, DELTA_FILE, RealEraEdit
 from conceptedit.registry import get_plugin
 from conceptedit.sparsity.ridge import normal_equation_residual, weighted_ridge_edit
 
