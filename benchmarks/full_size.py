@@ -59,6 +59,16 @@ MINIMAL: dict[str, dict[str, Any]] = {
 }
 
 
+def known_case(case: str) -> bool:
+    """A case :func:`case_config` understands: a listed case, ``itd@N`` (N > 0) or ``realera@word|context``."""
+    name, at, variant = case.partition("@")
+    if not at:
+        return name in CASES
+    if name == "itd":
+        return variant.isdigit() and int(variant) > 0
+    return name == "realera" and variant in ("word", "context")
+
+
 def case_config(case: str, corpus: Path) -> tuple[str, dict[str, Any]]:
     """The plugin name and config of a case (``itd@N``: ItD with an SAE of N latents; ``realera@context``:
     RealEra keyed in context, ``keys: context``)."""
@@ -274,9 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = [m for m in models if m not in MODELS + TINY] + [c for c in cases if c.partition("@")[0] not in CASES]
+    unknown = [m for m in models if m not in MODELS + TINY] + [c for c in cases if not known_case(c)]
     if unknown:
-        print(f"error: unknown model or case {unknown[0]!r}", file=sys.stderr)
+        print(f"error: unknown model or case {unknown[0]!r} (cases: {', '.join(CASES)}, itd@N, realera@context)",
+              file=sys.stderr)  # fmt: skip
         return 2
     failed = 0
     limits = (args.mem_limit_gb, args.timeout, args.threads)
