@@ -127,10 +127,18 @@ def build_data(
     return TrainingData(latents, [captions[i] for i in chosen], clauses, masks, stats)
 
 
-def full_caption(caption: str, geometry: str) -> str:
+def full_caption(caption: str, geometry: str, tokenizer: Any = None) -> str:
+    """``caption ⊕ geometry``. With a ``tokenizer``, words are dropped from the end of ``caption`` until the
+    whole fits its ``model_max_length``: the clause comes last, so plain truncation would cut the location
+    tokens first (on the shapes model, 12 % of marked render captions ran past its 32 tokens)."""
     if not geometry:
         return caption
-    return f"{caption}, {geometry}" if caption.strip() else geometry
+    words = caption.split()
+    while True:
+        text = f"{' '.join(words)}, {geometry}" if words else geometry
+        if tokenizer is None or not words or len(tokenizer(text).input_ids) <= tokenizer.model_max_length:
+            return text
+        words.pop()
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -196,7 +204,7 @@ def train(
             idx = torch.randint(0, n, (min(settings.batch_size, n),), generator=gen)
             drop = torch.rand(len(idx), generator=gen) < settings.caption_dropout
             prompts = [
-                full_caption("" if d else data.captions[i], data.clauses[i])
+                full_caption("" if d else data.captions[i], data.clauses[i], tokenizer)
                 for i, d in zip(idx.tolist(), drop.tolist(), strict=True)
             ]
             x0 = data.latents[idx].to(device)

@@ -68,7 +68,7 @@ from conceptedit.detectors import DETECTORS, check_detections, get_detector
 from conceptedit.edits import LoRAEdit, NegativePromptEdit, lora_tensors_from_peft
 from conceptedit.edits.base import Edit, Undo
 from conceptedit.edits.lora import LORA_FILE
-from conceptedit.edits.tokens import add_token_rows, check_token_vectors
+from conceptedit.edits.tokens import add_token_rows, check_token_vectors, extended_tokenizer, token_table
 from conceptedit.errors import ArtifactError, RequestError
 from conceptedit.families import SD_FAMILIES
 from conceptedit.plugin import Plugin, Request
@@ -201,6 +201,18 @@ def negative_text(targets: list[str], tokens: list[str]) -> str:
     return f"{', '.join(targets)} {' '.join(tokens)}"
 
 
+def check_negative_fits(pipe: Any, targets: list[str], tokens: list[str]) -> None:
+    """Refuse, before any work, a grid whose negative prompt the tokenizer would truncate: the location
+    tokens come last, so the cut would silently drop the cells the edit is about."""
+    twin = extended_tokenizer(pipe.tokenizer, tokens, token_table(pipe.text_encoder).num_embeddings)
+    length, limit = len(twin(negative_text(targets, tokens)).input_ids), twin.model_max_length
+    if length > limit:
+        raise RequestError(
+            f"the negative prompt ({len(targets)} concept name(s) + {len(tokens)} location tokens) is {length} tokens, "
+            f"over this tokenizer's {limit}; use a smaller grid or fewer targets per edit"
+        )
+
+
 def detector_for(pipe: Any, spec: str) -> Any:
     """The configured detector; ``auto`` = the registered one whose ``world`` is the model's."""
     if spec != "auto":
@@ -259,6 +271,7 @@ class GeomErasingPlugin(Plugin):
         detections = check_detections(detector, images, request.targets)
         tag = payload_hash({"targets": request.targets, "config": config_to_dict(cfg)}, 6)
         tokens = location_tokens(tag, cfg.grid)
+        check_negative_fits(pipe, request.targets, tokens)
         data = build_data(
             pipe, images, captions, detections, request.targets, tokens, cfg.grid, default_resolution(pipe),
             keep_unmarked=cfg.setting == "data",

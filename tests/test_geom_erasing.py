@@ -24,7 +24,13 @@ from conceptedit.edits.tokens import add_token_rows, token_vectors
 from conceptedit.errors import ConceptEditError, ModelMismatchError
 from conceptedit.generation import generate
 from conceptedit.plugin import Request
-from conceptedit.plugins._geom_erasing_fit import covered_cells, region_mask, region_weights, weighted_loss
+from conceptedit.plugins._geom_erasing_fit import (
+    covered_cells,
+    full_caption,
+    region_mask,
+    region_weights,
+    weighted_loss,
+)
 from conceptedit.plugins.blindspots import IMAGE_SETS
 from conceptedit.plugins.geom_erasing import GeomErasingEdit, GeomErasingLoRAEdit
 from conceptedit.registry import get_plugin
@@ -263,5 +269,21 @@ def test_fit_refuses_what_it_cannot_do(tiny_pipe, fake_detectors):
         plugin(SETTINGS, detector="auto").fit(tiny_pipe, Request(targets=["stamp"], prompts=["a cat"]))
     with pytest.raises(ConceptEditError, match="ships no prompt corpus"):
         plugin(SETTINGS).fit(tiny_pipe, Request(targets=["stamp"]))
+    with pytest.raises(ConceptEditError, match="negative prompt .* over this tokenizer's 16; use a smaller grid"):
+        plugin(SETTINGS, grid=9).fit(tiny_pipe, Request(targets=["stamp"], prompts=["a cat"]))
     with pytest.raises(ConceptEditError, match="alpha must be > 0"):
         plugin(SETTINGS, alpha=0)
+
+
+def test_a_long_caption_loses_its_own_words_not_the_location_tokens(tiny_pipe):
+    from conceptedit.edits.tokens import extended_tokenizer, token_table
+
+    tokens = ["<loc-a>", "<loc-b>"]
+    tok = extended_tokenizer(tiny_pipe.tokenizer, tokens, token_table(tiny_pipe.text_encoder).num_embeddings)
+    long = " ".join(["cat"] * 100)
+    text = full_caption(long, "stamp <loc-a> <loc-b>", tok)
+    ids = tok(text).input_ids
+    assert len(ids) <= tok.model_max_length and text.startswith("cat cat") and text.endswith(", stamp <loc-a> <loc-b>")
+    assert tok.convert_tokens_to_ids("<loc-b>") in ids
+    assert full_caption("a red cat", "stamp <loc-a>", tok) == "a red cat, stamp <loc-a>"  # short: unchanged
+    assert full_caption("", "stamp <loc-a>", tok) == "stamp <loc-a>"
