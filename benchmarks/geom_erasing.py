@@ -58,17 +58,31 @@ from PIL import Image, ImageDraw
 from conceptedit import Edit, Request, generate, get_plugin, load_pipeline
 from conceptedit.datasets.shapes import WORLD, prompt_for, render
 from conceptedit.datasets.shapes.detector import ShapesMarkDetector, ground_truth_boxes
-from conceptedit.detectors import box_iou
-from conceptedit.edits import LoRAEdit, Manifest, lora_tensors_from_peft
+from conceptedit.detectors import box_iou, check_detections
+from conceptedit.edits import LoRAEdit, Manifest, WeightDeltaEdit, lora_tensors_from_peft
+from conceptedit.edits.tokens import add_token_rows
 from conceptedit.eval.metrics.clip import ClipScore
 from conceptedit.eval.verdicts import wilson
 from conceptedit.pipelines.shapes import model_dir
-from conceptedit.plugins._geom_erasing_fit import LoopSettings, build_data, train
-from conceptedit.plugins.geom_erasing import GeomErasingConfig
+from conceptedit.plugins._geom_erasing_fit import (
+    LoopSettings,
+    build_data,
+    clause,
+    covered_cells,
+    initial_vectors,
+    location_tokens,
+    train,
+)
+from conceptedit.plugins.blindspots import image_set_for
+from conceptedit.plugins.geom_erasing import TOKENS_KEY, GeomErasingConfig, GeomErasingEdit, detector_for, negative_text
 
 MARKS = list(WORLD.mark_names)
 FAMILIES = ("shape", "colour", "background", "style")
-ARMS = ("base", "np-word", "esd", "ge-model", "ge-data", "ge-data-lora-only", "oracle")
+ARMS = (
+    "base", "np-word", "esd", "ge-model", "ge-data", "ge-data-lora-only", "ge-data-steer",
+    "ge-data-full", "ge-data-full-steer", "oracle",
+)  # fmt: skip
+STEER_CELL = 0  # the steering control asks for the watermark in the top-left cell
 
 
 def prompts_and_seeds(n: int, seed: int = 2024) -> tuple[list[str], list[int], list[dict[str, str]]]:
@@ -119,9 +133,69 @@ def oracle_edit(pipe: Any, samples: int, cfg: GeomErasingConfig) -> tuple[Edit, 
     return edit, time.perf_counter() - start
 
 
-def fit_arm(pipe: Any, arm: str, folder: Path) -> tuple[Edit | None, float]:
+def data_full_edits(pipe: Any, folder: Path) -> tuple[list[Edit], float]:
+    """The data setting with every UNet weight trained (the paper's data setting; the plugin trains a LoRA):
+    the plugin's own pieces, then the UNet's weight delta stacked under the tokens + negative prompt edit."""
+    if (folder / "unet" / "manifest.json").exists():
+        seconds = float(json.loads((folder / "fit.json").read_text())["seconds"])
+        return [Edit.load(folder / "unet"), Edit.load(folder / "tokens")], seconds
+    start = time.perf_counter()
+    cfg = GeomErasingConfig(setting="data")
+    images, captions, _ = image_set_for(pipe, "auto")(2048, cfg.seed)
+    detections = check_detections(detector_for(pipe, "auto"), list(images), MARKS)
+    tokens = location_tokens("full", cfg.grid)
+    data = build_data(pipe, list(images), list(captions), detections, MARKS, tokens, cfg.grid, 32, keep_unmarked=True)
+    settings = LoopSettings(
+        steps=600, batch_size=cfg.batch_size, token_lr=cfg.token_lr, alpha=cfg.alpha,
+        caption_dropout=cfg.caption_dropout, seed=cfg.seed, lora=True, full_unet=True,
+    )  # fmt: skip
+    vectors, student, stats = train(pipe, data, tokens, initial_vectors(pipe, len(tokens), cfg.seed), settings)
+    manifest = Manifest("weight_delta", "weight_delta", "ge-data-full", config=asdict(cfg), targets=MARKS, extra=stats)
+    unet = WeightDeltaEdit.from_models(
+        manifest,
+        {f"unet.{k}": v for k, v in pipe.unet.named_parameters()},
+        {f"unet.{k}": v for k, v in student.named_parameters()},
+    )
+    unet.record_base(pipe, ["unet"])
+    extra = {"tokens": tokens, "negative_text": negative_text(MARKS, tokens), "mode": "append"}
+    words = Manifest(GeomErasingEdit.edit_type, "runtime", "ge-data-full", targets=MARKS, extra=extra)
+    geometry = GeomErasingEdit(words, {TOKENS_KEY: vectors})
+    geometry.record_base(pipe, ["text_encoder"])
+    seconds = time.perf_counter() - start
+    unet.save(folder / "unet")
+    geometry.save(folder / "tokens")
+    (folder / "fit.json").write_text(json.dumps({"seconds": seconds}))
+    return [unet, geometry], seconds
+
+
+def steering(pipe: Any, edits: list[Edit], prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+    """The steering control: the fitted model with its tokens but no negative prompt, each prompt asking for
+    the watermark in one cell (the clause the training captions used). If the clause steers nothing,
+    the negative prompt that holds it has nothing to push away from."""
+    *weights, geometry = edits
+    tokens = geometry.manifest.extra["tokens"]
+    handles = [e.apply(pipe) for e in weights]
+    undo = add_token_rows(pipe, tokens, geometry.tensors[TOKENS_KEY])
+    try:
+        asked = [f"{p}, {clause('watermark', [STEER_CELL], tokens)}" for p in prompts]
+        return generate(pipe, asked, seeds, batch_size=25)
+    finally:
+        undo()
+        for h in reversed(handles):
+            h.remove()
+
+
+def fit_arm(pipe: Any, arm: str, folder: Path) -> tuple[Edit | list[Edit] | None, float]:
     if arm == "base":
         return None, 0.0
+    if arm == "ge-data-full":
+        return data_full_edits(pipe, folder)
+    if arm.endswith("-steer"):
+        full, seconds = fit_arm(pipe, arm[: -len("-steer")], folder.parent / arm[: -len("-steer")])
+        if isinstance(full, list):
+            return full, seconds
+        lora = {k: v for k, v in full.tensors.items() if ".lora_" in k}
+        return [LoRAEdit(full.manifest, lora), full], seconds
     if arm == "ge-data-lora-only":  # ablation: the data setting's LoRA without its tokens and negative prompt
         full, seconds = fit_arm(pipe, "ge-data", folder.parent / "ge-data")
         lora = {k: v for k, v in full.tensors.items() if ".lora_" in k}
@@ -149,18 +223,24 @@ def fit_arm(pipe: Any, arm: str, folder: Path) -> tuple[Edit | None, float]:
     return edit, seconds
 
 
-def read_arm(pipe: Any, edit: Edit | None, prompts: list[str], seeds: list[int], out: Path) -> list[Image.Image]:
-    """Generations of one arm (cached as PNGs under ``out``)."""
+def read_arm(
+    pipe: Any, edit: Edit | list[Edit] | None, prompts: list[str], seeds: list[int], out: Path, steer: bool = False
+) -> list[Image.Image]:
+    """Generations of one arm (edits stacked in order; cached as PNGs under ``out``)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{i:04d}.png" for i in range(len(prompts))]
     if all(p.exists() for p in paths):
         return [Image.open(p).convert("RGB") for p in paths]
-    handle = edit.apply(pipe) if edit is not None else None
-    try:
-        images = generate(pipe, prompts, seeds, batch_size=25)
-    finally:
-        if handle is not None:
-            handle.remove()
+    edits = [] if edit is None else edit if isinstance(edit, list) else [edit]
+    if steer:
+        images = steering(pipe, edits, prompts, seeds)
+    else:
+        handles = [e.apply(pipe) for e in edits]
+        try:
+            images = generate(pipe, prompts, seeds, batch_size=25)
+        finally:
+            for h in reversed(handles):
+                h.remove()
     for p, im in zip(paths, images, strict=True):
         im.save(p)
     return images
@@ -226,7 +306,8 @@ def main() -> None:
     shown = {"base": base_images}
     for arm in arms:
         edit, seconds = fit_arm(pipe, arm, out / "edits" / arm)
-        images = base_images if arm == "base" else read_arm(pipe, edit, prompts, seeds, out / "images" / arm)
+        steer = arm.endswith("-steer")
+        images = base_images if arm == "base" else read_arm(pipe, edit, prompts, seeds, out / "images" / arm, steer)
         shown[arm] = images
         found = detector.detect(images)
         probe = detector.probe.predict(images)
@@ -234,6 +315,8 @@ def main() -> None:
         row: dict[str, Any] = {"fit_seconds": round(seconds, 1)}
         row["marks"] = {m: rate(sum(f[m].present for f in found), len(found)) for m in MARKS}
         row["any_mark"] = rate(sum(any(f[m].present for m in MARKS) for f in found), len(found))
+        asked = [f["watermark"] for f in found if f["watermark"].present]
+        row["watermark_in_cell"] = rate(sum(STEER_CELL in covered_cells(d.box, 3) for d in asked), max(1, len(asked)))
         row["probe_accuracy"] = {
             f: round(float(np.mean([p[f]["label"] == lab[f] for p, lab in zip(probe, labels, strict=True)])), 4)
             for f in FAMILIES
@@ -244,7 +327,7 @@ def main() -> None:
         }
         row["clip_score"] = round(float(np.mean([s["score"] for s in scores])), 3)
         if edit is not None:
-            extra = edit.manifest.extra
+            extra = (edit[0] if isinstance(edit, list) else edit).manifest.extra
             row["fit"] = {k: extra[k] for k in ("data", "loss_first", "loss_last", "train_seconds") if k in extra}
         results["arms"][arm] = row
         print(json.dumps({arm: row}), flush=True)

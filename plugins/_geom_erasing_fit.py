@@ -154,6 +154,8 @@ class LoopSettings:
     lora_rank: int = 4
     lora_lr: float = 1e-3
     lora_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    full_unet: bool = False  # with ``lora``: train every UNet weight (the paper's data setting) at ``unet_lr``
+    unet_lr: float = 1e-4
 
 
 def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -170,7 +172,8 @@ def train(
     progress: Progress = no_progress,
 ) -> tuple[torch.Tensor | None, torch.nn.Module | None, dict[str, Any]]:
     """Fine-tune the location-token embeddings (if ``init`` is given) and, with ``settings.lora``, a LoRA on
-    a copy of the UNet, with the re-weighted loss. Returns (token vectors, the LoRA-wrapped UNet copy, stats).
+    a copy of the UNet (or, with ``settings.full_unet``, all of the copy's weights), with the re-weighted loss.
+    Returns (token vectors, the trained UNet copy, stats).
     The pipeline's own weights are never changed."""
     from conceptedit.plugins._training import Trainable, linear_module_names, trainable_copy
 
@@ -188,9 +191,14 @@ def train(
     unet, student = pipe.unet, None
     if settings.lora:
         student = trainable_copy(pipe.unet).to(device)
-        names = linear_module_names(student, lambda n: "attn" in n and n.endswith(settings.lora_modules))
-        trainable = Trainable(student, "unet", names, "lora", settings.lora_rank, None, settings.seed)
-        params.append({"params": trainable.parameters, "lr": settings.lora_lr})
+        if settings.full_unet:
+            names = [n for n, m in student.named_modules() if n and next(m.parameters(recurse=False), None) is not None]
+            trainable = Trainable(student, "unet", names, "weight_delta")
+            params.append({"params": trainable.parameters, "lr": settings.unet_lr})
+        else:
+            names = linear_module_names(student, lambda n: "attn" in n and n.endswith(settings.lora_modules))
+            trainable = Trainable(student, "unet", names, "lora", settings.lora_rank, None, settings.seed)
+            params.append({"params": trainable.parameters, "lr": settings.lora_lr})
         unet = student
     if not params:
         raise ValueError("nothing to train")

@@ -287,3 +287,22 @@ def test_a_long_caption_loses_its_own_words_not_the_location_tokens(tiny_pipe):
     assert tok.convert_tokens_to_ids("<loc-b>") in ids
     assert full_caption("a red cat", "stamp <loc-a>", tok) == "a red cat, stamp <loc-a>"  # short: unchanged
     assert full_caption("", "stamp <loc-a>", tok) == "stamp <loc-a>"
+
+
+def test_full_unet_mode_trains_every_unet_weight_and_leaves_the_pipeline_alone(tiny_pipe):
+    from conceptedit.plugins._geom_erasing_fit import LoopSettings, TrainingData, train
+
+    before = full_state(tiny_pipe)
+    side = tiny_pipe.unet.config.sample_size
+    channels = tiny_pipe.unet.config.in_channels
+    masks = torch.zeros(2, side, side, dtype=torch.bool)
+    masks[:, :2, :2] = True
+    data = TrainingData(torch.randn(2, channels, side, side), ["a red cat", "a cat"], ["stamp", ""], masks)
+    settings = LoopSettings(steps=2, batch_size=2, token_lr=1e-3, alpha=2.0, caption_dropout=0.0, seed=0,
+                            lora=True, full_unet=True, unet_lr=1e-2)  # fmt: skip
+    _, student, stats = train(tiny_pipe, data, [], None, settings)
+    trained = dict(student.named_parameters())
+    changed = {n for n, p in tiny_pipe.unet.named_parameters() if not torch.equal(p, trained[n].to(p.dtype))}
+    assert any("conv_in" in n for n in changed) and any("attn2.to_k" in n for n in changed)
+    assert not any("lora_" in n for n in trained)
+    assert_same_state(before, full_state(tiny_pipe))
