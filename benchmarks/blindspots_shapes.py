@@ -214,6 +214,11 @@ def main() -> None:
         "under --out/crescent_lora, reused when there), analyse with it applied and again after removing it",
     )
     ap.add_argument("--crescent-steps", type=int, default=300)
+    ap.add_argument(
+        "--crescent-plant", choices=("lora", "uce"), default="uce",
+        help="the crescent plant: uce (the uce plugin erasing 'crescent', closed form, surgical) or lora "
+        "(plant_concepts.py's LoRA on mismatched pairs, which breaks other shapes too)",
+    )  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -253,23 +258,24 @@ def main() -> None:
     if args.plant_halo:
         report |= plant_runs("halo", pipe, out_dir, args.halo_steps, args.seed, run)
     if args.plant_crescent:
-        report |= plant_runs("crescent", pipe, out_dir, args.crescent_steps, args.seed, run)
+        report |= plant_runs("crescent", pipe, out_dir, args.crescent_steps, args.seed, run, args.crescent_plant)
     print(json.dumps(report, indent=1))
 
 
-def plant_runs(concept: str, pipe, out_dir: Path, steps: int, seed: int, run) -> dict:
-    """A planted blind spot (``plant_concepts.py``): analysis with its LoRA applied, then again after
-    removing it (reports ``CONCEPT_planted`` and ``CONCEPT_removed``)."""
-    from plant_concepts import plant_lora
+def plant_runs(concept: str, pipe, out_dir: Path, steps: int, seed: int, run, kind: str = "lora") -> dict:
+    """A planted blind spot (``plant_concepts.py``): analysis with its edit (a LoRA, or for the crescent
+    the UCE erasure) applied, then again after removing it (reports ``CONCEPT_planted`` and
+    ``CONCEPT_removed``)."""
+    from plant_concepts import plant_crescent_uce, plant_lora
 
     from conceptedit.edits import Edit
 
-    folder = out_dir / f"{concept}_lora"
+    folder = out_dir / f"{concept}_{kind}"
     t = time.perf_counter()
     if (folder / "manifest.json").is_file():
         edit = Edit.load(folder)
     else:
-        edit = plant_lora(pipe, concept, steps=steps, seed=seed)
+        edit = plant_crescent_uce(pipe) if kind == "uce" else plant_lora(pipe, concept, steps=steps, seed=seed)
         edit.save(folder)
     fit = round(time.perf_counter() - t, 1)
     handle = edit.apply(pipe)
@@ -278,7 +284,7 @@ def plant_runs(concept: str, pipe, out_dir: Path, steps: int, seed: int, run) ->
     finally:
         handle.remove()
     planted["seconds"] = {"lora_fit_or_load": fit, **planted["seconds"]}
-    return {f"{concept}_lora": {"folder": str(folder), **edit.manifest.extra}, f"{concept}_planted": planted,
+    return {f"{concept}_{kind}": {"folder": str(folder), **edit.manifest.extra}, f"{concept}_planted": planted,
             f"{concept}_removed": run(f"{concept}_removed")}  # fmt: skip
 
 

@@ -108,6 +108,18 @@ def plant_crescent_lora(pipe: Any, **kwargs: Any) -> LoRAEdit:
     return plant_lora(pipe, "crescent", **kwargs)
 
 
+def plant_crescent_uce(pipe: Any) -> Any:
+    """The surgical suppression plant: the ``uce`` plugin erasing "crescent" with its paper defaults (a
+    closed-form edit of the cross-attention keys/values: crescent prompts are mapped to the empty prompt's
+    values, other words keep theirs). The LoRA plant above learns to ignore shape words at large; this one
+    changes what the model draws for crescent prompts and little else."""
+    from conceptedit import Request, get_plugin
+
+    edit = get_plugin("uce")().fit(pipe, Request(targets=[WORLD.rare_shape]))
+    edit.manifest.extra["purpose"] = "benchmark: a planted suppression (crescent erased by UCE, paper defaults)"
+    return edit
+
+
 #: concept -> (training set builder, manifest purpose, default number of training pairs). The crescent
 #: LoRA is not surgical (measured with ``blindspots_shapes.py --plant-crescent``, n = 512): on 256 pairs
 #: (19 passes over each) the probe read the asked shape on 54.7 % of 435 generations for other prompts

@@ -136,7 +136,11 @@ def full_caption(caption: str, geometry: str, tokenizer: Any = None) -> str:
     words = caption.split()
     while True:
         text = f"{' '.join(words)}, {geometry}" if words else geometry
-        if tokenizer is None or not words or len(tokenizer(text).input_ids) <= tokenizer.model_max_length:
+        if (
+            tokenizer is None
+            or not words
+            or len(tokenizer(text, verbose=False).input_ids) <= tokenizer.model_max_length
+        ):
             return text
         words.pop()
 
