@@ -3,8 +3,13 @@
 Arms (the same prompts and seeds in each): ``base``; ``np-word`` (the ``negative-prompt`` plugin with the
 concept words only); ``esd`` (the ``esd`` plugin, paper defaults, on the concept words); ``ge-model`` and
 ``ge-data`` (``geom-erasing`` in both settings, plugin defaults); ``ge-data-lora-only`` (an ablation: the
-``ge-data`` artifact's LoRA alone, no tokens, no negative prompt); ``oracle`` (the data setting's LoRA
-fine-tune, same steps and lr, on renders with no mark, plain captions, no tokens, no negative prompt).
+``ge-data`` artifact's LoRA alone, no tokens, no negative prompt); ``ge-data-full`` (the data setting with
+every UNet weight trained, as the paper, instead of the plugin's LoRA; the weight delta stacked under the
+tokens + negative prompt); ``oracle`` (the data setting's LoRA fine-tune, same steps and lr, on renders with
+no mark, plain captions, no tokens, no negative prompt). The steering controls ``ge-data-steer`` and
+``ge-data-full-steer`` use the fitted model with its tokens but no negative prompt and append "watermark
+⟨top-left cell⟩" to every prompt: if that does not draw the watermark there, the clause has nothing for the
+negative prompt to push away from (``watermark_in_cell``: the share of drawn watermarks in that cell).
 
 Per arm: the rate of each mark (read by the shapes detector, i.e. the probe) with a 95 % Wilson interval;
 the probe's reading of the prompted shape / colour / background / style (accuracy) and its agreement with
@@ -21,7 +26,7 @@ shared 2-core machine (load 15-19) the arms in four processes (``--arms`` disjoi
 own ``--out`` and the base images linked in) took 70 minutes of wall time.
 
 Measured on v2 (n = 200 per arm; marks in %, 95 % Wilson interval; probe accuracy of the prompted
-shape/colour/background/style in %; CLIP score; fit wall seconds on the loaded machine):
+shape/colour/background/style in %; CLIP score; fit wall seconds):
 
 | arm | watermark | qr | glyphs | shape/colour/bg/style | CLIP | fit s |
 |---|---|---|---|---|---|---|
@@ -29,13 +34,22 @@ shape/colour/background/style in %; CLIP score; fit wall seconds on the loaded m
 | np-word | 13.0 [9.0, 18.4] | 11.5 [7.8, 16.7] | 8.5 [5.4, 13.2] | 91.5/98.0/100/66.5 | 77.48 | 2.5 |
 | esd | 16.5 [12.0, 22.3] | 11.5 [7.8, 16.7] | 9.5 [6.2, 14.4] | 98.5/98.5/100/66.0 | 78.50 | 2415 |
 | ge-model | 13.0 [9.0, 18.4] | 12.5 [8.6, 17.8] | 8.0 [5.0, 12.6] | 92.0/98.0/100/65.0 | 77.66 | 1974 |
-| ge-data | 10.5 [7.0, 15.5] | 7.5 [4.6, 12.0] | 7.0 [4.2, 11.4] | 98.0/98.0/100/62.0 | 78.46 | 2143 |
-| ge-data-lora-only | 10.5 [7.0, 15.5] | 9.0 [5.8, 13.8] | 7.5 [4.6, 12.0] | 99.0/-/-/- | - | (ge-data's) |
-| oracle | 1.0 [0.3, 3.6] | 1.0 [0.3, 3.6] | 4.0 [2.0, 7.7] | 99.0/99.5/100/65.0 | 78.47 | 2042 |
+| ge-data | 10.5 [7.0, 15.5] | 7.5 [4.6, 12.0] | 7.0 [4.2, 11.4] | 100/98.5/100/62.0 | 78.51 | 210 |
+| ge-data-lora-only | 10.0 [6.6, 14.9] | 8.5 [5.4, 13.2] | 8.5 [5.4, 13.2] | 99.0/98.5/100/65.0 | 78.36 | (ge-data's) |
+| ge-data-steer | 12.5 [8.6, 17.8], 5/25 in the cell | 7.5 | 7.0 | 99.0/98.5/100/66.5 | 78.51 | (ge-data's) |
+| ge-data-full | 9.5 [6.2, 14.4] | 7.5 [4.6, 12.0] | 5.5 [3.1, 9.6] | 99.5/96.5/100/66.5 | 79.15 | 262 |
+| ge-data-full-steer | 11.5 [7.8, 16.7], 6/23 in the cell | 9.0 | 8.5 | 99.5/97.5/100/65.5 | 79.07 | (ge-data-full's) |
+| oracle | 1.0 [0.3, 3.6] | 1.0 [0.3, 3.6] | 4.0 [2.0, 7.7] | 99.0/99.5/100/65.0 | 78.47 | 174 |
 
-``ge-data-lora-only`` (the ``ge-data`` artifact's LoRA alone; only the mark rates and shape accuracy were read
-in that run) shows that the data setting's reduction comes from the fine-tune itself: the location tokens
-in the negative prompt add nothing measurable.
+The base draws 7 of its 30 watermarks in the top-left cell (each mark sits at one of four corners), so the
+steering controls' 5/25 and 6/23 are chance: the clause does not steer the mark. The ge-data rows, the
+steering controls, ge-data-full and the oracle are from one run on an idle 2-core machine (Dec 4; fit
+seconds there); the base, np-word, esd and ge-model rows from the earlier run at load 15-19 (same prompts
+and seeds; the base row was identical in both).
+
+``ge-data-lora-only`` (the ``ge-data`` artifact's LoRA alone) shows that the data setting's reduction comes
+from the fine-tune itself: the location tokens in the negative prompt add nothing measurable, as the
+steering controls explain.
 
 Detector on 600 held-out renders: presence accuracy 1.000 and box IoU 1.000 for each mark, at 64 px
 and at 32 px (154 / 91 / 95 renders with the mark).
