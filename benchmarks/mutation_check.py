@@ -1,5 +1,5 @@
 """Mutation check: break the code on purpose, one curated mutation at a time, and see whether the tests notice.
-(Long because it is a table: 45 curated mutations with their tests, then a small runner.)
+(Long because it is a table: 48 curated mutations with their tests, then a small runner.)
 
 Each mutation is an exact text replacement in one file of the core (``conceptedit/``) or the plugins
 (``plugins/``) — a sign flip, an off-by-one, a dropped step, swapped arguments — with the test files (or
@@ -504,6 +504,30 @@ MUTATIONS: list[Mutation] = [
         "    if False:",
         ("tests/test_sdxl.py::test_plugins_without_sdxl_refuse_it_in_one_line",),
         "a plugin runs on a family it does not support",
+    ),
+    Mutation(
+        "geom-caption-cuts-the-location-tokens",
+        "plugins/_geom_erasing_fit.py",
+        "            or len(tokenizer(text, verbose=False).input_ids) <= tokenizer.model_max_length",
+        "            or True",
+        ("tests/test_geom_erasing.py::test_a_long_caption_loses_its_own_words_not_the_location_tokens",),
+        "a caption past the tokenizer's length keeps its words and loses the location tokens to truncation",
+    ),
+    Mutation(
+        "geom-negative-prompt-length-unchecked",
+        "plugins/geom_erasing.py",
+        "    if length > limit:",
+        "    if False:",
+        ("tests/test_geom_erasing.py::test_fit_refuses_what_it_cannot_do",),
+        "a grid whose negative prompt the tokenizer truncates is fitted anyway",
+    ),
+    Mutation(
+        "geom-full-unet-trains-a-lora",
+        "plugins/_geom_erasing_fit.py",
+        "        if settings.full_unet:",
+        "        if False:",
+        ("tests/test_geom_erasing.py::test_full_unet_mode_trains_every_unet_weight_and_leaves_the_pipeline_alone",),
+        "full_unet trains a LoRA on the attention layers instead of every UNet weight",
     ),
 ]
 
