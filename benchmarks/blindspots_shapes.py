@@ -14,10 +14,12 @@ it, a few hundred images hold only a handful of crescents. Images are cached und
 with the same model and settings generates nothing. Runtime per stage is printed.
 
 ``--plant-halo`` / ``--plant-crescent`` plant a known exaggeration / suppression (``plant_concepts.py``:
-a rank-8 UNet LoRA on the transformer blocks, 300 steps; halo: 256 renders that all carry the halo,
-captioned without halo words; crescent: 2,048 pairs, half of them a crescent caption over the scene
-drawn with a common shape, half ordinary pairs). Each is fitted once (saved under ``--out/CONCEPT_lora``
-and reused), applied as an Edit for an analysis, removed, and the model analysed again. Reports go to
+halo: a rank-8 UNet LoRA on the transformer blocks, 300 steps, on 256 renders that all carry the halo,
+captioned without halo words; crescent: by default (``--crescent-plant uce``) the ``uce`` plugin erasing
+"crescent" with its paper defaults, or (``lora``) a LoRA as the halo's on 2,048 pairs, half of them a
+crescent caption over the scene drawn with a common shape, half ordinary pairs). Each is fitted once
+(saved under ``--out/CONCEPT_KIND``, e.g. ``halo_lora``, ``crescent_uce``, and reused), applied as an Edit
+for an analysis, removed, and the model analysed again. Reports go to
 ``--out/{base,halo_planted,halo_removed,crescent_planted,crescent_removed}/report.html``. ``--features``
 picks the extractor (default ``clip``: ``clip-centred`` on the shapes CLIP; ``clip-all`` is the earlier
 one, measured below as "previous").
@@ -60,6 +62,19 @@ Dec 2026):
   39.8 %, 61 stray crescents, #54 exaggerated δ 0.781. The analysis reports what the planted model
   does (more crescent-concept energy overall); a surgical suppression plant is still to be found.
 - crescent LoRA removed: 0 + 0 discoveries, as the base; every generation a cache hit of the base's.
+- planted crescent by UCE (``--crescent-plant uce``, Dec 4, idle machine): asked crescents drop from
+  97.4 % to 18.2 % (the probe; UCE draws a heart, a square or a blob instead), all crescents 15.0 % real
+  → 2.7 % generated. Not found at n = 512: the concept best correlated with crescent (#54, r 0.52) does
+  not move (δ 0.536 [0.484, 0.590]); the next (#251, r 0.31) has the right direction, δ 0.308 [0.195,
+  0.443], q 0.12. 4 + 11 discoveries, 2 of them common colours in the wrong direction (green δ 0.635
+  with the probe's green 18.9 → 16.4 %, blue δ 0.603 with 15.8 → 14.3 %).
+- the same at n = 1,024 (``--out`` apart; generation 318 s at 2 threads): the planted crescent is found
+  suppressed, but only through a weakly named concept: #128 (named crescent, r 0.27, under the 0.3 that
+  names a finding) δ 0.313 [0.195, 0.451], q 0.049; the best-correlated crescent concept (#222, r 0.46)
+  stays faithful (δ 0.532; 0.573 on the base). The base at n = 1,024 has 8 + 3 discoveries, one of them a
+  false positive among the 24 common concepts (heart exaggerated, δ 0.653, with the probe's heart
+  12.6 → 12.7 %): twice the pairs makes small shifts pass the FDR, and the least shift of 0.1 lets one
+  through.
 - seconds per stage: render 22; real features 14 (10 once the store exists); SAE 22 (once, then
   loaded in 0.03); generation 356 for 512 images (two workers); planted generation 327 (two workers);
   analysis (generated features, statistics, bootstrap) 5.5-6.4; probe 4. LoRA fits: halo 1,328 s,
