@@ -6,10 +6,11 @@ concept words only); ``esd`` (the ``esd`` plugin, paper defaults, on the concept
 ``ge-data`` artifact's LoRA alone, no tokens, no negative prompt); ``ge-data-full`` (the data setting with
 every UNet weight trained, as the paper, instead of the plugin's LoRA; the weight delta stacked under the
 tokens + negative prompt); ``oracle`` (the data setting's LoRA fine-tune, same steps and lr, on renders with
-no mark, plain captions, no tokens, no negative prompt). The steering controls ``ge-data-steer`` and
-``ge-data-full-steer`` use the fitted model with its tokens but no negative prompt and append "watermark
-⟨top-left cell⟩" to every prompt: if that does not draw the watermark there, the clause has nothing for the
-negative prompt to push away from (``watermark_in_cell``: the share of drawn watermarks in that cell).
+no mark, plain captions, no tokens, no negative prompt). The steering controls ``ge-model-steer``,
+``ge-data-steer`` and ``ge-data-full-steer`` use the fitted model with its tokens but no negative prompt
+and append "watermark ⟨top-left cell⟩" to every prompt: if that does not draw the watermark there, the
+clause has nothing for the negative prompt to push away from (``watermark_in_cell``: the share of drawn
+watermarks in that cell).
 
 Per arm: the rate of each mark (read by the shapes detector, i.e. the probe) with a 95 % Wilson interval;
 the probe's reading of the prompted shape / colour / background / style (accuracy) and its agreement with
@@ -93,7 +94,7 @@ from conceptedit.plugins.geom_erasing import TOKENS_KEY, GeomErasingConfig, Geom
 MARKS = list(WORLD.mark_names)
 FAMILIES = ("shape", "colour", "background", "style")
 ARMS = (
-    "base", "np-word", "esd", "ge-model", "ge-data", "ge-data-lora-only", "ge-data-steer",
+    "base", "np-word", "esd", "ge-model", "ge-model-steer", "ge-data", "ge-data-lora-only", "ge-data-steer",
     "ge-data-full", "ge-data-full-steer", "oracle",
 )  # fmt: skip
 STEER_CELL = 0  # the steering control asks for the watermark in the top-left cell
@@ -209,7 +210,7 @@ def fit_arm(pipe: Any, arm: str, folder: Path) -> tuple[Edit | list[Edit] | None
         if isinstance(full, list):
             return full, seconds
         lora = {k: v for k, v in full.tensors.items() if ".lora_" in k}
-        return [LoRAEdit(full.manifest, lora), full], seconds
+        return ([LoRAEdit(full.manifest, lora)] if lora else []) + [full], seconds
     if arm == "ge-data-lora-only":  # ablation: the data setting's LoRA without its tokens and negative prompt
         full, seconds = fit_arm(pipe, "ge-data", folder.parent / "ge-data")
         lora = {k: v for k, v in full.tensors.items() if ".lora_" in k}
