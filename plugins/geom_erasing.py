@@ -52,17 +52,17 @@ reaches 1.0 / 1.0 / 4.0 %. The issue's goal (every mark ≤ the oracle and ≤ 3
 
 Why, measured: the geometry clause steers nothing. The steering control (the fitted model with its tokens
 and no negative prompt, every prompt asking for "watermark ⟨top-left cell⟩") draws the watermark on
-12.5 % of images (LoRA; whole UNet 11.5 %), 5 of 25 (6 of 23) of them in the asked cell, as the base
-model's 7 of 30: the location tokens and the concept name do not make the mark appear, so as a negative
-prompt they have nothing to push away from, and the reduction comes from the fine-tune itself (the LoRA
-alone, without tokens or negative prompt: 10.0 / 8.5 / 8.5 %). Neither 2,000 LoRA steps (8.5 / 7.5 /
-4.0 %, no steering), rank 32 (9.0 / 9.0 / 5.0 %) nor a 10× LoRA lr (diverges: shape accuracy 10 %)
-changes that (``steps`` / ``lora_rank`` / ``lora_lr`` options, same prompts; fitted before long captions
-were trimmed to keep their location tokens). The world never names its
-marks in captions, so the model learned them independently of the text; a few hundred fine-tuning steps
-do not teach it the association the paper's full fine-tune of SD learns (its ablation: + concept name
-30.4 → 17.0 %, + geometry → 7.4 %). SD's own captions do name watermarks at times (stock-photo text),
-which the shapes world does not model.
+12.5 % of images (LoRA; whole UNet 11.5 %; the ``model`` setting's tokens 15.0 %), 5 of 25 (6 of 23; 8 of
+30) of them in the asked cell, as the base model's 15.0 % and 7 of 30: the location tokens and the concept
+name do not make the mark appear, so as a negative prompt they have nothing to push away from, and the
+reduction comes from the fine-tune itself (the LoRA alone, without tokens or negative prompt: 10.0 / 8.5 /
+8.5 %). Neither 2,000 LoRA steps (8.5 / 7.5 / 4.0 %, no steering), rank 32 (9.0 / 9.0 / 5.0 %) nor a 10×
+LoRA lr (diverges: shape accuracy 10 %) changes that (``steps`` / ``lora_rank`` / ``lora_lr`` options, same
+prompts; fitted before long captions were trimmed to keep their location tokens). The world never names
+its marks in captions, so the model learned them independently of the text; a few hundred fine-tuning
+steps do not teach it the association the paper's full fine-tune of SD learns (its ablation: + concept
+name 30.4 → 17.0 %, + geometry → 7.4 %). SD's own captions do name watermarks at times (stock-photo
+text), which the shapes world does not model.
 """
 
 from __future__ import annotations
