@@ -235,9 +235,8 @@ def test_cli_mismatch_is_one_error_line(tmp_path: Path):
 
 def _tiny_model_with_clip(folder: Path) -> Path:
     """The tiny pipeline saved with a tiny CLIP in ``clip/`` named by conceptedit.json, as v2 ships."""
+    from tiny import save_tiny_pipeline
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    from tests.tiny import save_tiny_pipeline
 
     save_tiny_pipeline(folder)
     settings = json.loads((folder / "conceptedit.json").read_text())

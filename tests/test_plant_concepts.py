@@ -52,7 +52,7 @@ def test_plant_lora_recipe_on_the_tiny_pipeline(monkeypatch: pytest.MonkeyPatch,
     """The planting recipe at tiny size: a LoRA edit that changes the UNet's output on a crescent prompt
     while applied and leaves the weights bit for bit as they were once removed; ``cross-kv`` touches
     only the cross-attention keys and values."""
-    from tests.tiny import tiny_pipeline
+    from tiny import tiny_pipeline
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from plant_concepts import plant_lora
