@@ -91,6 +91,7 @@ from conceptedit.plugins._geom_erasing_fit import (
 )
 from conceptedit.plugins.blindspots import image_set_for
 from conceptedit.plugins.geom_erasing import TOKENS_KEY, GeomErasingConfig, GeomErasingEdit, detector_for, negative_text
+from conceptedit.toolkit import default_resolution
 
 MARKS = list(WORLD.mark_names)
 FAMILIES = ("shape", "colour", "background", "style")
@@ -160,7 +161,8 @@ def data_full_edits(pipe: Any, folder: Path) -> tuple[list[Edit], float]:
     images, captions, _ = image_set_for(pipe, "auto")(2048, cfg.seed)
     detections = check_detections(detector_for(pipe, "auto"), list(images), MARKS)
     tokens = location_tokens("full", cfg.grid)
-    data = build_data(pipe, list(images), list(captions), detections, MARKS, tokens, cfg.grid, 32, keep_unmarked=True)
+    side = default_resolution(pipe)
+    data = build_data(pipe, list(images), list(captions), detections, MARKS, tokens, cfg.grid, side, keep_unmarked=True)
     settings = LoopSettings(
         steps=600, batch_size=cfg.batch_size, token_lr=cfg.token_lr, alpha=cfg.alpha,
         caption_dropout=cfg.caption_dropout, seed=cfg.seed, lora=True, full_unet=True,
@@ -331,8 +333,9 @@ def main() -> None:
         row: dict[str, Any] = {"fit_seconds": round(seconds, 1)}
         row["marks"] = {m: rate(sum(f[m].present for f in found), len(found)) for m in MARKS}
         row["any_mark"] = rate(sum(any(f[m].present for m in MARKS) for f in found), len(found))
-        asked = [f["watermark"] for f in found if f["watermark"].present]
-        row["watermark_in_cell"] = rate(sum(STEER_CELL in covered_cells(d.box, 3) for d in asked), max(1, len(asked)))
+        drawn = [f["watermark"].box for f in found if f["watermark"].present]
+        in_cell = sum(STEER_CELL in covered_cells(box, GeomErasingConfig.grid) for box in drawn)
+        row["watermark_in_cell"] = rate(in_cell, len(drawn)) if drawn else {"k": 0, "n": 0}
         row["probe_accuracy"] = {
             f: round(float(np.mean([p[f]["label"] == lab[f] for p, lab in zip(probe, labels, strict=True)])), 4)
             for f in FAMILIES
