@@ -276,12 +276,12 @@ class GeomErasingPlugin(Plugin):
         unknown = [t for t in request.targets if t not in detector.concepts]
         if unknown:
             raise RequestError(f"the detector cannot find {unknown}; it knows {list(detector.concepts)}")
-        images, captions = self._images(pipe, request, progress)
-        progress(0.0, f"detecting {', '.join(request.targets)} in {len(images)} images")
-        detections = check_detections(detector, images, request.targets)
         tag = payload_hash({"targets": request.targets, "config": config_to_dict(cfg)}, 6)
         tokens = location_tokens(tag, cfg.grid)
         check_negative_fits(pipe, request.targets, tokens)
+        images, captions = self._images(pipe, request, progress)
+        progress(0.0, f"detecting {', '.join(request.targets)} in {len(images)} images")
+        detections = check_detections(detector, images, request.targets)
         data = build_data(
             pipe, images, captions, detections, request.targets, tokens, cfg.grid, default_resolution(pipe),
             keep_unmarked=cfg.setting == "data",
