@@ -51,14 +51,18 @@ def omp(
     gdiag = (D * D).sum(1)  # (K,)
     G = D @ D.T if K * K <= GRAM_MAX_ELEMS else None
     ynorm2 = (x * x).sum(1)
-    codes = torch.zeros(B, K, dtype=x.dtype, device=x.device)
     active = torch.ones(B, dtype=torch.bool, device=x.device)
     S = torch.zeros(B, k, dtype=torch.long, device=x.device)
     L = torch.zeros(B, k, k, dtype=x.dtype, device=x.device)
+    coef = torch.zeros(B, k, dtype=x.dtype, device=x.device)  # each signal's codes on its support S
+    # rows of the support, one added per step: G[s] (B, k, K) with the Gram matrix, else D[s] (B, k, d);
+    # gathering the whole support again at every step cost a third of the time (d 768, K 1,000, B 256)
+    rows = torch.empty(B, k, K if G is not None else d, dtype=x.dtype, device=x.device)
     corr = c.clone()
     scale = float(gdiag.max().sqrt()) * ynorm2.sqrt()  # bound on |⟨d_j, y⟩|
     if tol is not None:
         active &= ynorm2 > tol
+    n_used = 0
     for t in range(k):
         score = corr.abs()
         if t:
@@ -78,17 +82,19 @@ def omp(
         if not bool(active.any()):
             break
         S[:, t] = j
-        St = S[:, : t + 1]
-        cS = c.gather(1, St)
-        gamma = torch.cholesky_solve(cS[..., None], L[:, : t + 1, : t + 1], upper=False)[..., 0]
-        new = torch.zeros_like(codes).scatter_(1, St, gamma)
-        codes = torch.where(active[:, None], new, codes)
-        if G is not None:
-            corr = c - torch.einsum("bt,btk->bk", gamma, G[St])
-        else:
-            corr = c - (torch.einsum("bt,btd->bd", gamma, D[St])) @ D.T
+        rows[:, t] = G.index_select(0, j) if G is not None else D.index_select(0, j)
+        n_used = t + 1
+        cS = c.gather(1, S[:, :n_used])
+        gamma = torch.cholesky_solve(cS[..., None], L[:, :n_used, :n_used], upper=False)[..., 0]
+        coef[:, :n_used] = torch.where(active[:, None], gamma, coef[:, :n_used])
+        update = torch.bmm(gamma[:, None, :], rows[:, :n_used])[:, 0]
+        corr = c - (update if G is not None else update @ D.T)
         if tol is not None:
             active &= (ynorm2 - (gamma * cS).sum(1)) > tol
+    codes = torch.zeros(B, K, dtype=x.dtype, device=x.device)
+    if n_used:
+        # a signal that stopped early keeps zeros in coef beyond its support; scatter_add leaves them harmless
+        codes.scatter_add_(1, S[:, :n_used], coef[:, :n_used])
     return codes[0] if single else codes
 
 
