@@ -13,7 +13,7 @@ polled figure when it was killed), what the edit changed.
 
     nice -n 5 python benchmarks/full_size.py                      # everything (tens of minutes on 2 cores)
     python benchmarks/full_size.py --models sd15 --cases uce       # one case
-    python benchmarks/full_size.py --models sd15 --cases realera@context   # RealEra's in-context keys
+    python benchmarks/full_size.py --models sd15 --cases realera@word   # RealEra keyed on the bare word (UCE's)
 
 Runtime (measured 2026-12-03 on the shared 2-core machine, load 5-18): SD 1.5 build and save 5.5 min, then
 2.5-13 min a case (ItD's reference SAE 5 min, few-shot 10 min, the bare case's VAE decode at 512 10 min);
@@ -70,8 +70,8 @@ def known_case(case: str) -> bool:
 
 
 def case_config(case: str, corpus: Path) -> tuple[str, dict[str, Any]]:
-    """The plugin name and config of a case (``itd@N``: ItD with an SAE of N latents; ``realera@context``:
-    RealEra keyed in context, ``keys: context``)."""
+    """The plugin name and config of a case (``itd@N``: ItD with an SAE of N latents; ``realera@word`` /
+    ``realera@context``: RealEra with ``keys: word`` / ``keys: context``, the default)."""
     name, _, variant = case.partition("@")
     cfg = dict(MINIMAL[name])
     if name == "itd":
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [m for m in models if m not in MODELS + TINY] + [c for c in cases if not known_case(c)]
     if unknown:
-        print(f"error: unknown model or case {unknown[0]!r} (cases: {', '.join(CASES)}, itd@N, realera@context)",
+        print(f"error: unknown model or case {unknown[0]!r} (cases: {', '.join(CASES)}, itd@N, realera@word|context)",
               file=sys.stderr)  # fmt: skip
         return 2
     failed = 0

@@ -1,5 +1,5 @@
 """Mutation check: break the code on purpose, one curated mutation at a time, and see whether the tests notice.
-(Long because it is a table: 48 curated mutations with their tests, then a small runner.)
+(Long because it is a table: 51 curated mutations with their tests, then a small runner.)
 
 Each mutation is an exact text replacement in one file of the core (``conceptedit/``) or the plugins
 (``plugins/``) — a sign flip, an off-by-one, a dropped step, swapped arguments — with the test files (or
@@ -480,6 +480,30 @@ MUTATIONS: list[Mutation] = [
         '                        if key == "negative_prompt":',
         ("tests/test_sdxl.py::test_negative_prompt_reaches_both_sdxl_negative_prompts",),
         "a user's negative_prompt_2 does not get the concept",
+    ),
+    Mutation(
+        "realera-corpus-captions-not-keyed",
+        "plugins/realera.py",
+        "            pairs += corpus_contexts(read_prompts(source), word, self.config.anchor, n, gen)",
+        "            corpus_contexts(read_prompts(source), word, self.config.anchor, n, gen)",
+        ("tests/test_realera.py::test_corpus_captions_are_keyed_in_context",),
+        "RealEra keys the templates only, whatever context_from_corpus says",
+    ),
+    Mutation(
+        "realera-corpus-matches-inside-words",
+        "plugins/_realera_context.py",
+        'rf"(?<![\\w-]){re.escape(word.strip())}(?![\\w-])"',
+        'rf"{re.escape(word.strip())}"',
+        ("tests/test_realera.py::test_corpus_contexts_pick_captions_naming_the_word_once_and_substitute_the_anchor",),
+        "'cat' picks captions about a bobcat or a catalogue, whose span is not the concept",
+    ),
+    Mutation(
+        "realera-lora-latents-per-sentence",
+        "plugins/realera.py",
+        "        k = min(cfg.n_images, len(prompts))",
+        "        k = len(prompts)",
+        ("tests/test_realera.py::test_lora_stage_generates_n_images_whatever_the_number_of_keyed_sentences",),
+        "the LoRA stage generates an image per keyed sentence (70 on the shapes model) instead of n_images",
     ),
     Mutation(
         "sdxl-realera-lora-not-saved",

@@ -4,6 +4,7 @@ same words spliced into the concept's sentence frame."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -95,3 +96,19 @@ def spliced_contexts(
 def pool_indices(pool: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Indices in ``pool`` of ``rows`` (exact copies of pool rows, as :func:`beyond_from_pool` returns)."""
     return torch.tensor([int(torch.nonzero((pool == r).all(dim=1))[0]) for r in rows], dtype=torch.long)
+
+
+def corpus_contexts(
+    corpus: list[str], word: str, anchor: str, n: int, generator: torch.Generator
+) -> list[tuple[str, str]]:
+    """Up to ``n`` (caption, anchor caption) pairs: captions of ``corpus`` naming ``word`` exactly once (as a whole
+    word, any case), each with the word replaced by ``anchor`` — MACE's concept-in-context prompts, read from the
+    model's caption distribution instead of written templates. Sampled without replacement (seeded)."""
+    pattern = re.compile(rf"(?<![\w-]){re.escape(word.strip())}(?![\w-])", re.IGNORECASE)
+    naming = [c for c in dict.fromkeys(corpus) if len(pattern.findall(c)) == 1]
+    order = torch.randperm(len(naming), generator=generator)[:n].tolist()
+    pairs = []
+    for i in sorted(order):
+        caption = naming[i]
+        pairs.append((" ".join(caption.split()), " ".join(pattern.sub(anchor, caption).split())))
+    return pairs

@@ -38,21 +38,32 @@ Choices (the paper's values were not found; each is a config field):
   LoRA, MACE's two stages (Lu et al., CVPR 2024), but which rows it keys was not found. The two references
   differ: UCE's current script keys the bare word's row (its paper-time ``train_erase.py`` the rows from the
   word through the padding); MACE's closed form (``src/cfr_utils.py``: ``prepare_k_v``,
-  ``find_matching_indices``) keys template sentences and maps every row it shares with the sentence with
-  the anchor substituted (the prefix, and the rows after the concept through the padding, aligned from the
-  end) to that sentence's row. ``keys: word`` (default) is UCE's; ``keys: context`` is MACE's applied to
-  RealEra: in each of six generic template sentences (:data:`CONTEXT_TEMPLATES`; written here, none a frame
-  of the shapes benchmark except the bare word) the concept's row maps to the anchor sentence's row
-  (:func:`_realera_context.concept_span`: for ``""``, the last row before the concept, as UCE maps the bare
-  word to BOS), each row after it to the same row of the anchor sentence (weight ``context_scale`` each,
-  MACE's 1), the prefix is kept, the beyond-concept words are put in the same frames
-  (:func:`_realera_context.spliced_contexts`) and kept row for row,
-  and neighbours are mined around the concept's own row only (mined around every row, 16 × 160 of them acted
-  as an isotropic shrink of W, ``E‖W(e+η) − Wa‖² = ‖We − Wa‖² + E‖Wη‖²``: zorblax in-domain retain 0.50,
-  cross-domain 0.64). Why: CLIP's encoder is causal, so in a sentence the concept also reaches the UNet
-  through every row after it (EOS and padding repeat the last content), which a key on the word's row alone
-  does not reach (a shape on shapes v2). Why not the default: measured below, it erases the shape only in
-  part and costs the halo its erasure.
+  ``find_matching_indices``) keys sentences naming the concept and maps every row it shares with the sentence
+  with the anchor substituted (the prefix, and the rows after the concept through the padding, aligned from the
+  end) to that sentence's row. ``keys: context`` (default) is MACE's applied to RealEra: in each keyed sentence
+  the concept's row maps to the anchor sentence's row (:func:`_realera_context.concept_span`: for ``""``, the
+  last row before the concept, as UCE maps the bare word to BOS), each row after it to the same row of the
+  anchor sentence (weight ``context_scale`` each, MACE's 1), the prefix is kept, the beyond-concept words are
+  put in the same frames (:func:`_realera_context.spliced_contexts`) and kept row for row, and neighbours are
+  mined around the concept's own row only (mined around every row, 16 × 160 of them acted as an isotropic
+  shrink of W, ``E‖W(e+η) − Wa‖² = ‖We − Wa‖² + E‖Wη‖²``: zorblax in-domain retain 0.50, cross-domain 0.64).
+  Why: CLIP's encoder is causal, so in a sentence the concept also reaches the UNet through every row after it
+  (EOS and padding repeat the last content), which a key on the word's row alone does not reach: ``keys: word``
+  (UCE's; the default until Dec 4) cannot erase a shape on shapes v2 (circle 0.95 → 0.95).
+- Keyed sentences. MACE writes prompts with the concept in context; here they are the six generic
+  :data:`CONTEXT_TEMPLATES` plus ``context_from_corpus = 64`` captions of the model's caption corpus that name the
+  concept once (the shapes model ships one, ``prompts.txt``; ``corpus`` points at a user's caption file; a
+  model with neither keys the templates alone), the anchor put in the concept's place
+  (:func:`_realera_context.corpus_contexts`). The same idea as ItD's ``target_from_corpus``. Measured why
+  (closed form only, n = 20 per set, erased / residue / in-domain / cross-domain): templates alone, circle
+  0.35 / 0.30 / 1.00 / 0.92 and the halo only 0.45 / 0.50 (its other words); + 16 corpus captions, the
+  halo 0.00 / 0.00; + 64, circle 0.15 / 0.30 / 0.90 / 0.89 (+ 32: 0.25 / 0.30; + 128 at n = 30, seed 1:
+  0.27 / 0.17 vs 64's 0.27 / 0.23). The rows of a shape's sentences after the word are the world's words
+  ("on a blue background"); the templates' generic words are byte pieces in this 700-token BPE.
+- Mining in the input token-embedding space instead (each neighbour encoded in every sentence, so it reaches
+  the rows after the concept too) was measured and not adopted: circle 0.25 / 0.35 at 16 neighbours (0.15 /
+  0.35 in the output space), zorblax in-domain 0.90 / 0.75 at 16 / 64 neighbours (1.00 in the output space).
+  More output-space neighbours do not lower the residue either (32 / 64 / 128: circle residue 0.25 each).
 - η: direction uniform on the sphere, radius uniform in ``[0, D₁‖e‖]``, rejection-sampled until
   ``n_neighbours`` pass (seeded). Defaults ``n_neighbours = 16``, ``D₁ = 0.75``, ``[S₁, S₂] = [0.8, 0.95]``:
   a random high-dimensional η is almost orthogonal to ``e``, so ``cos ≈ 1/√(1 + (‖η‖/‖e‖)²)``; the band keeps
@@ -80,23 +91,26 @@ Choices (the paper's values were not found; each is a config field):
 - Each target erased with the bare concept prompt (``keys: word``) or the context templates; ``expand_prompts``
   adds UCE's five templates ("image of {}", ...), with the anchor put in the same template.
 
-Measured on shapes v2 (``benchmarks/realera_residue.py``, n = 20 per set, prompt seed 0, erased / residue
-through the other words; 2 CPU cores under load ~10):
+Measured on shapes v2 (``python benchmarks/realera_residue.py --n 20 --threads 2 --runs realera,realera-no-mining,
+realera-no-reg,realera-no-lora,realera-templates,realera-word,uce,uce-all``, Dec 4, idle 2-core machine; n = 20 per
+set, prompt seed 0; erased / erased on held-out frames / residue through the other words / the same on held-out
+frames / in-domain retain / cross-domain retain):
 
-- ``keys: word`` (default): the halo erased as "glowing" 0.05 / 0.00 (UCE 0.10 / 0.00); zorblax 0.15 /
-  0.00 (UCE 0.00 / 0.00); circle not erased, 0.95 / 1.00 (UCE 1.00 / 1.00). Fit 80-92 s (mining 0.4 s,
-  closed form 0.06 s, concept latents 7 s, LoRA 100 steps 72-84 s).
-- ``keys: context``: circle 0.35 / 0.30 (chance 0.12), in-domain retain 1.00, cross-domain 0.92 (UCE 0.87);
-  zorblax 0.00 / 0.00, in-domain 0.95 (UCE 0.75), cross-domain 0.88 (UCE 0.92); but the halo only 0.45 /
-  0.50 (chance 0.50). The closed form alone gives the same (circle 0.35 / 0.30, halo 0.45 / 0.55). Fit
-  120-133 s (mining and the framed beyond-concept words 3-7 s, closed form 0.3-0.6 s). With the bare
-  sentence as the only template (its rows through the padding, n = 10, closed form): halo 0.00 / 0.00, circle
-  0.6 / 0.9, so the template sentences are what reach the shape and what cost the halo (in this world's
-  700-token BPE, their generic words are byte pieces).
-- UCE with its paper-time keys (``token: all``, the word's row through the padding) erases circle (0.20)
-  and leaves residue through "disc": 0.40 [0.22, 0.61]; ``keys: context`` leaves 0.30 [0.15, 0.52] (0.20
-  without mining), with weaker erasure: the direction the paper claims, not significant at n = 20. Where UCE
-  erases with its default keys (halo, zorblax) it leaves no residue: v2's aliases are close in its CLIP space.
+- default (context keys, templates + 64 corpus captions): the halo (erased as "glowing") 0 / 0 / 0 / 0, cross-domain
+  0.89 (base 0.89, UCE 0.93); zorblax 0 / 0 / 0 / 0, in-domain 1.00 (UCE 0.75), cross-domain 0.89 (UCE 0.92);
+  circle 0.15 / 0.10 / 0.30 / 0.25 (chance 0.12), in-domain 0.90, cross-domain 0.89 (UCE 0.87). Fit 29-35 s
+  (mining and the framed beyond-concept words 6-7 s, closed form 0.8-0.9 s, concept latents 4-5 s, LoRA 100 steps
+  17-25 s).
+- UCE with its default keys (the last token) does not erase circle (1.00 / 0.90 / 1.00 / 0.90); with its
+  paper-time keys (``token: all``) 0.20 / 0.35 / 0.40 / 0.40, in-domain 0.85, cross-domain 0.84. Where UCE erases
+  with its default keys (halo, zorblax) it leaves no residue: v2's aliases are close in its CLIP space (the rows of
+  "a red disc on a blue background" have cosine 0.995 with those of "a red circle …").
+- Ablations (circle): without mining 0.35 / 0.20 / 0.45 / 0.20; without the beyond-concept terms 0.10 / 0.10 /
+  0.35 / 0.15 but in-domain 0.55 (zorblax: in-domain 0.20, cross-domain 0.41); without the LoRA stage the same as
+  with it; templates only 0.35 / 0.20 / 0.30 / 0.15 (the halo 0.40 / 0.30 / 0.50 / 0.40); ``keys: word`` 0.95 /
+  0.95 / 1.00 / 0.95.
+- Residue through "disc" stays above chance + 0.10 (0.30 [0.15, 0.52]; at n = 30, prompt seed 1, closed form:
+  0.23); more neighbours (32-128) or mining in the input space do not lower it (above).
 
 SDXL: the embedding ``e`` is the concept token's row of the 2048-d context every ``attn2`` reads (both text
 encoders' penultimate states concatenated, as ``encode_prompt`` gives the UNet), so mining, the vocabulary
@@ -131,6 +145,7 @@ from conceptedit.plugin import Plugin, Request
 from conceptedit.plugins._realera_context import (
     concept_condition,
     concept_span,
+    corpus_contexts,
     pool_indices,
     spliced_contexts,
     vocabulary_embeddings,
@@ -170,7 +185,7 @@ CONTEXT_TEMPLATES = (
 class RealEraConfig:
     anchor: str = field(default="", metadata={"help": "concept the erased neighbourhood maps to ('' = unconditional)"})
     keys: Literal["word", "context"] = field(
-        default="word",
+        default="context",
         metadata={
             "help": "closed-form keys: the concept's row and every row after it in template sentences, each mapped "
             "to the same row of the sentence with the anchor substituted (MACE's), or the bare word's row (UCE's)"
@@ -191,6 +206,18 @@ class RealEraConfig:
     )
     beyond_pool: int = field(default=512, metadata={"min": 1, "help": "vocabulary words encoded to draw them from"})
     beyond_max_distance: float = field(default=1.5, metadata={"help": "D₂: ‖ξ‖ ≤ D₂·‖e‖ (beyond=perturbation)"})
+    context_from_corpus: int = field(
+        default=64,
+        metadata={
+            "min": 0,
+            "help": "also key up to this many captions of the prompt corpus that name the concept once (MACE's "
+            "concept-in-context prompts from the model's caption distribution; used when the model ships a corpus or "
+            "corpus is set; 0 = templates only)",
+        },
+    )
+    corpus: str | None = field(
+        default=None, metadata={"help": "caption file for context_from_corpus (default: the model's shipped corpus)"}
+    )
     context_scale: float = field(
         default=1.0,
         metadata={"help": "keys: context: weight of each row after the concept's, relative to the concept's (MACE: 1)"},
@@ -313,6 +340,22 @@ class RealEraPlugin(Plugin):
             templates += OBJECT_TEMPLATES
         return [" ".join(t.format(word).split()) for t in templates]
 
+    def concept_pairs(self, pipe: Any, word: str) -> list[tuple[str, str]]:
+        """(concept prompt, anchor prompt) pairs keyed for ``word``: :meth:`prompts` with the word and with the
+        anchor, then ``context_from_corpus`` corpus captions naming the word, with the anchor put in its place."""
+        pairs = list(zip(self.prompts(word), self.prompts(self.config.anchor), strict=True))
+        n = self.config.context_from_corpus
+        if n:
+            from conceptedit.loading import model_file
+            from conceptedit.toolkit import read_prompts
+
+            source = self.config.corpus or model_file(pipe, "prompt_corpus")
+            if not source:  # a model without a caption corpus (a hub checkpoint): the templates alone
+                return pairs
+            gen = torch.Generator("cpu").manual_seed(self.config.seed)
+            pairs += corpus_contexts(read_prompts(source), word, self.config.anchor, n, gen)
+        return pairs
+
     def fit(self, pipe: Any, request: Request, progress: Progress = no_progress) -> RealEraEdit:
         self.check_pipeline(pipe)
         cfg = self.config
@@ -356,7 +399,7 @@ class RealEraPlugin(Plugin):
             )
 
         for target in request.targets:
-            for prompt, anchor_prompt in zip(self.prompts(target), self.prompts(cfg.anchor), strict=True):
+            for prompt, anchor_prompt in self.concept_pairs(pipe, target):
                 seq = concept_condition(pipe, prompt)[0]
                 aseq = concept_condition(pipe, anchor_prompt)[0]
                 prefix, c_end, a_end = concept_span(tokenizer, prompt, anchor_prompt)
@@ -473,9 +516,13 @@ class RealEraPlugin(Plugin):
 
         cfg = self.config
         device = pipe.unet.device
-        per = max(1, -(-cfg.n_images // len(prompts)))
+        # n_images in all, from prompts spread over the keyed sentences (each step draws any latent: they are the
+        # concept's images, not one sentence's); one image per sentence of 70 took 60-80 s on the shapes model
+        k = min(cfg.n_images, len(prompts))
+        per = -(-cfg.n_images // k)
+        chosen = [prompts[i * len(prompts) // k] for i in range(k)]
         t0 = time.perf_counter()
-        data.latents = torch.cat([concept_latents(pipe, p, per, cfg.seed + i) for i, p in enumerate(prompts)])
+        data.latents = torch.cat([concept_latents(pipe, p, per, cfg.seed + i) for i, p in enumerate(chosen)])
         latent_seconds = time.perf_counter() - t0
         data.sequences = [s.to(device) for s in data.sequences]  # Conditioning: context (+ SDXL pooled, time ids)
         data.anchor_sequences = [s.to(device) for s in data.anchor_sequences]

@@ -19,7 +19,7 @@ from conceptedit.edits.lora import LORA_FILE
 from conceptedit.errors import ConceptEditError, ConfigError, RequestError, UnsupportedModelError
 from conceptedit.generation import generate
 from conceptedit.plugin import Request
-from conceptedit.plugins._realera_context import concept_span, encode_concept
+from conceptedit.plugins._realera_context import concept_span, corpus_contexts, encode_concept
 from conceptedit.plugins._realera_stages import (
     alignment_problem,
     beyond_from_pool,
@@ -270,7 +270,8 @@ def test_bad_config_values_are_one_line_errors(bad):
 def test_defaults_are_documented_values():
     cfg = get_plugin("realera")().config
     assert (cfg.max_distance, cfg.min_cos, cfg.max_cos, cfg.n_neighbours) == (0.75, 0.8, 0.95, 16)
-    assert cfg.anchor == "" and cfg.lamb == 0.5 and cfg.lora_rank == 4 and cfg.keys == "word"
+    assert cfg.anchor == "" and cfg.lamb == 0.5 and cfg.lora_rank == 4
+    assert cfg.keys == "context" and cfg.context_from_corpus == 64
 
 
 def test_lora_stage_aligns_the_concept_prediction_with_the_anchor(tiny_pipe):
@@ -421,3 +422,77 @@ def test_context_keys_fit_when_no_vocabulary_word_lies_beyond_the_neighbourhood(
     edit = get_plugin("realera")(cfg).fit(tiny_pipe, Request(targets=["cat"]))
     assert edit.manifest.extra["n_beyond_sampled"] == 0  # the case under test
     assert edit.delta.tensors and all(torch.isfinite(t).all() for t in edit.delta.tensors.values())
+
+
+def test_corpus_contexts_pick_captions_naming_the_word_once_and_substitute_the_anchor():
+    corpus = [
+        "a red cat on a mat",
+        "A Cat, sleeping",
+        "a cat and a cat",  # twice: no single concept span
+        "a catalogue of dogs",  # not the word
+        "a bobcat",
+        "a red cat on a mat",  # duplicate
+        "a dog",
+    ]
+    g = torch.Generator().manual_seed(0)
+    pairs = corpus_contexts(corpus, "cat", "", 10, g)
+    assert pairs == [("a red cat on a mat", "a red on a mat"), ("A Cat, sleeping", "A , sleeping")]
+    one = corpus_contexts(corpus, "cat", "dog", 1, torch.Generator().manual_seed(0))
+    assert (
+        len(one) == 1 and one[0][0] in {p for p, _ in pairs} and "dog" in one[0][1] and "cat" not in one[0][1].lower()
+    )
+    again = corpus_contexts(corpus, "cat", "dog", 1, torch.Generator().manual_seed(0))
+    assert again == one  # seeded
+    assert corpus_contexts(corpus, "zebra", "", 5, g) == []
+
+
+def test_corpus_captions_are_keyed_in_context(tiny_pipe, tmp_path):
+    """``context_from_corpus`` adds captions naming the concept (a corpus file here; the shapes model ships
+    one) to the keyed sentences, so their rows after the word move to the anchor caption's rows; without a
+    corpus (the tiny model ships none) the templates alone are keyed, as before."""
+    from conceptedit.conditioning import conditioning
+
+    caption = "a cat sitting on a red sofa in the morning sun"
+    anchor = "a sitting on a red sofa in the morning sun"
+    corpus = tmp_path / "captions.txt"
+    corpus.write_text(f"{caption}\na dog in a park\n", encoding="utf-8")
+    _, c_end, a_end = concept_span(tiny_pipe.tokenizer, caption, anchor)
+    k = conditioning(tiny_pipe, [caption]).embeds[0, c_end + 1 :].double()
+    a = conditioning(tiny_pipe, [anchor]).embeds[0, a_end + 1 : a_end + 1 + len(k)].double()
+
+    def fit(**extra):
+        cfg = dict(FAST, lora_steps=0, n_neighbours=0, n_beyond=0, **extra)
+        return get_plugin("realera")(cfg).fit(tiny_pipe, Request(targets=["cat"]))
+
+    def gap(edit) -> float:
+        out = []
+        for key, delta in edit.delta.tensors.items():
+            W = tiny_pipe.unet.get_parameter(key.removeprefix("unet.")).detach().double()
+            delta = delta.detach()
+            target = a @ W.T
+            out.append(float((k @ (W + delta.double()).T - target).norm() / (k @ W.T - target).norm()))
+        return float(np.mean(out))
+
+    with_corpus, templates_only = fit(corpus=str(corpus)), fit()
+    assert caption in with_corpus.manifest.extra["erase_prompts"]
+    assert len(templates_only.manifest.extra["erase_prompts"]) == len(CONTEXT_TEMPLATES)
+    assert gap(with_corpus) < 0.6 * gap(templates_only), (gap(with_corpus), gap(templates_only))
+    with pytest.raises(ConfigError):
+        fit(corpus=str(tmp_path / "missing.txt"))
+
+
+def test_lora_stage_generates_n_images_whatever_the_number_of_keyed_sentences(tiny_pipe, monkeypatch):
+    """The LoRA stage noises ``n_images`` base-model images of the concept in all, drawn from sentences spread
+    over the keyed ones (one image per sentence of 70 took 60-80 s of a fit on the shapes model)."""
+    from conceptedit.plugins import realera
+
+    asked: list[tuple[str, int]] = []
+    original = realera.concept_latents
+
+    def counting(pipe, prompt, n, seed):
+        asked.append((prompt, n))
+        return original(pipe, prompt, n, seed)
+
+    monkeypatch.setattr(realera, "concept_latents", counting)
+    get_plugin("realera")(dict(FAST, lora_steps=1, n_images=3)).fit(tiny_pipe, Request(targets=["cat"]))
+    assert sum(n for _, n in asked) == 3 and len({p for p, _ in asked}) == 3  # 3 of the 6 template sentences
