@@ -19,8 +19,9 @@ Runs (``--runs``, comma-separated; ``LABEL`` or ``LABEL:PLUGIN``): ``realera`` (
 implemented), ``realera-no-mining`` (``n_neighbours=0``), ``realera-no-reg`` (no beyond-concept terms),
 ``realera-no-lora`` (``lora_steps=0``), ``uce`` (defaults, the same target word), ``esd`` (defaults;
 200 iterations: did not finish within 10 minutes for one concept on the loaded 2-core machine, so not in
-the default list), ``realera-context`` (``keys=context``), ``uce-all`` (``token=all``). ``--set LABEL.KEY=VALUE``
-overrides a run's config (recorded in the JSON).
+the default list), ``realera-templates`` (context keys from the six templates, no corpus captions),
+``realera-word`` (``keys=word``: the bare word's row, the default before Dec 4), ``uce-all`` (``token=all``).
+``--set LABEL.KEY=VALUE`` overrides a run's config (recorded in the JSON).
 
 Goals (issue 14): residue ≤ chance + 0.10 while UCE leaves more; erased ≤ chance + 0.10; in-domain
 and cross-domain retain within 3 points of UCE's.
@@ -29,7 +30,8 @@ and cross-domain retain within 3 points of UCE's.
     python benchmarks/realera_residue.py --n 3 --concepts glowing,zorblax   # a quick check
     python benchmarks/realera_residue.py --model path/to/shapes-v2 --runs realera,uce,esd
 
-Prints one JSON document (and a table) and writes ``benchmarks/results/realera_residue.json``.
+Prints one JSON document (and a table) and writes ``benchmarks/results/realera_residue.json`` and, per concept,
+``realera_CONCEPT.png``: two prompts of each set (columns), the base model and every run (rows), same seeds.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from erasure_baselines import grid
 
 from conceptedit.config import config_to_dict
 from conceptedit.datasets.shapes import WORLD, prompt_for
@@ -59,7 +62,7 @@ from conceptedit.toolkit import parse_overrides
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONCEPTS = ("glowing", "zorblax", "circle")
-RUNS = ("realera", "realera-no-mining", "realera-no-reg", "realera-no-lora", "uce")
+RUNS = ("realera", "realera-no-mining", "realera-no-reg", "realera-no-lora", "uce", "uce-all")
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "realera": ("realera", {}),
     "realera-no-mining": ("realera", {"n_neighbours": 0}),
@@ -67,7 +70,8 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "realera-no-lora": ("realera", {"lora_steps": 0}),
     "uce": ("uce", {}),
     "esd": ("esd", {}),
-    "realera-context": ("realera", {"keys": "context"}),  # MACE-style in-context keys (plugins/realera.py)
+    "realera-templates": ("realera", {"context_from_corpus": 0}),  # context keys from the six templates only
+    "realera-word": ("realera", {"keys": "word", "context_from_corpus": 0}),  # UCE's keys: the bare word's row
     "uce-all": ("uce", {"token": "all"}),  # UCE's paper-time keys: the word's row through the padding
 }
 SETS = ("erased", "erased_heldout", "residue", "residue_heldout", "in_domain", "cross_domain")
@@ -132,6 +136,14 @@ def retain_rows(concept: str, n: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
+def grid_indices(rows: list[dict[str, Any]], per_set: int = 2) -> list[int]:
+    """The rows shown in the benchmark's image grid: the first ``per_set`` of each set."""
+    out: list[int] = []
+    for name in SETS:
+        out += [i for i, r in enumerate(rows) if r["set"] == name][:per_set]
+    return out
+
+
 def hits(row: dict[str, Any], pred: dict[str, str]) -> list[float]:
     """Per row, 1/0 per scored label: the concept read back (erased/residue sets) or a label kept (retain)."""
     family, value = row["target"]
@@ -182,7 +194,10 @@ def main() -> None:
         prompts = [r["prompt"] for r in rows]
         seeds = [args.seed * 10000 + i for i in range(len(rows))]
         t0 = time.perf_counter()
-        base = score(metric, rows, generate(pipe, prompts, seeds, batch_size=args.batch_size))
+        shown = grid_indices(rows)
+        base_images = generate(pipe, prompts, seeds, batch_size=args.batch_size)
+        base = score(metric, rows, base_images)
+        grid_rows = [("base", [base_images[i] for i in shown])]
         record: dict[str, Any] = {
             "concept": concept,
             "other_words": other_words(concept),
@@ -204,7 +219,9 @@ def main() -> None:
             edit = plugin.fit(pipe, Request(targets=[concept]))
             fit_seconds = time.perf_counter() - t0
             with edit.apply(pipe):
-                after = score(metric, rows, generate(pipe, prompts, seeds, batch_size=args.batch_size))
+                images = generate(pipe, prompts, seeds, batch_size=args.batch_size)
+            after = score(metric, rows, images)
+            grid_rows.append((label, [images[i] for i in shown]))
             entry = {
                 "plugin": plugin_name,
                 "config_overrides": config,
@@ -218,6 +235,8 @@ def main() -> None:
                               "stage_seconds": entry["stage_seconds"], "after": after}), flush=True)  # fmt: skip
         add_goals(record)
         results.append(record)
+        args.out.mkdir(parents=True, exist_ok=True)
+        grid([f"{rows[i]['set']}: {rows[i]['prompt']}" for i in shown], grid_rows, args.out / f"realera_{concept}.png")
     report = {
         "benchmark": "realera_residue",
         "model": args.model,
