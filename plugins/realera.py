@@ -107,7 +107,8 @@ frames / in-domain retain / cross-domain retain):
   "a red disc on a blue background" have cosine 0.995 with those of "a red circle …").
 - Ablations (circle): without mining 0.35 / 0.20 / 0.45 / 0.20; without the beyond-concept terms 0.10 / 0.10 /
   0.35 / 0.15 but in-domain 0.55 (zorblax: in-domain 0.20, cross-domain 0.41); without the LoRA stage the same as
-  with it; templates only 0.35 / 0.20 / 0.30 / 0.15 (the halo 0.40 / 0.30 / 0.50 / 0.40); ``keys: word`` 0.95 /
+  with it (300 LoRA steps: 0.15 / 0.10 / 0.35 / 0.25, the same: after the closed form it has little left to
+  align); templates only 0.35 / 0.20 / 0.30 / 0.15 (the halo 0.40 / 0.30 / 0.50 / 0.40); ``keys: word`` 0.95 /
   0.95 / 1.00 / 0.95.
 - Residue through "disc" stays above chance + 0.10 (0.30 [0.15, 0.52]; at n = 30, prompt seed 1, closed form:
   0.23); more neighbours (32-128) or mining in the input space do not lower it (above). Weighing 64 neighbours
