@@ -484,8 +484,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "realera-corpus-captions-not-keyed",
         "plugins/realera.py",
-        "            pairs += corpus_contexts(read_prompts(source), word, self.config.anchor, n, gen)",
-        "            corpus_contexts(read_prompts(source), word, self.config.anchor, n, gen)",
+        "            pairs += corpus_contexts(corpus, word, self.config.anchor, self.config.context_from_corpus, gen)",
+        "            corpus_contexts(corpus, word, self.config.anchor, self.config.context_from_corpus, gen)",
         ("tests/test_realera.py::test_corpus_captions_are_keyed_in_context",),
         "RealEra keys the templates only, whatever context_from_corpus says",
     ),

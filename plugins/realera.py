@@ -54,7 +54,9 @@ Choices (the paper's values were not found; each is a config field):
   :data:`CONTEXT_TEMPLATES` plus ``context_from_corpus = 64`` captions of the model's caption corpus that name the
   concept once (the shapes model ships one, ``prompts.txt``; ``corpus`` points at a user's caption file; a
   model with neither keys the templates alone), the anchor put in the concept's place
-  (:func:`_realera_context.corpus_contexts`). The same idea as ItD's ``target_from_corpus``. Measured why
+  (:func:`_realera_context.corpus_contexts`). With ``keys: word`` the captions are keyed at the word's row only;
+  UCE's key, the bare word's row alone, is ``keys: word`` with ``context_from_corpus: 0``. The same idea as
+  ItD's ``target_from_corpus``. Measured why
   (closed form only, n = 20 per set, erased / residue / in-domain / cross-domain): templates alone, circle
   0.35 / 0.30 / 1.00 / 0.92 and the halo only 0.45 / 0.50 (its other words); + 16 corpus captions, the
   halo 0.00 / 0.00; + 64, circle 0.15 / 0.30 / 0.90 / 0.89 (+ 32: 0.25 / 0.30; + 128 at n = 30, seed 1:
@@ -216,7 +218,8 @@ class RealEraConfig:
             "min": 0,
             "help": "also key up to this many captions of the prompt corpus that name the concept once (MACE's "
             "concept-in-context prompts from the model's caption distribution; used when the model ships a corpus or "
-            "corpus is set; 0 = templates only)",
+            "corpus is set; with keys: word, their word rows only; 0 = templates only, or with keys: word UCE's bare "
+            "word)",
         },
     )
     corpus: str | None = field(
@@ -344,20 +347,24 @@ class RealEraPlugin(Plugin):
             templates += OBJECT_TEMPLATES
         return [" ".join(t.format(word).split()) for t in templates]
 
-    def concept_pairs(self, pipe: Any, word: str) -> list[tuple[str, str]]:
-        """(concept prompt, anchor prompt) pairs keyed for ``word``: :meth:`prompts` with the word and with the
-        anchor, then ``context_from_corpus`` corpus captions naming the word, with the anchor put in its place."""
-        pairs = list(zip(self.prompts(word), self.prompts(self.config.anchor), strict=True))
-        n = self.config.context_from_corpus
-        if n:
-            from conceptedit.loading import model_file
-            from conceptedit.toolkit import read_prompts
+    def caption_corpus(self, pipe: Any) -> list[str]:
+        """The captions ``context_from_corpus`` draws from: ``corpus``, else the model's shipped corpus, else none
+        (a hub checkpoint: the templates alone are keyed)."""
+        if not self.config.context_from_corpus:
+            return []
+        from conceptedit.loading import model_file
+        from conceptedit.toolkit import read_prompts
 
-            source = self.config.corpus or model_file(pipe, "prompt_corpus")
-            if not source:  # a model without a caption corpus (a hub checkpoint): the templates alone
-                return pairs
+        source = self.config.corpus or model_file(pipe, "prompt_corpus")
+        return read_prompts(source) if source else []
+
+    def concept_pairs(self, word: str, corpus: list[str]) -> list[tuple[str, str]]:
+        """(concept prompt, anchor prompt) pairs keyed for ``word``: :meth:`prompts` with the word and with the
+        anchor, then up to ``context_from_corpus`` captions of ``corpus`` naming the word, the anchor in its place."""
+        pairs = list(zip(self.prompts(word), self.prompts(self.config.anchor), strict=True))
+        if corpus:
             gen = torch.Generator("cpu").manual_seed(self.config.seed)
-            pairs += corpus_contexts(read_prompts(source), word, self.config.anchor, n, gen)
+            pairs += corpus_contexts(corpus, word, self.config.anchor, self.config.context_from_corpus, gen)
         return pairs
 
     def fit(self, pipe: Any, request: Request, progress: Progress = no_progress) -> RealEraEdit:
@@ -402,8 +409,9 @@ class RealEraPlugin(Plugin):
                 )  # fmt: skip
             )
 
+        corpus = self.caption_corpus(pipe)  # read once for every target
         for target in request.targets:
-            for prompt, anchor_prompt in self.concept_pairs(pipe, target):
+            for prompt, anchor_prompt in self.concept_pairs(target, corpus):
                 seq = concept_condition(pipe, prompt)[0]
                 aseq = concept_condition(pipe, anchor_prompt)[0]
                 prefix, c_end, a_end = concept_span(tokenizer, prompt, anchor_prompt)
