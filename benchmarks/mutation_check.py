@@ -486,7 +486,7 @@ MUTATIONS: list[Mutation] = [
         "plugins/realera.py",
         "            pairs += corpus_contexts(corpus, word, self.config.anchor, self.config.context_from_corpus, gen)",
         "            corpus_contexts(corpus, word, self.config.anchor, self.config.context_from_corpus, gen)",
-        ("tests/test_realera.py::test_corpus_captions_are_keyed_in_context",),
+        ("tests/test_realera_context.py::test_corpus_captions_are_keyed_in_context",),
         "RealEra keys the templates only, whatever context_from_corpus says",
     ),
     Mutation(
@@ -494,7 +494,9 @@ MUTATIONS: list[Mutation] = [
         "plugins/_realera_context.py",
         'rf"(?<![\\w-]){re.escape(word.strip())}(?![\\w-])"',
         'rf"{re.escape(word.strip())}"',
-        ("tests/test_realera.py::test_corpus_contexts_pick_captions_naming_the_word_once_and_substitute_the_anchor",),
+        (
+            "tests/test_realera_context.py::test_corpus_contexts_pick_captions_naming_the_word_once_and_substitute_the_anchor",
+        ),
         "'cat' picks captions about a bobcat or a catalogue, whose span is not the concept",
     ),
     Mutation(
