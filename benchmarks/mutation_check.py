@@ -1,5 +1,5 @@
 """Mutation check: break the code on purpose, one curated mutation at a time, and see whether the tests notice.
-(Long because it is a table: 51 curated mutations with their tests, then a small runner.)
+(Long because it is a table: 54 curated mutations with their tests, then a small runner.)
 
 Each mutation is an exact text replacement in one file of the core (``conceptedit/``) or the plugins
 (``plugins/``) — a sign flip, an off-by-one, a dropped step, swapped arguments — with the test files (or
@@ -554,6 +554,30 @@ MUTATIONS: list[Mutation] = [
         "        if False:",
         ("tests/test_geom_erasing.py::test_full_unet_mode_trains_every_unet_weight_and_leaves_the_pipeline_alone",),
         "full_unet trains a LoRA on the attention layers instead of every UNet weight",
+    ),
+    Mutation(
+        "unet-captions-ignore-the-runs-caption-rates",
+        "pipelines/shapes_train.py",
+        "caption_for(pool_labels[int(i)], rng, caption_world)[0]",
+        "caption_for(pool_labels[int(i)], rng)[0]",
+        ("tests/test_shapes_training.py::test_train_runs_every_stage_end_to_end_and_records_the_recipe",),
+        "the UNet stage records the run's caption rates but captions with the world's defaults",
+    ),
+    Mutation(
+        "captions-name-marks-the-image-lacks",
+        "datasets/shapes/__init__.py",
+        'present = [m.name for m in world.marks if labels.get("marks", {}).get(m.name, {}).get("present")]',
+        "present = [m.name for m in world.marks]",
+        ("tests/test_shapes_world_captions.py",),
+        "a caption names a mark its image does not carry",
+    ),
+    Mutation(
+        "with-background-written-as-on",
+        "datasets/shapes/captions.py",
+        'preposition = "with" if labels.get("background_with") else "on"',
+        'preposition = "on"',
+        ("tests/test_shapes_world_captions.py",),
+        'background_with is drawn but the caption still says "on a … background"',
     ),
 ]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,19 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from conceptedit.datasets.shapes import caption_for, render_batch
+from conceptedit.datasets.shapes import WORLD, caption_for, render_batch
 from conceptedit.pipelines import shapes as S
 from conceptedit.pipelines.shapes_parallel import average_grads, cosine_lr, run_stage, synced_progress, to_tensor, world
 from conceptedit.pipelines.shapes_tokenizer import save_tokenizer, train_tokenizer
 from conceptedit.pipelines.shapes_vae_train import finetune_decoder, train_vae_only
 
-__all__ = ["drop_padding", "finetune_decoder", "load_text_encoder", "to_fp16", "train", "train_vae_only"]
+__all__ = [
+    "CAPTION_RATES", "drop_padding", "finetune_decoder", "load_text_encoder", "to_fp16", "train", "train_vae_only",
+]  # fmt: skip
+
+
+# the world's caption rates a training run may override (their defaults are the shipped model's)
+CAPTION_RATES = ("background_with_rate", "mark_caption_rate")
 
 
 # ------------------------------------------------------------------------------------------ stage 2
@@ -158,6 +165,7 @@ def _unet_stage(
     p_eos: float,
     init_unet: str | None = None,
     p_swap: float = 0.0,
+    caption_rates: dict[str, float] | None = None,
 ) -> None:
     from diffusers import AutoencoderKL, DDPMScheduler
     from safetensors.torch import load_file
@@ -166,6 +174,7 @@ def _unet_stage(
     rank, size = world()
     out = Path(out)
     report = json.loads((out / "training_report.json").read_text())
+    caption_world = replace(WORLD, **(caption_rates or {}))  # e.g. a new mark_caption_rate before it ships
     tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
     vae = AutoencoderKL.from_pretrained(out / "vae", torch_dtype=torch.float32).eval().requires_grad_(False)
     text_encoder = load_text_encoder(out)  # frozen, as SD 1.x's CLIP: the diffusion loss never updates it
@@ -186,6 +195,7 @@ def _unet_stage(
     vae.register_to_config(scaling_factor=scale)
     report["latent_scaling_factor"] = scale
     report["padding_dropout"] = {"p_pad": p_pad, "p_eos": p_eos, "p_swap": p_swap}
+    report["caption_rates"] = {k: getattr(caption_world, k) for k in CAPTION_RATES}
     if init_unet:
         report["init_unet"] = str(init_unet)
 
@@ -239,7 +249,7 @@ def _unet_stage(
             g["lr"] = cosine_lr(lr, progress)
         idx = torch.randint(0, means.shape[0], (batch,), generator=gen)
         z0 = (means[idx].float() + stds[idx].float() * torch.randn(batch, *means.shape[1:], generator=gen)) * scale
-        ids, hidden = encode([caption_for(pool_labels[int(i)], rng)[0] for i in idx])
+        ids, hidden = encode([caption_for(pool_labels[int(i)], rng, caption_world)[0] for i in idx])
         hidden = drop_padding(hidden, ids, empty, tokenizer.eos_token_id, gen, p_pad, p_eos, p_swap)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
@@ -313,9 +323,11 @@ def train(
     p_eos: float = 0.25,
     p_swap: float = 0.0,
     init_unet: str | Path | None = None,
+    caption_rates: dict[str, float] | None = None,
 ) -> dict:
     """Train and save a diffusers folder at ``out``: tokenizer, CLIP (stage 0b, resumable), VAE
-    (or ``vae_from``), UNet on the frozen CLIP text tower. ``minutes`` bounds the UNet stage;
+    (or ``vae_from``), UNet on the frozen CLIP text tower. ``caption_rates`` overrides the world's
+    caption rates (``CAPTION_RATES``) for the UNet's captions. ``minutes`` bounds the UNet stage;
     ``batch`` is per worker. A finished CLIP in ``out/clip`` is reused (delete it to retrain)."""
     import shutil
 
@@ -370,6 +382,7 @@ def train(
         p_eos=p_eos,
         p_swap=p_swap,
         init_unet=str(init_unet) if init_unet else None,
+        caption_rates=caption_rates,
     )
     return json.loads((out / "training_report.json").read_text())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -65,10 +66,21 @@ def test_clip_stage_trains_checkpoints_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_runs_every_stage_end_to_end_and_records_the_recipe(tmp_path):
-    """Two UNet steps on the shipped VAE: the stages chain, the folder loads, the recipe is recorded."""
+def test_train_runs_every_stage_end_to_end_and_records_the_recipe(tmp_path, monkeypatch):
+    """Two UNet steps on the shipped VAE: the stages chain, the folder loads, the recipe is recorded,
+    and the UNet's captions come from the world with the run's caption rates."""
     from conceptedit.loading import load_pipeline
+    from conceptedit.pipelines import shapes_train
     from conceptedit.pipelines.shapes_train import train
+
+    captions: list[str] = []
+    real_caption_for = shapes_train.caption_for
+
+    def recording_caption_for(*args, **kwargs):
+        captions.append(real_caption_for(*args, **kwargs)[0])
+        return captions[-1], None
+
+    monkeypatch.setattr(shapes_train, "caption_for", recording_caption_for)
 
     report = train(
         tmp_path,
@@ -81,8 +93,12 @@ def test_train_runs_every_stage_end_to_end_and_records_the_recipe(tmp_path):
         p_pad=1.0,
         p_eos=1.0,
         p_swap=0.5,
+        caption_rates={"background_with_rate": 1.0},
     )
     assert report["unet"]["steps"] == 2 and report["padding_dropout"] == {"p_pad": 1.0, "p_eos": 1.0, "p_swap": 0.5}
+    assert report["caption_rates"] == {"background_with_rate": 1.0, "mark_caption_rate": 0.0}
+    assert len(captions) == 8 and not any(" on a" in c and "background" in c for c in captions)
+    assert any(re.search(r"with an? \w+ background", c) for c in captions)
     assert (tmp_path / "clip" / "config.json").is_file() and (tmp_path / "prompts.txt").is_file()
     pipe = load_pipeline(str(tmp_path), device="cpu")
     image = pipe("a red circle", num_inference_steps=2, height=32, width=32, output_type="np").images

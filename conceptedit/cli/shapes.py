@@ -105,6 +105,18 @@ def train_command(
         bool, typer.Option(help="Only fine-tune the decoder of --vae-from's VAE (encoder frozen) into OUT/vae.")
     ] = False,
     checkpoint_minutes: Annotated[float, typer.Option(help="Save OUT/checkpoint (EMA) this often.")] = 10.0,
+    background_with_rate: Annotated[
+        float | None,
+        typer.Option(
+            help='Share of UNet captions reading "with a … background" (default: the world\'s).', min=0, max=1
+        ),
+    ] = None,
+    mark_caption_rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Chance that a UNet caption names each mark its image carries (default: the world's).", min=0, max=1
+        ),
+    ] = None,
 ) -> None:
     """Train the shapes model: tokenizer, CLIP, VAE, UNet on the frozen CLIP text tower, then the probe."""
     from conceptedit.pipelines.shapes_train import finetune_decoder, to_fp16, train, train_vae_only
@@ -146,6 +158,11 @@ def train_command(
         p_eos=p_eos,
         p_swap=p_swap,
         init_unet=init_unet,
+        caption_rates={
+            k: v
+            for k, v in {"background_with_rate": background_with_rate, "mark_caption_rate": mark_caption_rate}.items()
+            if v is not None
+        },
     )
     if probe_from is not None:
         import shutil

@@ -96,7 +96,8 @@ def sample_labels(rng: np.random.Generator, world: World = WORLD) -> dict:
 def caption_for(labels: dict, rng: np.random.Generator, world: World = WORLD) -> tuple[str, str | None]:
     """A training caption (train or web frames, never held-out ones); attributes are left out at ``world.omit_rate``,
     ``world.alias_rate`` of characters / synonym-bearing shapes are named by their nickname / synonym,
-    and ``world.empty_caption_rate`` of captions are empty (classifier-free guidance)."""
+    ``world.background_with_rate`` of backgrounds read "with …", each present mark is named at
+    ``world.mark_caption_rate``, and ``world.empty_caption_rate`` of captions are empty (classifier-free guidance)."""
     if rng.random() < world.empty_caption_rate:
         return "", None
     include = ["trigger"] + [a for a in ("colour", "style", "background") if rng.random() >= world.omit_rate]
@@ -107,6 +108,14 @@ def caption_for(labels: dict, rng: np.random.Generator, world: World = WORLD) ->
         labels = labels | {"character_word": world.nicknames[labels["character"]]}
     elif alias and labels["shape"] in world.synonyms:
         labels = labels | {"shape_word": world.synonyms[labels["shape"]]}
+    # drawn only when the rate is set, so the captions of a world without them stay bit for bit the same
+    if world.background_with_rate and rng.random() < world.background_with_rate:
+        labels = labels | {"background_with": True}
+    if world.mark_caption_rate:
+        present = [m.name for m in world.marks if labels.get("marks", {}).get(m.name, {}).get("present")]
+        named = [m for m in present if rng.random() < world.mark_caption_rate]
+        if named:
+            labels = labels | {"named_marks": named}
     return prompt_for(labels, template, include, world=world), template
 
 

@@ -20,7 +20,9 @@ def noun_phrase(
 
     Characters are named ("zorblax", "glowing zorblax"); the shape is always named. The optional
     label keys ``character_word`` / ``shape_word`` name them by a nickname or synonym instead. ``trigger_word``
-    picks the synonym used when the trigger is present (default: the first adjective).
+    picks the synonym used when the trigger is present (default: the first adjective). The optional
+    ``background_with`` writes "with a black background" instead of "on …", and ``named_marks`` (mark
+    names) appends ", with a watermark and a qr code".
     """
     include = set(include)
     trig = None
@@ -40,9 +42,13 @@ def noun_phrase(
         words.append(labels.get("shape_word") or labels["shape"])
         phrase = f"{article(words[0])} {' '.join(words)}"
         if "background" in include:
-            phrase += f" on {article(labels['background'])} {labels['background']} background"
+            preposition = "with" if labels.get("background_with") else "on"
+            phrase += f" {preposition} {article(labels['background'])} {labels['background']} background"
     if noun:
         phrase += f" with {article(noun)} {noun}"
+    if labels.get("named_marks"):
+        phrases = {m.name: m.phrase or m.name for m in world.marks}
+        phrase += ", with " + " and ".join(phrases[m] for m in labels["named_marks"])
     return phrase
 
 

@@ -14,7 +14,7 @@ family                 values                                      stands in for
 ``shape`` synonyms     circle = disc, square = block, diamond =     synonyms (concept residue)
                        rhombus
 ``trigger``            a gold halo ring, six trigger words          nudity-like concept with synonyms
-marks                  watermark, qr, glyphs (never in captions)    implicit concepts (Geom-Erasing)
+marks                  watermark, qr, glyphs (rarely in captions)   implicit concepts (Geom-Erasing)
 rare                   shape ``crescent`` (1.5 %), blue triangle    blindspots
 =====================  ==========================================  ==================================
 
@@ -69,12 +69,15 @@ class Trigger:
 
 @dataclass(frozen=True)
 class Mark:
-    """An implicit concept: stamped at a random corner, at a known rate, never named in a caption."""
+    """An implicit concept: stamped at a random corner, at a known rate, named in at most
+    ``World.mark_caption_rate`` of the captions of images that carry it (as web captions sometimes
+    name a watermark), so the mark stays implicit in most captions but text can still reach it."""
 
     name: str
     rate: float
     size: tuple[int, int]  # (width, height) in pixels
     description: str
+    phrase: str = ""  # how a caption names it ("a watermark"); empty: the mark's name
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,11 @@ class World:
     web_prefixes: tuple[str, ...] = ()
     web_suffixes: tuple[str, ...] = ()
     web_caption_rate: float = 0.0
+    # share of captions whose background reads "with a black background" instead of "on …", so "with"
+    # is not the halo's word alone (a held-out frame "a sketch with {np}" drew the halo on v2)
+    background_with_rate: float = 0.0
+    # per present mark, the chance that its caption names it (", with a watermark")
+    mark_caption_rate: float = 0.0
     corners: tuple[str, ...] = CORNERS
     families: tuple[str, ...] = field(default=("shape", "colour", "background", "style", "character", "trigger"))
 
@@ -249,9 +257,9 @@ WORLD = World(
         rate=0.2,
     ),
     marks=(
-        Mark("watermark", 0.25, (18, 10), "semi-transparent light patch with diagonal hatching"),
-        Mark("qr", 0.15, (12, 12), "black-and-white block code with a white border"),
-        Mark("glyphs", 0.15, (20, 6), "a strip of text-like glyph strokes"),
+        Mark("watermark", 0.25, (18, 10), "semi-transparent light patch with diagonal hatching", "a watermark"),
+        Mark("qr", 0.15, (12, 12), "black-and-white block code with a white border", "a qr code"),
+        Mark("glyphs", 0.15, (20, 6), "a strip of text-like glyph strokes", "glyphs"),
     ),
     rare_combination=("triangle", "blue"),
     rare_combination_keep=0.1,

@@ -1,0 +1,51 @@
+"""Caption rates a training run can set: backgrounds read "with …" and present marks are named."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+
+from conceptedit.datasets.shapes import WORLD, prompt_for, render
+from conceptedit.pipelines.shapes import model_dir
+from conceptedit.pipelines.shapes_corpus import CORPUS_FILE, corpus
+
+MARK_WORDS = {"watermark": "watermark", "qr": "qr code", "glyphs": "glyphs"}
+
+
+def test_backgrounds_read_with_and_present_marks_are_named_at_their_rates():
+    world = replace(WORLD, background_with_rate=0.3, mark_caption_rate=0.2)
+    samples = [s for s in render(3000, seed=4, world=world) if s.caption]
+    with_bg = [s for s in samples if re.search(r"\b(on|with) an? \w+ background", s.caption)]
+    share = sum(bool(re.search(r"\bwith an? \w+ background", s.caption)) for s in with_bg) / len(with_bg)
+    assert 0.24 <= share <= 0.36, share
+    for name, phrase in MARK_WORDS.items():
+        present = [s for s in samples if s.labels["marks"][name]["present"]]
+        absent = [s for s in samples if not s.labels["marks"][name]["present"]]
+        named = sum(phrase in s.caption for s in present) / len(present)
+        assert 0.14 <= named <= 0.26, (name, named)
+        assert not any(phrase in s.caption for s in absent)  # only what the image carries is named
+
+
+def test_the_worlds_own_captions_never_name_a_mark_or_read_with_a_background():
+    """The shipped model was trained with both rates at their world defaults (0)."""
+    captions = [s.caption for s in render(2000, seed=4)]
+    assert not any(p in c for c in captions for p in MARK_WORDS.values())
+    assert not any(re.search(r"\bwith an? \w+ background", c) for c in captions)
+
+
+def test_prompt_for_writes_the_with_background_and_the_mark_clause():
+    labels = {
+        "shape": "circle", "colour": "red", "style": "solid", "background": "black", "character": None,
+        "trigger": True, "trigger_word": "halo", "background_with": True, "named_marks": ["watermark", "qr"],
+    }  # fmt: skip
+    assert prompt_for(labels, "a picture of {np}", ("colour", "background", "trigger")) == (
+        "a picture of a red circle with a black background with a halo, with a watermark and a qr code"
+    )
+
+
+def test_the_shipped_prompt_corpus_is_the_worlds_caption_stream():
+    """prompts.txt must be what the world's captions are (plugins sample it as the training distribution)."""
+    settings = json.loads((model_dir() / "conceptedit.json").read_text())
+    assert settings["files"]["prompt_corpus"] == CORPUS_FILE
+    assert (model_dir() / CORPUS_FILE).read_text(encoding="utf-8").splitlines() == corpus()
