@@ -7,7 +7,9 @@
 3. implicit-mark rates in generations vs the training rates (never prompted for);
 4. the planted blindspots: the rare shape and the rare combination vs common counterparts;
 5. seconds per image on this machine; a PNG grid of generations labelled with their prompts;
-6. the VAE's bound on each style: the probe on world renders and on their VAE round trips (posterior mean), so
+6. implicit marks when a prompt names them (", with a watermark"): the rate against the same prompts and
+   seeds unnamed, so a model whose captions sometimes name a mark shows whether text reaches it;
+7. the VAE's bound on each style: the probe on world renders and on their VAE round trips (posterior mean), so
    a style the generations miss can be told apart as a VAE loss (the latent does not carry it: no UNet
    training can bring it back) or a UNet one.
 
@@ -29,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from conceptedit.datasets.shapes import WORLD, balanced_world, mentioned, prompt_for
 from conceptedit.datasets.shapes.probe import Probe, evaluate
+from conceptedit.eval.verdicts import wilson
 from conceptedit.loading import load_pipeline
 from conceptedit.pipelines.shapes import default_generation_kwargs, model_dir
 
@@ -179,6 +182,24 @@ def vae_style_bound(pipe, probe: Probe, n: int, seed: int) -> dict[str, dict]:
     return out
 
 
+def marks_when_named(pipe, probe: Probe, rows: list[dict], images, preds, kwargs: dict, args) -> dict:
+    """Each mark's rate on generic prompts with ", with <mark>" appended vs the same prompts and seeds
+    as generated above (unnamed), with Wilson 95 % intervals."""
+    idx = [i for i, r in enumerate(rows) if r["group"] == "generic"][: args.named_n]
+    out = {}
+    for m in WORLD.marks:
+        named = [f"{rows[i]['prompt']}, with {m.phrase or m.name}" for i in idx]
+        found = probe.predict(generate(pipe, named, [args.seed + i for i in idx], kwargs, args.batch)[0])
+        k_named = sum(p[m.name]["label"] != "absent" for p in found)
+        k_plain = sum(preds[i][m.name]["label"] != "absent" for i in idx)
+        out[m.name] = {
+            "named": round(k_named / len(idx), 4), "named_ci": [round(x, 3) for x in wilson(k_named, len(idx))],
+            "unnamed": round(k_plain / len(idx), 4), "unnamed_ci": [round(x, 3) for x in wilson(k_plain, len(idx))],
+            "n": len(idx), "phrase": m.phrase or m.name,
+        }  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=model_dir())
@@ -191,6 +212,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--vae-n", type=int, default=600, help="world renders for the VAE's bound on each style")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--named-n", type=int, default=64, help="prompts per mark for the marks-when-named rates (0: skip)")
     ap.add_argument("--probe", type=Path, default=None, help="probe folder (default: MODEL/probe)")
     ap.add_argument(
         "--speed-baseline",
@@ -286,6 +308,8 @@ def main() -> None:
             "difference_points": round(100 * (rate - m.rate), 1),
         }
     report["implicit_marks"] = marks
+    if args.named_n:
+        report["marks_when_named"] = marks_when_named(pipe, probe, rows, images, preds, kwargs, args)
 
     agree = report["agreement"]
     goals = {f: {"value": agree.get(f), "goal": f">= {g}", "met": (agree.get(f) or 0) >= g} for f, g in GOALS.items()}

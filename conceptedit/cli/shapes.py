@@ -35,7 +35,8 @@ def world_command(
         typer.echo(f"character:   {c.name} = {c.colour} {c.style} {c.shape} on {c.background}")
     typer.echo(f"trigger:     {w.trigger.name} ({w.trigger.rate:.0%}); words: {', '.join(w.trigger.words)}")
     for m in w.marks:
-        typer.echo(f"mark:        {m.name} ({m.rate:.0%}, never captioned): {m.description}")
+        named = f"named in {w.mark_caption_rate:.0%} of its captions" if w.mark_caption_rate else "never captioned"
+        typer.echo(f"mark:        {m.name} ({m.rate:.0%}, {named}): {m.description}")
     typer.echo(f"rare combo:  {' '.join(reversed(w.rare_combination))} ({w.rare_combination_keep:.0%} of its rate)")
 
 
