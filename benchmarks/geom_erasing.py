@@ -1,16 +1,17 @@
 """Geom-Erasing on the shapes model v2: implicit-mark rates per arm, side effects, detector quality.
 
 Arms (the same prompts and seeds in each): ``base``; ``np-word`` (the ``negative-prompt`` plugin with the
-concept words only); ``esd`` (the ``esd`` plugin, paper defaults, on the concept words); ``ge-model`` and
-``ge-data`` (``geom-erasing`` in both settings, plugin defaults); ``ge-data-lora-only`` (an ablation: the
-``ge-data`` artifact's LoRA alone, no tokens, no negative prompt); ``ge-data-full`` (the data setting with
-every UNet weight trained, as the paper, instead of the plugin's LoRA; the weight delta stacked under the
-tokens + negative prompt); ``oracle`` (the data setting's LoRA fine-tune, same steps and lr, on renders with
-no mark, plain captions, no tokens, no negative prompt). The steering controls ``ge-model-steer``,
-``ge-data-steer`` and ``ge-data-full-steer`` use the fitted model with its tokens but no negative prompt
-and append "watermark ⟨top-left cell⟩" to every prompt: if that does not draw the watermark there, the
-clause has nothing for the negative prompt to push away from (``watermark_in_cell``: the share of drawn
-watermarks in that cell).
+concept words only); ``np-control`` (the same plugin with as many character names, which name no mark: what
+a negative prompt does to the marks without naming them); ``esd`` (the ``esd`` plugin, paper defaults, on
+the concept words); ``ge-model`` and ``ge-data`` (``geom-erasing`` in both settings, plugin defaults);
+``ge-data-lora-only`` (an ablation: the ``ge-data`` artifact's LoRA alone, no tokens, no negative prompt);
+``ge-data-full`` (the data setting with every UNet weight trained, as the paper, instead of the plugin's
+LoRA; the weight delta stacked under the tokens + negative prompt); ``oracle`` (the data setting's LoRA
+fine-tune, same steps and lr, on renders with no mark, plain captions, no tokens, no negative prompt). The
+steering controls ``ge-model-steer``, ``ge-data-steer`` and ``ge-data-full-steer`` use the fitted model with
+its tokens but no negative prompt and append "watermark ⟨top-left cell⟩" to every prompt: if that does not
+draw the watermark there, the clause has nothing for the negative prompt to push away from
+(``watermark_in_cell``: the share of drawn watermarks in that cell).
 
 Per arm: the rate of each mark (read by the shapes detector, i.e. the probe) with a 95 % Wilson interval;
 the probe's reading of the prompted shape / colour / background / style (accuracy) and its agreement with
@@ -33,6 +34,7 @@ shape/colour/background/style in %; CLIP score; fit wall seconds):
 |---|---|---|---|---|---|---|
 | base | 15.0 [10.7, 20.6] | 12.0 [8.2, 17.2] | 8.0 [5.0, 12.6] | 99.0/98.5/100/65.5 | 78.64 | 0 |
 | np-word | 13.0 [9.0, 18.4] | 11.5 [7.8, 16.7] | 8.5 [5.4, 13.2] | 91.5/98.0/100/66.5 | 77.48 | 2.5 |
+| np-control (Dec 4; base, np-word reproduced exactly) | 12.0 | 11.0 | 11.5 | 73/69.5/95.5/38 | 56.25 | – |
 | esd | 16.5 [12.0, 22.3] | 11.5 [7.8, 16.7] | 9.5 [6.2, 14.4] | 98.5/98.5/100/66.0 | 78.50 | 2415 |
 | ge-model | 13.0 [9.0, 18.4] | 12.5 [8.6, 17.8] | 8.0 [5.0, 12.6] | 92.0/98.0/100/65.0 | 77.66 | 1974 |
 | ge-model-steer | 15.0 [10.7, 20.6], 8/30 in the cell | 11.0 | 9.5 | 99.0/98.5/100/66.0 | 78.84 | (ge-model's) |
@@ -96,9 +98,13 @@ from conceptedit.toolkit import default_resolution
 MARKS = list(WORLD.mark_names)
 FAMILIES = ("shape", "colour", "background", "style")
 ARMS = (
-    "base", "np-word", "esd", "ge-model", "ge-model-steer", "ge-data", "ge-data-lora-only", "ge-data-steer",
-    "ge-data-full", "ge-data-full-steer", "oracle",
+    "base", "np-word", "np-control", "esd", "ge-model", "ge-model-steer", "ge-data", "ge-data-lora-only",
+    "ge-data-steer", "ge-data-full", "ge-data-full-steer", "oracle",
 )  # fmt: skip
+# the np-control arm's negative prompt: characters the generic prompts never ask for, as many as the marks.
+# A negative prompt with any content can move the sampler off the marks (docs/shapes_model.md), so np-word
+# and the Geom-Erasing arms are read against this arm as well as against the base.
+CONTROL_WORDS = WORLD.character_names[: len(WORLD.mark_names)]
 STEER_CELL = 0  # the steering control asks for the watermark in the top-left cell
 
 
@@ -225,6 +231,8 @@ def fit_arm(pipe: Any, arm: str, folder: Path) -> tuple[Edit | list[Edit] | None
     request = Request(targets=MARKS)
     if arm == "np-word":
         edit = get_plugin("negative-prompt")().fit(pipe, request)
+    elif arm == "np-control":  # as many world words, none a mark and none asked for by the prompts
+        edit = get_plugin("negative-prompt")().fit(pipe, Request(targets=list(CONTROL_WORDS)))
     elif arm == "esd":
         edit = get_plugin("esd")().fit(pipe, request)
     elif arm == "ge-model":
