@@ -102,8 +102,8 @@ ARMS = (
     "ge-data-steer", "ge-data-full", "ge-data-full-steer", "oracle",
 )  # fmt: skip
 # the np-control arm's negative prompt: characters the generic prompts never ask for, as many as the marks.
-# A negative prompt with any content can move the sampler off the marks (docs/shapes_model.md), so np-word
-# and the Geom-Erasing arms are read against this arm as well as against the base.
+# A negative prompt that names no mark can still move the marks (docs/shapes_model.md), so np-word and the
+# Geom-Erasing arms are read against this arm as well as against the base.
 CONTROL_WORDS = WORLD.character_names[: len(WORLD.mark_names)]
 STEER_CELL = 0  # the steering control asks for the watermark in the top-left cell
 

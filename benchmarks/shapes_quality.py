@@ -182,20 +182,22 @@ def vae_style_bound(pipe, probe: Probe, n: int, seed: int) -> dict[str, dict]:
     return out
 
 
-def marks_when_named(pipe, probe: Probe, rows: list[dict], images, preds, kwargs: dict, args) -> dict:
+def marks_when_named(
+    pipe, probe: Probe, rows: list[dict], preds: list[dict], kwargs: dict, n: int, seed: int, batch: int
+) -> dict:
     """Each mark's rate on generic prompts with ", with <mark>" appended vs the same prompts and seeds
     as generated above (unnamed), with Wilson 95 % intervals."""
-    idx = [i for i, r in enumerate(rows) if r["group"] == "generic"][: args.named_n]
+    idx = [i for i, r in enumerate(rows) if r["group"] == "generic"][:n]
     out = {}
     for m in WORLD.marks:
-        named = [f"{rows[i]['prompt']}, with {m.phrase or m.name}" for i in idx]
-        found = probe.predict(generate(pipe, named, [args.seed + i for i in idx], kwargs, args.batch)[0])
+        named = [f"{rows[i]['prompt']}, with {m.caption_phrase}" for i in idx]
+        found = probe.predict(generate(pipe, named, [seed + i for i in idx], kwargs, batch)[0])
         k_named = sum(p[m.name]["label"] != "absent" for p in found)
         k_plain = sum(preds[i][m.name]["label"] != "absent" for i in idx)
         out[m.name] = {
             "named": round(k_named / len(idx), 4), "named_ci": [round(x, 3) for x in wilson(k_named, len(idx))],
             "unnamed": round(k_plain / len(idx), 4), "unnamed_ci": [round(x, 3) for x in wilson(k_plain, len(idx))],
-            "n": len(idx), "phrase": m.phrase or m.name,
+            "n": len(idx), "phrase": m.caption_phrase,
         }  # fmt: skip
     return out
 
@@ -309,7 +311,9 @@ def main() -> None:
         }
     report["implicit_marks"] = marks
     if args.named_n:
-        report["marks_when_named"] = marks_when_named(pipe, probe, rows, images, preds, kwargs, args)
+        report["marks_when_named"] = marks_when_named(
+            pipe, probe, rows, preds, kwargs, args.named_n, args.seed, args.batch
+        )
 
     agree = report["agreement"]
     goals = {f: {"value": agree.get(f), "goal": f">= {g}", "met": (agree.get(f) or 0) >= g} for f, g in GOALS.items()}

@@ -47,7 +47,7 @@ def noun_phrase(
     if noun:
         phrase += f" with {article(noun)} {noun}"
     if labels.get("named_marks"):
-        phrases = {m.name: m.phrase or m.name for m in world.marks}
+        phrases = {m.name: m.caption_phrase for m in world.marks}
         phrase += ", with " + " and ".join(phrases[m] for m in labels["named_marks"])
     return phrase
 

@@ -79,6 +79,10 @@ class Mark:
     description: str
     phrase: str = ""  # how a caption names it ("a watermark"); empty: the mark's name
 
+    @property
+    def caption_phrase(self) -> str:
+        return self.phrase or self.name
+
 
 @dataclass(frozen=True)
 class World:
