@@ -92,7 +92,14 @@ from conceptedit.plugins._geom_erasing_fit import (
     train,
 )
 from conceptedit.plugins.blindspots import image_set_for
-from conceptedit.plugins.geom_erasing import TOKENS_KEY, GeomErasingConfig, GeomErasingEdit, detector_for, negative_text
+from conceptedit.plugins.geom_erasing import (
+    TOKENS_KEY,
+    GeomErasingConfig,
+    GeomErasingEdit,
+    concept_names,
+    detector_for,
+    negative_text,
+)
 from conceptedit.toolkit import default_resolution
 
 MARKS = list(WORLD.mark_names)
@@ -165,10 +172,14 @@ def data_full_edits(pipe: Any, folder: Path) -> tuple[list[Edit], float]:
     start = time.perf_counter()
     cfg = GeomErasingConfig(setting="data")
     images, captions, _ = image_set_for(pipe, "auto")(2048, cfg.seed)
-    detections = check_detections(detector_for(pipe, "auto"), list(images), MARKS)
+    detector = detector_for(pipe, "auto")
+    detections = check_detections(detector, list(images), MARKS)
+    names = concept_names(cfg.names, detector, MARKS)
     tokens = location_tokens("full", cfg.grid)
     side = default_resolution(pipe)
-    data = build_data(pipe, list(images), list(captions), detections, MARKS, tokens, cfg.grid, side, keep_unmarked=True)
+    data = build_data(
+        pipe, list(images), list(captions), detections, MARKS, tokens, cfg.grid, side, keep_unmarked=True, names=names
+    )
     settings = LoopSettings(
         steps=600, batch_size=cfg.batch_size, token_lr=cfg.token_lr, alpha=cfg.alpha,
         caption_dropout=cfg.caption_dropout, seed=cfg.seed, lora=True, full_unet=True,
@@ -181,7 +192,8 @@ def data_full_edits(pipe: Any, folder: Path) -> tuple[list[Edit], float]:
         {f"unet.{k}": v for k, v in student.named_parameters()},
     )
     unet.record_base(pipe, ["unet"])
-    extra = {"tokens": tokens, "negative_text": negative_text(MARKS, tokens), "mode": "append"}
+    extra = {"tokens": tokens, "negative_text": negative_text([names[m] for m in MARKS], tokens), "mode": "append"}
+    extra["names"] = names
     words = Manifest(GeomErasingEdit.edit_type, "runtime", "ge-data-full", targets=MARKS, extra=extra)
     geometry = GeomErasingEdit(words, {TOKENS_KEY: vectors})
     geometry.record_base(pipe, ["text_encoder"])
@@ -201,7 +213,8 @@ def steering(pipe: Any, edits: list[Edit], prompts: list[str], seeds: list[int])
     handles = [e.apply(pipe) for e in weights]
     undo = add_token_rows(pipe, tokens, geometry.tensors[TOKENS_KEY])
     try:
-        asked = [f"{p}, {clause('watermark', [STEER_CELL], tokens)}" for p in prompts]
+        name = geometry.manifest.extra.get("names", {}).get("watermark", "watermark")
+        asked = [f"{p}, {clause(name, [STEER_CELL], tokens)}" for p in prompts]
         return generate(pipe, asked, seeds, batch_size=25)
     finally:
         undo()
@@ -315,12 +328,14 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--out", default="/tmp/geom_erasing_bench")
     parser.add_argument("--no-detector-check", action="store_true")
+    parser.add_argument("--model", type=Path, default=None, help="a shapes-model folder (default: the shipped one)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
-    pipe = load_pipeline("shapes")
+    folder = args.model or model_dir()
+    pipe = load_pipeline(str(folder) if args.model else "shapes")
     detector = ShapesMarkDetector()
-    clip = ClipScore({"model": str(model_dir() / "clip")})
+    clip = ClipScore({"model": str(folder / "clip")})
     prompts, seeds, labels = prompts_and_seeds(args.n)
     results: dict[str, Any] = {"n": args.n, "arms": {}}
     if not args.no_detector_check:

@@ -106,9 +106,12 @@ def build_data(
     grid: int,
     side: int,
     keep_unmarked: bool,
+    names: dict[str, str] | None = None,
 ) -> TrainingData:
     """Captions ``y ⊕ concept ⊕ ⟨l⟩…`` for the detected targets; images with none are kept only if asked
-    (they teach the location tokens nothing, but a fine-tuned UNet everything else)."""
+    (they teach the location tokens nothing, but a fine-tuned UNet everything else). ``names`` maps a
+    target to the words its clause uses (default: the target itself)."""
+    names = names or {}
     chosen, clauses, boxes = [], [], []
     counts = dict.fromkeys(targets, 0)
     for i, row in enumerate(detections):
@@ -118,7 +121,7 @@ def build_data(
         if not found and not keep_unmarked:
             continue
         chosen.append(i)
-        clauses.append(", ".join(clause(t, covered_cells(b, grid), tokens) for t, b in found))
+        clauses.append(", ".join(clause(names.get(t, t), covered_cells(b, grid), tokens) for t, b in found))
         boxes.append([b for _, b in found])
     latents = latents_of(pipe, [images[i] for i in chosen], side) if chosen else torch.zeros(0)
     h, w = (latents.shape[-2], latents.shape[-1]) if chosen else (1, 1)

@@ -39,6 +39,8 @@ Deviations, and why:
   then every location token (``concept₁, concept₂ ⟨l0,0⟩ … ⟨lK,K⟩``), which fits a 32-token tokenizer.
 - In the ``model`` setting only images in which the detector found a target are trained on: the others'
   captions hold no location token, so they would give the token embeddings no gradient.
+- ``names`` sets the words each concept is written with in the clause and the negative prompt (the paper
+  writes the concept's name); a detector may declare them as ``phrases``. The default is the target name.
 - Only ``pipe.tokenizer`` / ``pipe.text_encoder`` get the tokens (SD 1.x / 2.x); SDXL is not supported.
 
 Measured (``benchmarks/geom_erasing.py``, shapes model v2, 200 generations per arm, rates read by the
@@ -117,6 +119,13 @@ class GeomErasingConfig:
     data: str = field(
         default="auto", metadata={"help": "registered image set for the data setting (auto: the model's)"}
     )
+    names: str = field(
+        default="auto",
+        metadata={
+            "help": "the words for each concept in captions and the negative prompt: auto (the detector's "
+            "phrases, else the concept), targets (the concept names), or 'concept=words;concept=words'"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seeds generations, token init, batches, noise and LoRA"})
 
     def __post_init__(self) -> None:
@@ -134,6 +143,7 @@ class GeomErasingConfig:
             raise ValueError("caption_dropout must be in [0, 1)")
         if not self.detector.strip():
             raise ValueError("detector must not be empty (a registered name, module:callable, or auto)")
+        parse_names(self.names)
 
 
 class GeomErasingEdit(Edit):
@@ -207,6 +217,39 @@ class GeomErasingLoRAEdit(GeomErasingEdit):
         return [LORA_FILE, TOKENS_FILE]
 
 
+def parse_names(spec: str) -> dict[str, str] | None:
+    """``names``: None for ``auto`` / ``targets``, else the ``concept=words;…`` mapping."""
+    text = spec.strip()
+    if text in ("auto", "targets"):
+        return None
+    pairs = [p for p in text.split(";") if p.strip()]
+    out: dict[str, str] = {}
+    for pair in pairs:
+        concept, sep, words = pair.partition("=")
+        if not sep or not concept.strip() or not words.strip():
+            raise ValueError(f"names: {pair.strip()!r} is not 'concept=words' (or use auto / targets)")
+        out[concept.strip()] = " ".join(words.split())
+    if not out:
+        raise ValueError("names: give auto, targets, or 'concept=words;concept=words'")
+    return out
+
+
+def concept_names(spec: str, detector: Any, targets: list[str]) -> dict[str, str]:
+    """Each target's words in the training captions and the negative prompt. The paper appends the concept's
+    name; the name only helps if it is words the model's own captions use for the concept (on a model whose
+    captions say "with a watermark", a bare "watermark" in the negative prompt moves nothing: measured on
+    the shapes v2.1 candidate, docs/shapes_model.md). ``auto`` takes the detector's ``phrases`` where it
+    declares them (``{concept: words}``), else the concept name."""
+    explicit = parse_names(spec)
+    if explicit is not None:
+        unknown = sorted(set(explicit) - set(targets))
+        if unknown:
+            raise RequestError(f"names gives words for {unknown}, which are not targets ({targets})")
+        return {t: explicit.get(t, t) for t in targets}
+    phrases = getattr(detector, "phrases", None) if spec.strip() == "auto" else None
+    return {t: (phrases or {}).get(t, t) for t in targets}
+
+
 def negative_text(targets: list[str], tokens: list[str]) -> str:
     return f"{', '.join(targets)} {' '.join(tokens)}"
 
@@ -278,13 +321,15 @@ class GeomErasingPlugin(Plugin):
             raise RequestError(f"the detector cannot find {unknown}; it knows {list(detector.concepts)}")
         tag = payload_hash({"targets": request.targets, "config": config_to_dict(cfg)}, 6)
         tokens = location_tokens(tag, cfg.grid)
-        check_negative_fits(pipe, request.targets, tokens)
+        names = concept_names(cfg.names, detector, list(request.targets))
+        words = [names[t] for t in request.targets]
+        check_negative_fits(pipe, words, tokens)
         images, captions = self._images(pipe, request, progress)
         progress(0.0, f"detecting {', '.join(request.targets)} in {len(images)} images")
         detections = check_detections(detector, images, request.targets)
         data = build_data(
             pipe, images, captions, detections, request.targets, tokens, cfg.grid, default_resolution(pipe),
-            keep_unmarked=cfg.setting == "data",
+            keep_unmarked=cfg.setting == "data", names=names,
         )  # fmt: skip
         if not any(data.clauses):
             raise RequestError(
@@ -315,7 +360,8 @@ class GeomErasingPlugin(Plugin):
             request,
             tokens=tokens,
             grid=cfg.grid,
-            negative_text=negative_text(request.targets, tokens),
+            negative_text=negative_text(words, tokens),
+            names=names,
             mode="append",
             data=data.stats,
             fit_seconds=round(time.perf_counter() - start, 2),

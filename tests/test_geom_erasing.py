@@ -306,3 +306,43 @@ def test_full_unet_mode_trains_every_unet_weight_and_leaves_the_pipeline_alone(t
     assert any("conv_in" in n for n in changed) and any("attn2.to_k" in n for n in changed)
     assert not any("lora_" in n for n in trained)
     assert_same_state(before, full_state(tiny_pipe))
+
+
+# -- concept names: the words the model's captions use ----------------------------------------------
+class _Phrased:
+    concepts = ("stamp", "seal")
+    phrases = {"stamp": "with a stamp"}  # noqa: RUF012
+
+
+def test_concept_names_come_from_the_detector_the_targets_or_the_config():
+    from conceptedit.plugins.geom_erasing import GeomErasingConfig, concept_names
+
+    assert concept_names("auto", _Phrased(), ["stamp", "seal"]) == {"stamp": "with a stamp", "seal": "seal"}
+    assert concept_names("targets", _Phrased(), ["stamp"]) == {"stamp": "stamp"}
+    assert concept_names(" seal = a wax  seal ", _Phrased(), ["stamp", "seal"]) == {
+        "stamp": "stamp", "seal": "a wax seal",
+    }  # fmt: skip
+    assert concept_names("auto", object(), ["stamp"]) == {"stamp": "stamp"}  # a detector without phrases
+    with pytest.raises(ConceptEditError, match=r"names gives words for \['halo'\], which are not targets"):
+        concept_names("halo=a ring", _Phrased(), ["stamp"])
+    for bad in ("stamp", "stamp=", "=x", ";"):
+        with pytest.raises(ValueError, match="names:"):
+            GeomErasingConfig(names=bad)
+
+
+def test_the_clause_and_the_negative_prompt_use_the_concept_names(tiny_pipe, fake_detectors):
+    from PIL import Image
+
+    from conceptedit.plugins._geom_erasing_fit import build_data
+
+    found = [{"stamp": Detection(True, 0.9, (0.0, 0.0, 0.5, 0.5))}, {"stamp": Detection(False, 0.1)}]
+    images = [Image.new("RGB", (16, 16))] * 2
+    data = build_data(tiny_pipe, images, ["a", "b"], found, ["stamp"], ["<l0>", "<l1>"], 2, 16, True,
+                      names={"stamp": "red stamp"})  # fmt: skip
+    assert data.clauses == ["red stamp <l0>", ""]
+    edit = get_plugin("geom-erasing")(SETTINGS, names="stamp=red stamp").fit(
+        tiny_pipe, Request(targets=["stamp"], prompts=["a red cat", "a blue dog"])
+    )
+    tokens = edit.manifest.extra["tokens"]
+    assert edit.manifest.extra["negative_text"] == "red stamp " + " ".join(tokens)
+    assert edit.manifest.extra["names"] == {"stamp": "red stamp"}
