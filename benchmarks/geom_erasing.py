@@ -105,13 +105,15 @@ from conceptedit.toolkit import default_resolution
 MARKS = list(WORLD.mark_names)
 FAMILIES = ("shape", "colour", "background", "style")
 ARMS = (
-    "base", "np-word", "np-control", "esd", "ge-model", "ge-model-steer", "ge-data", "ge-data-lora-only",
+    "base", "np-word", "np-phrase", "np-control", "esd", "ge-model", "ge-model-steer", "ge-data", "ge-data-lora-only",
     "ge-data-steer", "ge-data-full", "ge-data-full-steer", "oracle",
 )  # fmt: skip
 # the np-control arm's negative prompt: characters the generic prompts never ask for, as many as the marks.
 # A negative prompt that names no mark can still move the marks (docs/shapes_model.md), so np-word and the
 # Geom-Erasing arms are read against this arm as well as against the base.
 CONTROL_WORDS = WORLD.character_names[: len(WORLD.mark_names)]
+PHRASES = ShapesMarkDetector.phrases  # how the world's captions name each mark ("with a watermark")
+PER_MARK = ("ge-model", "ge-data", "ge-data-full")  # one edit per mark
 STEER_CELL = 0  # the steering control asks for the watermark in the top-left cell
 
 
@@ -163,9 +165,10 @@ def oracle_edit(pipe: Any, samples: int, cfg: GeomErasingConfig) -> tuple[Edit, 
     return edit, time.perf_counter() - start
 
 
-def data_full_edits(pipe: Any, folder: Path) -> tuple[list[Edit], float]:
-    """The data setting with every UNet weight trained (the paper's data setting; the plugin trains a LoRA):
-    the plugin's own pieces, then the UNet's weight delta stacked under the tokens + negative prompt edit."""
+def data_full_edits(pipe: Any, folder: Path, mark: str) -> tuple[list[Edit], float]:
+    """The data setting with every UNet weight trained (the paper's data setting; the plugin trains a LoRA)
+    for one mark: the plugin's own pieces, then the UNet's weight delta stacked under the tokens + negative
+    prompt edit."""
     if (folder / "unet" / "manifest.json").exists():
         seconds = float(json.loads((folder / "fit.json").read_text())["seconds"])
         return [Edit.load(folder / "unet"), Edit.load(folder / "tokens")], seconds
@@ -173,28 +176,28 @@ def data_full_edits(pipe: Any, folder: Path) -> tuple[list[Edit], float]:
     cfg = GeomErasingConfig(setting="data")
     images, captions, _ = image_set_for(pipe, "auto")(2048, cfg.seed)
     detector = detector_for(pipe, "auto")
-    detections = check_detections(detector, list(images), MARKS)
-    names = concept_names(cfg.names, detector, MARKS)
-    tokens = location_tokens("full", cfg.grid)
+    detections = check_detections(detector, list(images), [mark])
+    names = concept_names(cfg.names, detector, [mark])
+    tokens = location_tokens(f"full{mark}", cfg.grid)
     side = default_resolution(pipe)
     data = build_data(
-        pipe, list(images), list(captions), detections, MARKS, tokens, cfg.grid, side, keep_unmarked=True, names=names
+        pipe, list(images), list(captions), detections, [mark], tokens, cfg.grid, side, keep_unmarked=True, names=names
     )
     settings = LoopSettings(
         steps=600, batch_size=cfg.batch_size, token_lr=cfg.token_lr, alpha=cfg.alpha,
         caption_dropout=cfg.caption_dropout, seed=cfg.seed, lora=True, full_unet=True,
     )  # fmt: skip
     vectors, student, stats = train(pipe, data, tokens, initial_vectors(pipe, len(tokens), cfg.seed), settings)
-    manifest = Manifest("weight_delta", "weight_delta", "ge-data-full", config=asdict(cfg), targets=MARKS, extra=stats)
+    manifest = Manifest("weight_delta", "weight_delta", "ge-data-full", config=asdict(cfg), targets=[mark], extra=stats)
     unet = WeightDeltaEdit.from_models(
         manifest,
         {f"unet.{k}": v for k, v in pipe.unet.named_parameters()},
         {f"unet.{k}": v for k, v in student.named_parameters()},
     )
     unet.record_base(pipe, ["unet"])
-    extra = {"tokens": tokens, "negative_text": negative_text([names[m] for m in MARKS], tokens), "mode": "append"}
+    extra = {"tokens": tokens, "negative_text": negative_text([names[mark]], tokens), "mode": "append"}
     extra["names"] = names
-    words = Manifest(GeomErasingEdit.edit_type, "runtime", "ge-data-full", targets=MARKS, extra=extra)
+    words = Manifest(GeomErasingEdit.edit_type, "runtime", "ge-data-full", targets=[mark], extra=extra)
     geometry = GeomErasingEdit(words, {TOKENS_KEY: vectors})
     geometry.record_base(pipe, ["text_encoder"])
     seconds = time.perf_counter() - start
@@ -222,19 +225,37 @@ def steering(pipe: Any, edits: list[Edit], prompts: list[str], seeds: list[int])
             h.remove()
 
 
-def fit_arm(pipe: Any, arm: str, folder: Path) -> tuple[Edit | list[Edit] | None, float]:
+Fitted = Edit | list[Edit] | None
+
+
+def fit_per_mark(pipe: Any, arm: str, folder: Path) -> tuple[dict[str, Fitted], float]:
+    """A Geom-Erasing arm: one edit per mark, as the paper removes each implicit concept on its own (the three
+    marks' caption names and 9 location tokens do not fit one 32-token negative prompt)."""
+    edits, seconds = {}, 0.0
+    for mark in MARKS:
+        edits[mark], s = fit_arm(pipe, arm, folder / mark, mark)
+        seconds += s
+    return edits, seconds
+
+
+def fit_arm(pipe: Any, arm: str, folder: Path, mark: str | None = None) -> tuple[Fitted, float]:
     if arm == "base":
         return None, 0.0
     if arm == "ge-data-full":
-        return data_full_edits(pipe, folder)
-    if arm.endswith("-steer"):
-        full, seconds = fit_arm(pipe, arm[: -len("-steer")], folder.parent / arm[: -len("-steer")])
+        assert mark is not None
+        return data_full_edits(pipe, folder, mark)
+    if arm.endswith("-steer"):  # the watermark's edit
+        full, seconds = fit_arm(
+            pipe, arm[: -len("-steer")], folder.parent / arm[: -len("-steer")] / "watermark", "watermark"
+        )
         if isinstance(full, list):
             return full, seconds
+        assert full is not None
         lora = {k: v for k, v in full.tensors.items() if ".lora_" in k}
         return ([LoRAEdit(full.manifest, lora)] if lora else []) + [full], seconds
-    if arm == "ge-data-lora-only":  # ablation: the data setting's LoRA without its tokens and negative prompt
-        full, seconds = fit_arm(pipe, "ge-data", folder.parent / "ge-data")
+    if arm == "ge-data-lora-only":  # ablation: the watermark edit's LoRA without its tokens and negative prompt
+        full, seconds = fit_arm(pipe, "ge-data", folder.parent / "ge-data" / "watermark", "watermark")
+        assert isinstance(full, Edit)
         lora = {k: v for k, v in full.tensors.items() if ".lora_" in k}
         return LoRAEdit(full.manifest, lora), seconds
     if (folder / "manifest.json").exists():
@@ -248,10 +269,11 @@ def fit_arm(pipe: Any, arm: str, folder: Path) -> tuple[Edit | list[Edit] | None
         edit = get_plugin("negative-prompt")().fit(pipe, Request(targets=list(CONTROL_WORDS)))
     elif arm == "esd":
         edit = get_plugin("esd")().fit(pipe, request)
-    elif arm == "ge-model":
-        edit = get_plugin("geom-erasing")(setting="model").fit(pipe, request)
-    elif arm == "ge-data":
-        edit = get_plugin("geom-erasing")(setting="data").fit(pipe, request)
+    elif arm == "np-phrase":  # the marks as the world's captions name them, the words of the GE arms' clauses
+        edit = get_plugin("negative-prompt")().fit(pipe, Request(targets=[PHRASES[m] for m in MARKS]))
+    elif arm in ("ge-model", "ge-data"):
+        assert mark is not None
+        edit = get_plugin("geom-erasing")(setting=arm[3:]).fit(pipe, Request(targets=[mark]))
     elif arm == "oracle":
         edit, _ = oracle_edit(pipe, 2048, GeomErasingConfig(setting="data"))
     else:
@@ -322,6 +344,46 @@ def save_grid(rows: dict[str, list[Image.Image]], path: Path, count: int = 12) -
     grid.save(path)
 
 
+class Reader:
+    """Reads one set of generations: mark rates, the probe's accuracy and agreement with the base, CLIP."""
+
+    def __init__(self, detector: ShapesMarkDetector, clip: ClipScore, prompts: list[str], labels: list[dict]) -> None:
+        self.detector, self.clip, self.prompts, self.labels = detector, clip, prompts, labels
+        self.base_read: list[dict] | None = None
+
+    def __call__(self, images: list[Image.Image]) -> dict[str, Any]:
+        found = self.detector.detect(images)
+        probe = self.detector.probe.predict(images)
+        base = self.base_read or probe
+        scores = self.clip.score_images([SimpleNamespace(prompt=p) for p in self.prompts], images)
+        row: dict[str, Any] = {}
+        row["marks"] = {m: rate(sum(f[m].present for f in found), len(found)) for m in MARKS}
+        row["any_mark"] = rate(sum(any(f[m].present for m in MARKS) for f in found), len(found))
+        drawn = [f["watermark"].box for f in found if f["watermark"].present]
+        in_cell = sum(STEER_CELL in covered_cells(box, GeomErasingConfig.grid) for box in drawn)
+        row["watermark_in_cell"] = rate(in_cell, len(drawn)) if drawn else {"k": 0, "n": 0}
+        row["probe_accuracy"] = {
+            f: round(float(np.mean([p[f]["label"] == lab[f] for p, lab in zip(probe, self.labels, strict=True)])), 4)
+            for f in FAMILIES
+        }
+        row["agreement_with_base"] = {
+            f: round(float(np.mean([p[f]["label"] == b[f]["label"] for p, b in zip(probe, base, strict=True)])), 4)
+            for f in FAMILIES
+        }
+        row["clip_score"] = round(float(np.mean([s["score"] for s in scores])), 3)
+        return row
+
+
+def pooled(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One row from one edit per mark: each mark's rate under its own edit; side effects averaged."""
+    out: dict[str, Any] = {"marks": {m: rows[m]["marks"][m] for m in MARKS}}
+    for key in ("probe_accuracy", "agreement_with_base"):
+        out[key] = {f: round(float(np.mean([r[key][f] for r in rows.values()])), 4) for f in FAMILIES}
+    out["clip_score"] = round(float(np.mean([r["clip_score"] for r in rows.values()])), 3)
+    out["watermark_in_cell"] = rows["watermark"]["watermark_in_cell"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200)
@@ -343,31 +405,24 @@ def main() -> None:
         print(json.dumps({"detector": results["detector"]}), flush=True)
     arms = [a for a in args.arms.split(",") if a]
     base_images = read_arm(pipe, None, prompts, seeds, out / "images" / "base")
-    base_read = detector.probe.predict(base_images)
+    measure = Reader(detector, clip, prompts, labels)
+    measure.base_read = detector.probe.predict(base_images)
     shown = {"base": base_images}
     for arm in arms:
-        edit, seconds = fit_arm(pipe, arm, out / "edits" / arm)
-        steer = arm.endswith("-steer")
-        images = base_images if arm == "base" else read_arm(pipe, edit, prompts, seeds, out / "images" / arm, steer)
-        shown[arm] = images
-        found = detector.detect(images)
-        probe = detector.probe.predict(images)
-        scores = clip.score_images([SimpleNamespace(prompt=p) for p in prompts], images)
-        row: dict[str, Any] = {"fit_seconds": round(seconds, 1)}
-        row["marks"] = {m: rate(sum(f[m].present for f in found), len(found)) for m in MARKS}
-        row["any_mark"] = rate(sum(any(f[m].present for m in MARKS) for f in found), len(found))
-        drawn = [f["watermark"].box for f in found if f["watermark"].present]
-        in_cell = sum(STEER_CELL in covered_cells(box, GeomErasingConfig.grid) for box in drawn)
-        row["watermark_in_cell"] = rate(in_cell, len(drawn)) if drawn else {"k": 0, "n": 0}
-        row["probe_accuracy"] = {
-            f: round(float(np.mean([p[f]["label"] == lab[f] for p, lab in zip(probe, labels, strict=True)])), 4)
-            for f in FAMILIES
-        }
-        row["agreement_with_base"] = {
-            f: round(float(np.mean([p[f]["label"] == b[f]["label"] for p, b in zip(probe, base_read, strict=True)])), 4)
-            for f in FAMILIES
-        }
-        row["clip_score"] = round(float(np.mean([s["score"] for s in scores])), 3)
+        if arm in PER_MARK:  # each mark's rate under its own edit; the side effects pooled over the three
+            per, seconds = fit_per_mark(pipe, arm, out / "edits" / arm)
+            sets = {m: read_arm(pipe, e, prompts, seeds, out / "images" / arm / m) for m, e in per.items()}
+            rows = {m: measure(images) for m, images in sets.items()}
+            row = {"fit_seconds": round(seconds, 1), **pooled(rows)}
+            row["per_edit"] = {m: {k: r[k] for k in ("marks", "probe_accuracy", "clip_score")} for m, r in rows.items()}
+            shown[arm] = sets["watermark"]
+            edit = per["watermark"]
+        else:
+            edit, seconds = fit_arm(pipe, arm, out / "edits" / arm)
+            steer = arm.endswith("-steer")
+            images = base_images if arm == "base" else read_arm(pipe, edit, prompts, seeds, out / "images" / arm, steer)
+            shown[arm] = images
+            row = {"fit_seconds": round(seconds, 1), **measure(images)}
         if edit is not None:
             extra = (edit[0] if isinstance(edit, list) else edit).manifest.extra
             row["fit"] = {k: extra[k] for k in ("data", "loss_first", "loss_last", "train_seconds") if k in extra}

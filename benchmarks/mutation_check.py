@@ -1,5 +1,5 @@
 """Mutation check: break the code on purpose, one curated mutation at a time, and see whether the tests notice.
-(Long because it is a table: 54 curated mutations with their tests, then a small runner.)
+(Long because it is a table: 56 curated mutations with their tests, then a small runner.)
 
 Each mutation is an exact text replacement in one file of the core (``conceptedit/``) or the plugins
 (``plugins/``) — a sign flip, an off-by-one, a dropped step, swapped arguments — with the test files (or
@@ -554,6 +554,22 @@ MUTATIONS: list[Mutation] = [
         "        if False:",
         ("tests/test_geom_erasing.py::test_full_unet_mode_trains_every_unet_weight_and_leaves_the_pipeline_alone",),
         "full_unet trains a LoRA on the attention layers instead of every UNet weight",
+    ),
+    Mutation(
+        "geom-clause-ignores-the-concept-names",
+        "plugins/_geom_erasing_fit.py",
+        "clause(names.get(t, t), covered_cells(b, grid), tokens)",
+        "clause(t, covered_cells(b, grid), tokens)",
+        ("tests/test_geom_erasing.py::test_the_clause_and_the_negative_prompt_use_the_concept_names",),
+        "the training clause writes the detector's concept name, not the words the model's captions use",
+    ),
+    Mutation(
+        "geom-names-ignore-the-detectors-phrases",
+        "plugins/geom_erasing.py",
+        '    phrases = getattr(detector, "phrases", None) if spec.strip() == "auto" else None',
+        "    phrases = None",
+        ("tests/test_geom_erasing.py::test_concept_names_come_from_the_detector_the_targets_or_the_config",),
+        "names: auto ignores the words a detector declares for its concepts",
     ),
     Mutation(
         "unet-captions-ignore-the-runs-caption-rates",

@@ -93,7 +93,7 @@ def test_train_runs_every_stage_end_to_end_and_records_the_recipe(tmp_path, monk
         p_pad=1.0,
         p_eos=1.0,
         p_swap=0.5,
-        caption_rates={"background_with_rate": 1.0},
+        caption_rates={"background_with_rate": 1.0, "mark_caption_rate": 0.0},
     )
     assert report["unet"]["steps"] == 2 and report["padding_dropout"] == {"p_pad": 1.0, "p_eos": 1.0, "p_swap": 0.5}
     assert report["caption_rates"] == {"background_with_rate": 1.0, "mark_caption_rate": 0.0}

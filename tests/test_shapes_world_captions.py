@@ -27,11 +27,14 @@ def test_backgrounds_read_with_and_present_marks_are_named_at_their_rates():
         assert not any(phrase in s.caption for s in absent)  # only what the image carries is named
 
 
-def test_the_worlds_own_captions_never_name_a_mark_or_read_with_a_background():
-    """The shipped model was trained with both rates at their world defaults (0)."""
-    captions = [s.caption for s in render(2000, seed=4)]
-    assert not any(p in c for c in captions for p in MARK_WORDS.values())
-    assert not any(re.search(r"\bwith an? \w+ background", c) for c in captions)
+def test_the_world_captions_at_the_rates_the_shipped_unet_was_trained_on():
+    """The shipped model (v2.1) fine-tuned its UNet with both rates set; the world must say so, since the
+    prompt corpus, Geom-Erasing's data setting and the blind-spot analysis caption from it."""
+    report = json.loads((model_dir() / "training_report.json").read_text())
+    assert report["caption_rates"] == {k: getattr(WORLD, k) for k in report["caption_rates"]}
+    assert WORLD.background_with_rate > 0 and WORLD.mark_caption_rate > 0
+    corpus_text = (model_dir() / CORPUS_FILE).read_text(encoding="utf-8")
+    assert all(p in corpus_text for p in MARK_WORDS.values()) and " with a black background" in corpus_text
 
 
 def test_prompt_for_writes_the_with_background_and_the_mark_clause():
@@ -49,3 +52,14 @@ def test_the_shipped_prompt_corpus_is_the_worlds_caption_stream():
     settings = json.loads((model_dir() / "conceptedit.json").read_text())
     assert settings["files"]["prompt_corpus"] == CORPUS_FILE
     assert (model_dir() / CORPUS_FILE).read_text(encoding="utf-8").splitlines() == corpus()
+
+
+def test_the_shapes_detector_names_each_mark_with_the_words_of_the_captions():
+    """Geom-Erasing writes a mark with the detector's phrase: it must be what the captions say."""
+    from conceptedit.datasets.shapes.detector import ShapesMarkDetector
+
+    named = [s for s in render(600, seed=3, world=replace(WORLD, mark_caption_rate=0.5)) if s.caption]
+    for mark in WORLD.marks:
+        phrase = ShapesMarkDetector.phrases[mark.name]
+        carry = [s for s in named if phrase in s.caption]
+        assert len(carry) >= 10 and all(s.labels["marks"][mark.name]["present"] for s in carry), mark.name

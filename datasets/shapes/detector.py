@@ -35,6 +35,8 @@ class ShapesMarkDetector:
 
     concepts: tuple[str, ...] = WORLD.mark_names
     world = "conceptedit.datasets.shapes"  # the model world it belongs to (``detector: auto`` matches it)
+    #: the words the world's captions name each mark with (", with a watermark"): Geom-Erasing's concept names
+    phrases: dict[str, str] = {m.name: f"with {m.caption_phrase}" for m in WORLD.marks}  # noqa: RUF012
 
     def __init__(self, probe_path: str | None = None) -> None:
         from conceptedit.datasets.shapes.probe import Probe
