@@ -36,6 +36,15 @@ this script adds each arm's step along Δ = d_tgt − d_src, w_src per family an
 time. On 2 cores at load ~10 with 1 torch thread, n = 120 took 443–545 s. One JSON document goes to
 ``benchmarks/results/colan_edits.json`` (``--out``).
 
+Measured on the shipped v2.1 (Dec 5, n = 120, seed 16, all 120 read correctly before the edit; 83 s in all):
+
+    colan      success 0.35 [0.27,0.44] (42/120)  consistent 0.71 [0.62,0.78] (85/120)  both 0.23 (27/120)
+    swap       success 0.76 [0.67,0.83] (91/120)  consistent 0.47 [0.39,0.56] (57/120)  both 0.30 (36/120)
+    direction  success 0.74 [0.66,0.81] (89/120)  consistent 0.30 [0.23,0.39] (36/120)  both 0.22 (26/120)
+    background PSNR 51.2 / 39.2 / 40.0 dB; silhouette IoU 0.72 / 0.68 / 0.64; w_src median 0.43
+
+The picture is v2's (below): the goal is not met for the reason diagnosed there.
+
 Measured on v2 (n = 120, seed 16, all 120 read correctly before the edit; colan defaults frozen before
 the first run: 20 steps, guidance 5, source embedding as the unconditional branch):
 

@@ -1,17 +1,22 @@
-"""Geom-Erasing on the shapes model v2: implicit-mark rates per arm, side effects, detector quality.
+"""Geom-Erasing on the shipped shapes model: implicit-mark rates per arm, side effects, detector quality.
 
 Arms (the same prompts and seeds in each): ``base``; ``np-word`` (the ``negative-prompt`` plugin with the
-concept words only); ``np-control`` (the same plugin with as many character names, which name no mark: what
-a negative prompt does to the marks without naming them); ``esd`` (the ``esd`` plugin, paper defaults, on
-the concept words); ``ge-model`` and ``ge-data`` (``geom-erasing`` in both settings, plugin defaults);
-``ge-data-lora-only`` (an ablation: the ``ge-data`` artifact's LoRA alone, no tokens, no negative prompt);
-``ge-data-full`` (the data setting with every UNet weight trained, as the paper, instead of the plugin's
-LoRA; the weight delta stacked under the tokens + negative prompt); ``oracle`` (the data setting's LoRA
-fine-tune, same steps and lr, on renders with no mark, plain captions, no tokens, no negative prompt). The
-steering controls ``ge-model-steer``, ``ge-data-steer`` and ``ge-data-full-steer`` use the fitted model with
-its tokens but no negative prompt and append "watermark ⟨top-left cell⟩" to every prompt: if that does not
-draw the watermark there, the clause has nothing for the negative prompt to push away from
-(``watermark_in_cell``: the share of drawn watermarks in that cell).
+concept words only: "watermark, qr, glyphs"); ``np-phrase`` (the same plugin with the marks as the world's
+captions name them: "with a watermark, with a qr code, with glyphs", the words the Geom-Erasing arms write);
+``np-control`` (the same plugin with as many character names, which name no mark: what a negative prompt
+does to the marks without naming them); ``esd`` (the ``esd`` plugin, paper defaults, on the concept words);
+``ge-model`` and ``ge-data`` (``geom-erasing`` in both settings, plugin defaults, **one edit per mark**, as
+the paper removes each implicit concept on its own: the three caption phrases and 9 location tokens do not
+fit one 32-token negative prompt; each mark's rate is read under its own edit, the side effects are averaged
+over the three edits, ``per_edit`` in the JSON has every mark under every edit); ``ge-data-lora-only`` (an
+ablation: the watermark edit's LoRA alone, no tokens, no negative prompt); ``ge-data-full`` (the data setting
+with every UNet weight trained, as the paper, instead of the plugin's LoRA; the weight delta stacked under the
+tokens + negative prompt); ``oracle`` (the data setting's LoRA fine-tune, same steps and lr, on renders with no
+mark, plain captions, no tokens, no negative prompt). The steering controls ``ge-model-steer``,
+``ge-data-steer`` and ``ge-data-full-steer`` use the watermark edit's model with its tokens but no negative
+prompt and append the watermark's clause with the top-left cell's token to every prompt ("with a watermark
+⟨top-left⟩"): if that does not draw the watermark there, the location tokens have nothing for the negative
+prompt to push away from (``watermark_in_cell``: the share of drawn watermarks in that cell).
 
 Per arm: the rate of each mark (read by the shapes detector, i.e. the probe) with a 95 % Wilson interval;
 the probe's reading of the prompted shape / colour / background / style (accuracy) and its agreement with
@@ -27,8 +32,51 @@ Runtime (CPU time, one thread): 0.2 s per 32 × 32 generation, 0.27 s per token-
 shared 2-core machine (load 15-19) the arms in four processes (``--arms`` disjoint, the oracle with its
 own ``--out`` and the base images linked in) took 70 minutes of wall time.
 
-Measured on v2 (n = 200 per arm; marks in %, 95 % Wilson interval; probe accuracy of the prompted
-shape/colour/background/style in %; CLIP score; fit wall seconds):
+Measured on the shipped v2.1 (Dec 5; n = 200 per arm; marks in %, 95 % Wilson interval; probe accuracy of
+the prompted shape/colour/background/style in %; CLIP score; fit wall seconds, two benchmark processes on the
+2-core machine; ``--arms base,np-word,np-phrase,np-control,ge-model,ge-model-steer,ge-data,ge-data-steer,
+ge-data-lora-only,oracle``, then ``--arms esd`` with the same ``--out``):
+
+| arm | watermark | qr | glyphs | shape/colour/bg/style | CLIP | fit s |
+|---|---|---|---|---|---|---|
+| base | 14.5 [10.3, 20.1] | 6.5 [3.8, 10.8] | 6.0 [3.5, 10.2] | 100/98.5/100/69.5 | 79.43 | 0 |
+| np-word ("watermark, qr, glyphs") | 15.0 [10.7, 20.6] | 6.0 | 6.0 | 95.0/99.0/100/68.5 | 78.89 | 0.1 |
+| np-phrase ("with a watermark, …") | 3.0 [1.4, 6.4] | 3.5 [1.7, 7.1] | 1.5 [0.5, 4.3] | 99.5/98.5/100/69.5 | 80.0 | 0 |
+| np-control (three character names) | 10.5 | 13.0 [9.0, 18.4] | 6.0 | 72.5/66/98/37 | 53.77 | 0 |
+| esd (on the three words) | 13.0 [9.0, 18.4] | 7.0 [4.2, 11.4] | 5.5 [3.1, 9.6] | 99.5/98.5/100/69.0 | 79.11 | 134 |
+| ge-model (an edit per mark) | 2.5 [1.1, 5.7] | 5.0 [2.7, 9.0] | 3.0 [1.4, 6.4] | 99.3/98.2/99.2/70.8 | 79.69 | 619 |
+| ge-model-steer | 37.0, 19/74 in the cell | 25.0 | 20.0 | 99.5/98.5/100/69.0 | 77.80 | – |
+| ge-data (an edit per mark) | 1.5 [0.5, 4.3] | 0.5 [0.1, 2.8] | 2.0 [0.8, 5.0] | 100/98.5/100/69.5 | 79.72 | 522 |
+| ge-data-steer | 33.0, 19/66 in the cell | 26.5 | 16.5 | 99.5/98.5/100/68.5 | 78.68 | – |
+| ge-data-lora-only (watermark edit's LoRA) | 12.0 [8.2, 17.2] | 6.5 | 5.5 | 100/98.5/100/69.0 | 79.38 | – |
+| oracle | 1.0 [0.3, 3.6] | 0.0 [0.0, 1.9] | 1.0 [0.3, 3.6] | 100/98.5/100/69.0 | 79.34 | 124 |
+
+Agreement with the base image at the same seed: shape/colour/background ≥ 99 % for every arm but np-word
+(shape 95 %) and np-control (73/67/98 %). Each ge-data edit lowers every mark, not only its own (the
+watermark edit: 1.5 / 1.5 / 1.0 %; qr: 2.5 / 0.5 / 2.5 %; glyphs: 2.0 / 2.0 / 2.0 %).
+
+What the v2.1 rows say:
+
+- **The issue's rate goal is met by ge-data; the oracle bar is tied, not beaten.** Every mark ≤ 3 % (1.5 /
+  0.5 / 2.0 %) with the probe's shape/colour/background/style and the CLIP score at the base's (≤ 1 point).
+  Against the oracle (1.0 / 0.0 / 1.0 %) that is 1, 1 and 2 images more of 200, inside each other's
+  intervals: not ≤ the oracle as written, and no measurable difference either.
+- **The caption's name does most of the work, the location tokens steer nothing.** The phrase alone as the
+  negative prompt (np-phrase) gives 3.0 / 3.5 / 1.5 %. The clause draws the mark (37 % of the prompts that ask
+  for "with a watermark ⟨top-left⟩" get one, against 14.5 % unasked) but not in the asked cell (19 of 74,
+  19 of 66: chance; the base has 9 of 29 there). The LoRA alone does little (12.0 / 6.5 / 5.5 %). So
+  ge-data's gain over the phrase is the fine-tune with the clause in its captions, not the geometry.
+- **"with a" itself is part of it:** on this model any "with a …" negative prompt lowers the marks, e.g.
+  "with a red" 5.0 / 6.0 / 3.5 % with colour accuracy 75.5 % (``docs/shapes_model.md``), because "with a"
+  in v2.1's captions is followed by a mark, a background or the halo. np-control, which names no mark,
+  leaves them (10.5 / 13.0 / 6.0 %) and wrecks the images.
+- The bare words (np-word) do nothing: the shipped tokenizer never saw the mark words (v2.1 kept v2's
+  CLIP), so "watermark" is 8 byte pieces that only the caption phrase gives meaning to.
+
+Measured on v2 (the shipped model until Dec 4, whose captions never named a mark; the plugin then wrote the
+concept names "watermark", "qr", "glyphs" and fitted the three marks in one edit; n = 200 per arm; marks in
+%, 95 % Wilson interval; probe accuracy of the prompted shape/colour/background/style in %; CLIP score; fit
+wall seconds):
 
 | arm | watermark | qr | glyphs | shape/colour/bg/style | CLIP | fit s |
 |---|---|---|---|---|---|---|

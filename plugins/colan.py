@@ -10,10 +10,11 @@ by measurement on development edits of the shapes world (``benchmarks/colan_edit
 implemented. The edit is written ``"SRC -> TGT"`` (replace), ``"SRC -> "`` (remove: the target is the
 empty-string embedding); add = replace a counterpart concept.
 
-Measured (``benchmarks/colan_edits.py``, v2, n = 120): the decomposition gives the reference code's weights
-(3e-6), yet the edit lands less often than a prompt swap (success 0.36 vs 0.76) and keeps the rest more
-often (consistency 0.63 vs 0.38): the transplant's step along ``d_tgt − d_src`` is ``w_src`` (median
-0.42, the swap's 0.82), and a fixed direction at that strength scores the same as CoLan.
+Measured (``benchmarks/colan_edits.py``, the shipped v2.1, n = 120; v2's figures in brackets): the
+decomposition gives the reference code's weights (3e-6), yet the edit lands less often than a prompt swap
+(success 0.35 vs 0.76 [0.36 vs 0.76]) and keeps the rest more often (consistency 0.71 vs 0.47 [0.63 vs
+0.38]): the transplant's step along ``d_tgt − d_src`` is ``w_src`` (median 0.42, the swap's 0.82), and on
+v2 a fixed direction at that strength scored the same as CoLan.
 """
 
 from __future__ import annotations

@@ -40,31 +40,20 @@ Deviations, and why:
 - In the ``model`` setting only images in which the detector found a target are trained on: the others'
   captions hold no location token, so they would give the token embeddings no gradient.
 - ``names`` sets the words each concept is written with in the clause and the negative prompt (the paper
-  writes the concept's name); a detector may declare them as ``phrases``. The default is the target name.
+  writes the concept's name); the default, ``auto``, takes the detector's ``phrases`` where it declares them,
+  else the target name.
 - Only ``pipe.tokenizer`` / ``pipe.text_encoder`` get the tokens (SD 1.x / 2.x); SDXL is not supported.
 
-Measured (``benchmarks/geom_erasing.py``, shapes model v2, 200 generations per arm, rates read by the
-shapes detector; base watermark / QR / glyphs 15.0 / 12.0 / 8.0 %): the ``model`` setting does not remove
-the marks (13.0 / 12.5 / 8.0 %, as the concept words alone in the negative prompt: 13.0 / 11.5 / 8.5 %) and
-costs 7 points of shape accuracy (99 → 92 %; the words' character tokens in the negative prompt do that
-too); the ``data`` setting lowers them to 10.5 / 7.5 / 7.0 % with shape/colour/background within 1 point
-and CLIP score unchanged, and training every UNet weight instead of the LoRA (the paper's data setting,
-``LoopSettings.full_unet``) to 9.5 / 7.5 / 5.5 %; the oracle (the same fine-tune on renders without marks)
-reaches 1.0 / 1.0 / 4.0 %. The issue's goal (every mark ≤ the oracle and ≤ 3 %) is not met on this model.
-
-Why, measured: the geometry clause steers nothing. The steering control (the fitted model with its tokens
-and no negative prompt, every prompt asking for "watermark ⟨top-left cell⟩") draws the watermark on
-12.5 % of images (LoRA; whole UNet 11.5 %; the ``model`` setting's tokens 15.0 %), 5 of 25 (6 of 23; 8 of
-30) of them in the asked cell, as the base model's 15.0 % and 7 of 30: the location tokens and the concept
-name do not make the mark appear, so as a negative prompt they have nothing to push away from, and the
-reduction comes from the fine-tune itself (the LoRA alone, without tokens or negative prompt: 10.0 / 8.5 /
-8.5 %). Neither 2,000 LoRA steps (8.5 / 7.5 / 4.0 %, no steering), rank 32 (9.0 / 9.0 / 5.0 %) nor a 10×
-LoRA lr (diverges: shape accuracy 10 %) changes that (``steps`` / ``lora_rank`` / ``lora_lr`` options, same
-prompts; fitted before long captions were trimmed to keep their location tokens). The world never names
-its marks in captions, so the model learned them independently of the text; a few hundred fine-tuning
-steps do not teach it the association the paper's full fine-tune of SD learns (its ablation: + concept
-name 30.4 → 17.0 %, + geometry → 7.4 %). SD's own captions do name watermarks at times (stock-photo
-text), which the shapes world does not model.
+Measured (``benchmarks/geom_erasing.py``, the shipped shapes model v2.1, 200 generations per arm, one edit
+per mark, rates read by the shapes detector; base watermark / QR / glyphs 14.5 / 6.5 / 6.0 %): the ``data``
+setting lowers them to 1.5 / 0.5 / 2.0 % with the probe's shape/colour/background/style and the CLIP score at
+the base's; the ``model`` setting to 2.5 / 5.0 / 3.0 %; the oracle (the same fine-tune on renders without
+marks) reaches 1.0 / 0.0 / 1.0 %. So every mark is ≤ 3 %, and the oracle is tied within one or two images of
+200, not beaten. The concept's caption phrase alone as the negative prompt gives 3.0 / 3.5 / 1.5 %; the clause
+draws the mark (a steering control: 37 % of prompts asking for it) but the location tokens do not move it to
+the asked cell (19 of 74, chance). On v2, whose captions never named a mark, the plugin wrote the bare names
+and nothing steered: 15.0 / 12.0 / 8.0 % → 10.5 / 7.5 / 7.0 % (data setting), through the fine-tune alone.
+The shapes detector declares the captions' phrases (``with a watermark``), which ``names: auto`` uses.
 """
 
 from __future__ import annotations

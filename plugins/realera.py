@@ -93,6 +93,20 @@ Choices (the paper's values were not found; each is a config field):
 - Each target erased with the bare concept prompt (``keys: word``) or the context templates; ``expand_prompts``
   adds UCE's five templates ("image of {}", ...), with the anchor put in the same template.
 
+Measured on the shipped shapes v2.1 (Dec 5, the same command and prompts as the v2 figures below, 1 thread;
+erased / held-out / residue / held-out residue / in-domain / cross-domain, n = 20 per set, cross-domain 38-64):
+
+- the halo (as "glowing", chance 0.5): 0.00 / 0.15 / 0.05 / 0.05, cross-domain 0.89 (base 0.88, UCE 0.93,
+  which also leaves no residue: 0.10 / 0.00 / 0.00 / 0.05);
+- zorblax (chance 0.17): 0 / 0 / 0 / 0, in-domain 1.00 (UCE 1.00), cross-domain 0.88 (UCE 0.88, base 0.92);
+- circle (chance 0.12): 0.20 / 0.10 / **0.15 / 0.20** / 0.85 / 0.87 (base 0.87); UCE erases nothing (1.00 /
+  0.90 / 1.00 / 0.85, in-domain 1.00, cross-domain 0.95); ``token: all`` 0.30 / 0.25 / 0.30 / 0.35. So the
+  residue through "disc" is now under chance + 0.10 = 0.22 where UCE leaves 1.00; the in-domain retain is 15
+  points under UCE's, which erases nothing.
+- ablations, circle: no mining 0.20 / 0.10 / 0.25 / 0.15; no beyond-concept terms 0.05 / 0.05 / 0.20 / 0.15,
+  in-domain 0.80 (zorblax: in-domain 0.10, cross-domain 0.45); no LoRA the same as with it; templates only
+  0.20 / 0.25 / 0.20 / 0.20; ``keys: word`` 1.00 / 0.85 / 1.00 / 0.95. Fit 21-37 s.
+
 Measured on shapes v2 (``python benchmarks/realera_residue.py --n 20 --threads 2 --runs realera,realera-no-mining,
 realera-no-reg,realera-no-lora,realera-templates,realera-word,uce,uce-all``, Dec 4, idle 2-core machine; n = 20 per
 set, prompt seed 0; erased / erased on held-out frames / residue through the other words / the same on held-out
