@@ -26,6 +26,29 @@ one, measured below as "previous").
 
     python benchmarks/blindspots_shapes.py --n 512 --out runs/bench/bs512 --threads 1 --plant-halo --plant-crescent
 
+Measured on the shipped v2.1 (Dec 5, the same command, ``--out`` apart; the world's captions now read "with a
+… background" in 30 % and name a carried mark in 25 %; n = 512, crescent enriched to 15 %):
+
+- base: 0 suppressed, 2 exaggerated (#54, named crescent, r 0.52, δ 0.604 [0.571, 0.644], q 1e-5, while the
+  probe reads crescents on 15.0 % of real and of generated images: a false discovery; #167, background gray,
+  r 0.49, δ 0.612), 213 faithful, 41 inactive; 11 significant below the least shift. Common shape/colour
+  concepts discovered: 0 of 32. Near copies: 0. The halo on captions that do not ask for it: 6.4 % (v2: 0.0 %
+  on its own captions; `docs/shapes_model.md`: a caption naming a mark brings it).
+- marks, probe real → generated: watermark 25.6 → 25.2 % (its concept #55, r 0.51, δ 0.494, faithful:
+  right), qr 15.0 → 9.8 % (#3, r 0.35, δ 0.431, right direction, q 0.47), glyphs 13.9 → 14.3 % (#211, r
+  0.19, never active); striped 16.8 → 7.2 % (#180, r 0.37, δ 0.529, the wrong direction, q 0.83).
+- planted halo LoRA (fit 205 s): the halo on 14.7 % of unasked captions (6.4 % without); 9 of the 12
+  concepts named halo found exaggerated, best #134 δ 0.702 [0.685, 0.718], q 7e-80; the LoRA is not
+  surgical, so 17 of 32 common concepts are found too. Removed: the base's analysis exactly (cache hits).
+- planted crescent (UCE): asked crescents 100 % → 13 %, all crescents 15.0 → 2.0 %. Found suppressed only
+  through a weakly named concept, #192 (crescent, r 0.25) δ 0.205; the best-correlated #54 moves from 0.604
+  to 0.518 (faithful). 2 + 9 discoveries, 1 of them a common concept. Removed: the base's analysis exactly.
+- seconds: generation 105-109 per 512 images, analysis 1, SAE 4.5 (then loaded).
+
+So on v2.1 the analysis still finds the planted exaggeration clearly and the planted suppression only
+weakly, and it calls the (correctly drawn) crescent exaggerated on the base: the issue's goals for the
+crescent are not met.
+
 Measured on the shipped v2 (n = 512 real/generated pairs, crescent enriched to 15 %, SAE width 256 on
 150k ``clip-centred`` tokens, FDR 0.05, least shift |δ - 0.5| >= 0.1; 2 shared cores at load 8-11,
 Dec 2026):

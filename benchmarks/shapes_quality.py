@@ -8,7 +8,8 @@
 4. the planted blindspots: the rare shape and the rare combination vs common counterparts;
 5. seconds per image on this machine; a PNG grid of generations labelled with their prompts;
 6. implicit marks when a prompt names them (", with a watermark"): the rate against the same prompts and
-   seeds unnamed, so a model whose captions sometimes name a mark shows whether text reaches it;
+   seeds unnamed, so a model whose captions sometimes name a mark shows whether text reaches it; and the
+   halo when not asked on the world's own captions, split by "with a … background" / a named mark / neither;
 7. the VAE's bound on each style: the probe on world renders and on their VAE round trips (posterior mean), so
    a style the generations miss can be told apart as a VAE loss (the latent does not carry it: no UNet
    training can bring it back) or a UNet one.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import textwrap
 import time
 from collections import defaultdict
@@ -202,6 +204,37 @@ def marks_when_named(
     return out
 
 
+def halo_on_world_captions(pipe, probe: Probe, kwargs: dict, n: int, seed: int, batch: int) -> dict:
+    """The halo when not asked on the world's own caption stream (what the UNet was trained on and what the
+    corpus, the blind-spot analysis and Geom-Erasing caption with), split by what the caption holds: "with a
+    … background", a named mark, or neither. The fixed prompt sets above never use those two."""
+    from conceptedit.datasets.shapes import caption_for, sample_labels
+
+    captions: list[str] = []
+    i = 0
+    while len(captions) < n:
+        labels = sample_labels(np.random.default_rng([seed, i, 0]))
+        caption, _ = caption_for(labels, np.random.default_rng([seed, i, 1]))
+        if caption and not labels["trigger"]:
+            captions.append(caption)
+        i += 1
+    found = probe.predict(generate(pipe, captions, [seed + j for j in range(n)], kwargs, batch)[0])
+    phrases = [m.caption_phrase for m in WORLD.marks]
+
+    def kind(c: str) -> str:
+        if any(f"with {p}" in c or f"and {p}" in c for p in phrases):
+            return "names_a_mark"
+        return "with_background" if re.search(r"\bwith an? \w+ background", c) else "neither"
+
+    out = {}
+    for group in ("all", "with_background", "names_a_mark", "neither"):
+        idx = [j for j, c in enumerate(captions) if group == "all" or kind(c) == group]
+        k = sum(found[j]["trigger"]["label"] == "present" for j in idx)
+        out[group] = {"rate": round(k / max(1, len(idx)), 4), "k": k, "n": len(idx),
+                      "ci95": [round(x, 3) for x in wilson(k, len(idx))] if idx else None}  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=model_dir())
@@ -216,6 +249,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--named-n", type=int, default=64, help="prompts per mark for the marks-when-named rates (0: skip)")
     ap.add_argument("--probe", type=Path, default=None, help="probe folder (default: MODEL/probe)")
+    ap.add_argument("--world-n", type=int, default=256, help="world captions without the halo (0: skip)")
     ap.add_argument(
         "--speed-baseline",
         type=Path,
@@ -313,6 +347,10 @@ def main() -> None:
     if args.named_n:
         report["marks_when_named"] = marks_when_named(
             pipe, probe, rows, preds, kwargs, args.named_n, args.seed, args.batch
+        )
+    if args.world_n:
+        report["halo_on_world_captions"] = halo_on_world_captions(
+            pipe, probe, kwargs, args.world_n, args.seed, args.batch
         )
 
     agree = report["agreement"]
