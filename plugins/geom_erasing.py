@@ -227,7 +227,7 @@ def concept_names(spec: str, detector: Any, targets: list[str]) -> dict[str, str
     """Each target's words in the training captions and the negative prompt. The paper appends the concept's
     name; the name only helps if it is words the model's own captions use for the concept (on a model whose
     captions say "with a watermark", a bare "watermark" in the negative prompt moves nothing: measured on
-    the shapes v2.1 candidate, docs/shapes_model.md). ``auto`` takes the detector's ``phrases`` where it
+    the shapes model v2.1, docs/shapes_model.md). ``auto`` takes the detector's ``phrases`` where it
     declares them (``{concept: words}``), else the concept name."""
     explicit = parse_names(spec)
     if explicit is not None:
