@@ -61,6 +61,11 @@ What the v2.1 rows say:
   0.5 / 2.0 %) with the probe's shape/colour/background/style and the CLIP score at the base's (≤ 1 point).
   Against the oracle (1.0 / 0.0 / 1.0 %) that is 1, 1 and 2 images more of 200, inside each other's
   intervals: not ≤ the oracle as written, and no measurable difference either.
+- **At n = 600** (``--n 600 --arms base,ge-data,oracle``, the same edits; the first 200 prompts are the ones
+  above): base 13.3 / 5.8 / 8.0 %, ge-data 1.2 [0.6, 2.4] / 0.5 [0.2, 1.5] / 1.5 [0.8, 2.8] % (7, 3, 9 images),
+  oracle 0.5 / 0.3 / 0.8 % (3, 2, 5 images); shape/colour/background/style 100 / 98.0 / 99.8 / 71.8 % against
+  the base's 100 / 99.0 / 100 / 72.5 %, CLIP 79.77 vs 79.76. So ≤ 3 % holds with every upper bound under 3 %,
+  and ge-data stays above the oracle's point estimates (about twice them), a gap n = 600 cannot resolve.
 - **The caption's name does most of the work, the location tokens steer nothing.** The phrase alone as the
   negative prompt (np-phrase) gives 3.0 / 3.5 / 1.5 %. The clause draws the mark (37 % of the prompts that ask
   for "with a watermark ⟨top-left⟩" get one, against 14.5 % unasked) but not in the asked cell (19 of 74,
