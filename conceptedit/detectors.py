@@ -10,7 +10,9 @@ here is any object with ``concepts`` (the names it can find) and ``detect(images
 - ``module:callable`` (a user's own detector, imported and called with no arguments).
 
 Boxes are ``(x0, y0, x1, y1)`` in fractions of the image side (0 … 1), so a detector is independent of
-the resolution its images come in.
+the resolution its images come in. A detector may also declare ``phrases`` (``{concept: words}``): how the
+model's captions name each concept; Geom-Erasing writes those words in its clause and negative prompt
+(its ``names: auto``), and the concept name where a detector declares none.
 """
 
 from __future__ import annotations
