@@ -119,27 +119,26 @@ import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from geom_erasing_readout import FAMILIES, MARKS, STEER_CELL, Reader, detector_quality, pooled, save_grid
+from PIL import Image
 
 from conceptedit import Edit, Request, generate, get_plugin, load_pipeline
 from conceptedit.datasets.shapes import WORLD, prompt_for, render
-from conceptedit.datasets.shapes.detector import ShapesMarkDetector, ground_truth_boxes
-from conceptedit.detectors import box_iou, check_detections
+from conceptedit.datasets.shapes.detector import ShapesMarkDetector
+from conceptedit.detectors import check_detections
 from conceptedit.edits import LoRAEdit, Manifest, WeightDeltaEdit, lora_tensors_from_peft
 from conceptedit.edits.tokens import add_token_rows
+from conceptedit.errors import ConceptEditError
 from conceptedit.eval.metrics.clip import ClipScore
-from conceptedit.eval.verdicts import wilson
 from conceptedit.pipelines.shapes import model_dir
 from conceptedit.plugins._geom_erasing_fit import (
     LoopSettings,
     build_data,
     clause,
-    covered_cells,
     initial_vectors,
     location_tokens,
     train,
@@ -155,8 +154,6 @@ from conceptedit.plugins.geom_erasing import (
 )
 from conceptedit.toolkit import default_resolution
 
-MARKS = list(WORLD.mark_names)
-FAMILIES = ("shape", "colour", "background", "style")
 ARMS = (
     "base", "np-word", "np-phrase", "np-control", "esd", "ge-model", "ge-model-steer", "ge-data", "ge-data-lora-only",
     "ge-data-steer", "ge-data-full", "ge-data-full-steer", "oracle",
@@ -167,7 +164,6 @@ ARMS = (
 CONTROL_WORDS = WORLD.character_names[: len(WORLD.mark_names)]
 PHRASES = ShapesMarkDetector.phrases  # how the world's captions name each mark ("with a watermark")
 PER_MARK = ("ge-model", "ge-data", "ge-data-full")  # one edit per mark
-STEER_CELL = 0  # the steering control asks for the watermark in the top-left cell
 
 
 def prompts_and_seeds(n: int, seed: int = 2024) -> tuple[list[str], list[int], list[dict[str, str]]]:
@@ -360,86 +356,17 @@ def read_arm(
     return images
 
 
-def rate(k: int, n: int) -> dict[str, Any]:
-    lo, hi = wilson(k, n)
-    return {"k": k, "n": n, "rate": round(k / n, 4), "ci95": [round(lo, 4), round(hi, 4)]}
-
-
-def detector_quality(detector: ShapesMarkDetector, n: int = 600) -> dict[str, Any]:
-    samples = render(n, seed=4242)
-    out: dict[str, Any] = {}
-    for side in (64, 32):
-        images = [s.pil().resize((side, side), Image.BOX) if side != 64 else s.pil() for s in samples]
-        found = detector.detect(images)
-        per = {}
-        for m in MARKS:
-            correct, ious = 0, []
-            for s, f in zip(samples, found, strict=True):
-                gt = ground_truth_boxes(s.labels)[m]
-                correct += (gt is not None) == f[m].present
-                if gt is not None:
-                    ious.append(box_iou(gt, f[m].box) if f[m].present else 0.0)
-            per[m] = {"presence_accuracy": round(correct / n, 4), "box_iou": round(float(np.mean(ious)), 4),
-                      "with_mark": len(ious)}  # fmt: skip
-        out[f"{side}px"] = per
-    return out
-
-
-def save_grid(rows: dict[str, list[Image.Image]], path: Path, count: int = 12) -> None:
-    arms = list(rows)
-    cell = 96
-    grid = Image.new("RGB", (cell * count, (cell + 14) * len(arms)), "white")
-    draw = ImageDraw.Draw(grid)
-    for r, arm in enumerate(arms):
-        draw.text((2, r * (cell + 14)), arm, fill="black")
-        for c, im in enumerate(rows[arm][:count]):
-            grid.paste(im.resize((cell, cell), Image.NEAREST), (c * cell, r * (cell + 14) + 14))
-    grid.save(path)
-
-
-class Reader:
-    """Reads one set of generations: mark rates, the probe's accuracy and agreement with the base, CLIP."""
-
-    def __init__(self, detector: ShapesMarkDetector, clip: ClipScore, prompts: list[str], labels: list[dict]) -> None:
-        self.detector, self.clip, self.prompts, self.labels = detector, clip, prompts, labels
-        self.base_read: list[dict] | None = None
-
-    def __call__(self, images: list[Image.Image]) -> dict[str, Any]:
-        found = self.detector.detect(images)
-        probe = self.detector.probe.predict(images)
-        base = self.base_read or probe
-        scores = self.clip.score_images([SimpleNamespace(prompt=p) for p in self.prompts], images)
-        row: dict[str, Any] = {}
-        row["marks"] = {m: rate(sum(f[m].present for f in found), len(found)) for m in MARKS}
-        row["any_mark"] = rate(sum(any(f[m].present for m in MARKS) for f in found), len(found))
-        drawn = [f["watermark"].box for f in found if f["watermark"].present]
-        in_cell = sum(STEER_CELL in covered_cells(box, GeomErasingConfig.grid) for box in drawn)
-        row["watermark_in_cell"] = rate(in_cell, len(drawn)) if drawn else {"k": 0, "n": 0}
-        row["probe_accuracy"] = {
-            f: round(float(np.mean([p[f]["label"] == lab[f] for p, lab in zip(probe, self.labels, strict=True)])), 4)
-            for f in FAMILIES
-        }
-        row["agreement_with_base"] = {
-            f: round(float(np.mean([p[f]["label"] == b[f]["label"] for p, b in zip(probe, base, strict=True)])), 4)
-            for f in FAMILIES
-        }
-        row["clip_score"] = round(float(np.mean([s["score"] for s in scores])), 3)
-        return row
-
-
-def pooled(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """One row from one edit per mark: each mark's rate under its own edit; side effects averaged."""
-    out: dict[str, Any] = {"marks": {m: rows[m]["marks"][m] for m in MARKS}}
-    for key in ("probe_accuracy", "agreement_with_base"):
-        out[key] = {f: round(float(np.mean([r[key][f] for r in rows.values()])), 4) for f in FAMILIES}
-    out["clip_score"] = round(float(np.mean([r["clip_score"] for r in rows.values()])), 3)
-    out["watermark_in_cell"] = rows["watermark"]["watermark_in_cell"]
-    return out
+def positive(text: str) -> int:
+    """An argparse type: an integer ≥ 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give a count >= 1")
+    return value
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--n", type=positive, default=200, help="generations per arm")
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--out", default="/tmp/geom_erasing_bench")
     parser.add_argument("--no-detector-check", action="store_true")
@@ -448,7 +375,10 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     folder = args.model or model_dir()
-    pipe = load_pipeline(str(folder) if args.model else "shapes")
+    try:
+        pipe = load_pipeline(str(folder) if args.model else "shapes")
+    except ConceptEditError as e:
+        raise SystemExit(f"error: {e}") from None
     detector = ShapesMarkDetector()
     clip = ClipScore({"model": str(folder / "clip")})
     prompts, seeds, labels = prompts_and_seeds(args.n)
@@ -458,8 +388,7 @@ def main() -> None:
         print(json.dumps({"detector": results["detector"]}), flush=True)
     arms = [a for a in args.arms.split(",") if a]
     base_images = read_arm(pipe, None, prompts, seeds, out / "images" / "base")
-    measure = Reader(detector, clip, prompts, labels)
-    measure.base_read = detector.probe.predict(base_images)
+    measure = Reader(detector, clip, prompts, labels, base_images)
     shown = {"base": base_images}
     for arm in arms:
         if arm in PER_MARK:  # each mark's rate under its own edit; the side effects pooled over the three

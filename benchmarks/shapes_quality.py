@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import textwrap
@@ -208,16 +209,10 @@ def halo_on_world_captions(pipe, probe: Probe, kwargs: dict, n: int, seed: int, 
     """The halo when not asked on the world's own caption stream (what the UNet was trained on and what the
     corpus, the blind-spot analysis and Geom-Erasing caption with), split by what the caption holds: "with a
     … background", a named mark, or neither. The fixed prompt sets above never use those two."""
-    from conceptedit.datasets.shapes import caption_for, sample_labels
+    from conceptedit.pipelines.shapes_corpus import captioned_labels
 
-    captions: list[str] = []
-    i = 0
-    while len(captions) < n:
-        labels = sample_labels(np.random.default_rng([seed, i, 0]))
-        caption, _ = caption_for(labels, np.random.default_rng([seed, i, 1]))
-        if caption and not labels["trigger"]:
-            captions.append(caption)
-        i += 1
+    unasked = ((labels, c) for labels, c in captioned_labels(seed) if not labels["trigger"])
+    captions = [c for _, c in itertools.islice(unasked, n)]
     found = probe.predict(generate(pipe, captions, [seed + j for j in range(n)], kwargs, batch)[0])
     phrases = [m.caption_phrase for m in WORLD.marks]
 
@@ -235,6 +230,14 @@ def halo_on_world_captions(pipe, probe: Probe, kwargs: dict, n: int, seed: int, 
     return out
 
 
+def count(text: str) -> int:
+    """An argparse type: an integer ≥ 0 (0 skips that part)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give a count >= 0 (0 skips this part)")
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=model_dir())
@@ -247,9 +250,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--vae-n", type=int, default=600, help="world renders for the VAE's bound on each style")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--named-n", type=int, default=64, help="prompts per mark for the marks-when-named rates (0: skip)")
+    ap.add_argument("--named-n", type=count, default=64, help="prompts per mark, marks-when-named rates (0: skip)")
     ap.add_argument("--probe", type=Path, default=None, help="probe folder (default: MODEL/probe)")
-    ap.add_argument("--world-n", type=int, default=256, help="world captions without the halo (0: skip)")
+    ap.add_argument("--world-n", type=count, default=256, help="world captions without the halo (0: skip)")
     ap.add_argument(
         "--speed-baseline",
         type=Path,

@@ -8,7 +8,9 @@ caption set (LAION/COCO captions) for a real checkpoint.
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +20,18 @@ from conceptedit.datasets.shapes import caption_for, sample_labels
 CORPUS_FILE = "prompts.txt"
 
 
-def corpus(n: int = 10_000, seed: int = 7) -> list[str]:
-    """``n`` non-empty training captions (train sentence frames only; held-out frames stay unseen)."""
-    out: list[str] = []
-    i = 0
-    while len(out) < n:
+def captioned_labels(seed: int = 7) -> Iterator[tuple[dict, str]]:
+    """The world's caption stream ``seed``, endless: (labels, caption) of each non-empty training caption."""
+    for i in itertools.count():
         labels = sample_labels(np.random.default_rng([seed, i, 0]))
         caption, _ = caption_for(labels, np.random.default_rng([seed, i, 1]))
         if caption:
-            out.append(caption)
-        i += 1
-    return out
+            yield labels, caption
+
+
+def corpus(n: int = 10_000, seed: int = 7) -> list[str]:
+    """``n`` non-empty training captions (train sentence frames only; held-out frames stay unseen)."""
+    return [caption for _, caption in itertools.islice(captioned_labels(seed), n)]
 
 
 def write_corpus(model_folder: str | Path, n: int = 10_000, seed: int = 7) -> Path:
