@@ -16,7 +16,8 @@ Text-to-Image Diffusion Models", arXiv:2503.09446. Reference code: NANSirun/Inte
    the reference then replaces the block's *whole* output, every token BOS included, by the SAE
    reconstruction W_dec z' + b_pre (so the SAE's reconstruction error replaces the true activations,
    and BOS becomes its reconstruction). We differ here; see the first deviation.
-4. **Zero-shot classifier** (Sec. 3.4): s(p) = mean over tokens t ≥ 1 and channels of (x' − x)²;
+4. **Zero-shot classifier** (Sec. 3.4): s(p) = the squared change (x' − x)², averaged over channels,
+   then taken over tokens t ≥ 1 (``score``: max, the default, or mean; see the third deviation);
    the replacement happens only if s(p) ≥ τ = ``tau_factor`` · min over target prompts (0.99). Other
    prompts pass through bit for bit.
 
@@ -40,7 +41,13 @@ Deviations, and why:
   ``plugin_presets.itd.retain_exclude``.
 - **One scoring rule.** The reference calibrates τ with the max over tokens for celebrities and a −6
   scale for styles, but scores at inference with the mean and −8. Here calibration and inference
-  both use the mean over tokens t ≥ 1 and the configured scale, so τ means the same thing in both.
+  both use one rule (``score``) and the configured scale, so τ means the same thing in both. The
+  default is the max over tokens t ≥ 1 (the reference's calibration rule): the mean is diluted by a
+  prompt's other words, so a long target prompt sets a low τ that unrelated short prompts pass. Shapes
+  v2.1, erasing zorblax (24 held-out prompts per side, ``benchmarks/itd_shapes.py``): with the mean the
+  weakest target was a caption that also names two marks, τ fell and 5/24 unrelated prompts fired;
+  with the max, 0/24 fired at the same recall (24/24). ``score: mean`` restores the reference's
+  inference rule; artifacts saved without the field were calibrated with the mean and keep it.
 - **SAE width and budget are config values.** The reference uses 2^19 latents trained on a large
   corpus; that is the default here too, but a model folder may ship smaller presets
   (``conceptedit.json`` → ``plugin_presets.itd``; the built-in shapes model does — see its
@@ -126,6 +133,10 @@ class ItDConfig:
         default=128, metadata={"min": 1, "help": "latents kept per target prompt (reference 128; 256 styles)"}
     )
     scale: float = field(default=-8.0, metadata={"help": "factor applied to concept latents (reference -8)"})
+    score: Literal["max", "mean"] = field(
+        default="max",
+        metadata={"help": "s(p) over tokens t>=1: max (reference calibration, celebrities) or mean (its inference)"},
+    )
     tau_factor: float = field(default=0.99, metadata={"help": "threshold = factor x min target score"})
     retain_from_corpus: int = field(default=200, metadata={"min": 0, "help": "corpus prompts used as retain set"})
     retain_exclude: list[str] = field(
@@ -159,6 +170,8 @@ class ItDEdit(ActivationHookEdit):
         for key in ("sae_config", "layer", "scale", "tau"):
             if key not in extra:
                 raise ArtifactError(f"itd edit lacks extra.{key}")
+        if extra.get("score", "mean") not in ("max", "mean"):
+            raise ArtifactError(f"itd extra.score must be 'max' or 'mean', got {extra.get('score')!r}")
         if extra.get("component", "text_encoder") not in ("text_encoder", "text_encoder_2"):
             raise ArtifactError("itd extra.component must be 'text_encoder' or 'text_encoder_2'")
         if "features" not in self.tensors:
@@ -199,9 +212,16 @@ class ItDEdit(ActivationHookEdit):
         delta[:, 0] = 0.0
         return delta
 
+    @property
+    def score_rule(self) -> str:
+        """``max`` or ``mean`` over tokens; artifacts saved before the option existed were calibrated with ``mean``."""
+        return str(self.manifest.extra.get("score", "mean"))
+
     def scores(self, hidden: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
+        """s(p): the squared change per token (mean over channels), then max or mean over tokens t ≥ 1."""
         delta = self._delta(hidden) if delta is None else delta
-        return delta[:, 1:].pow(2).mean(dim=(1, 2))
+        per_token = delta[:, 1:].pow(2).mean(dim=2)
+        return per_token.amax(dim=1) if self.score_rule == "max" else per_token.mean(dim=1)
 
     def transform(self, module_key: str, hidden: torch.Tensor) -> torch.Tensor:
         if self._bypass:  # classify()/explain() read the block's own output, not the edited one
@@ -322,6 +342,7 @@ class ItDPlugin(ItDFitting, Plugin):
             component=component,
             layer=layer,
             scale=self.config.scale,
+            score=self.config.score,
             tau=0.0,
             n_features=int(features.numel()),
             n_target_prompts=len(targets),

@@ -211,3 +211,32 @@ def test_retain_prompts_filter_features(itd_setup):
     features = set(plugin.interpret(edit.sae, pipe, layer, targets, retain).tolist())
     assert unfiltered & retained, "no overlap between target and retain latents: the test shows nothing"
     assert features == unfiltered - retained
+
+
+def test_score_rule_is_max_or_mean_over_tokens_after_bos(itd_setup):
+    """s(p) is the per-token squared change (mean over channels), then the max (default) or the mean over
+    tokens t >= 1; an artifact saved before the rule was recorded keeps the mean it was calibrated with."""
+    _, edit = itd_setup
+    assert edit.manifest.extra["score"] == "max"
+    delta = torch.zeros(2, 4, 3)
+    delta[0, 0] = 100.0  # BOS never counts
+    delta[0, 2] = 2.0  # per-token mean over channels: 4
+    delta[1, 1:] = 1.0  # every token 1
+    extra = edit.manifest.extra
+    try:
+        assert edit.scores(torch.zeros(2, 4, 3), delta).tolist() == pytest.approx([4.0, 1.0])
+        extra["score"] = "mean"
+        assert edit.scores(torch.zeros(2, 4, 3), delta).tolist() == pytest.approx([4.0 / 3, 1.0])
+        del extra["score"]
+        assert edit.score_rule == "mean"
+    finally:
+        extra["score"] = "max"
+
+
+def test_unknown_score_rule_is_a_clear_error(itd_setup):
+    _, edit = itd_setup
+    with pytest.raises(ArtifactError, match="extra.score"):
+        extra = {**edit.manifest.extra, "score": "median"}
+        type(edit)(type(edit.manifest)(**{**edit.manifest.__dict__, "extra": extra}), edit.tensors)
+    with pytest.raises(ValueError, match="score"):
+        get_plugin("itd")({"score": "median"})
