@@ -19,7 +19,9 @@ Text-to-Image Diffusion Models", arXiv:2503.09446. Reference code: NANSirun/Inte
 4. **Zero-shot classifier** (Sec. 3.4): s(p) = the squared change (x' − x)², averaged over channels,
    then taken over tokens t ≥ 1 (``score``: max, the default, or mean; see the third deviation);
    the replacement happens only if s(p) ≥ τ = ``tau_factor`` · min over target prompts (0.99). Other
-   prompts pass through bit for bit.
+   prompts pass through bit for bit. Target prompts with s = 0 (no latent of F: the edit cannot touch them)
+   are left out of the min and counted in the manifest (``targets_uncovered``); with them τ would be 0
+   and the classifier would fire on every prompt.
 
 Deviations, and why:
 - **Only the change is written.** Where the classifier fires we output x + (x' − x) = x + W_dec(z' − z)
@@ -281,6 +283,19 @@ class ItDEdit(ActivationHookEdit):
         ]
 
 
+def threshold(target_scores: torch.Tensor, factor: float) -> tuple[float, int]:
+    """τ = ``factor`` · min over the target prompts the feature set reaches (s > 0), and how many it misses.
+
+    A target with s = 0 has no latent of F: the edit cannot change it at any τ, and letting it into the min
+    (τ = 0) would make the classifier fire on every prompt that shares any latent of F."""
+    reached = target_scores[target_scores > 0]
+    if reached.numel() == 0:
+        raise RequestError(
+            "no target prompt activates the selected concept latents; raise top_n or give fewer retain prompts"
+        )
+    return float(factor * reached.min()), int(target_scores.numel() - reached.numel())
+
+
 @register_plugin
 class ItDPlugin(ItDFitting, Plugin):
     name = "itd"
@@ -351,7 +366,8 @@ class ItDPlugin(ItDFitting, Plugin):
         progress(0.9, "calibrating the threshold on the target prompts")
         with torch.no_grad():
             target_scores = edit.scores(_layer_output(encoder, layer_name(layer), _tokenize(pipe, targets, component)))
-        edit.manifest.extra["tau"] = float(self.config.tau_factor * target_scores.min())
-        edit.manifest.extra["target_score_min"] = float(target_scores.min())
-        progress(1.0, f"{features.numel()} features, tau={edit.tau:.4g}")
+        tau, uncovered = threshold(target_scores, self.config.tau_factor)
+        edit.manifest.extra.update(tau=tau, target_score_min=float(target_scores.min()), targets_uncovered=uncovered)
+        note = f", {uncovered} target prompts without a concept latent (not edited)" if uncovered else ""
+        progress(1.0, f"{features.numel()} features, tau={edit.tau:.4g}{note}")
         return self.finish(edit, pipe, [component])

@@ -240,3 +240,12 @@ def test_unknown_score_rule_is_a_clear_error(itd_setup):
         type(edit)(type(edit.manifest)(**{**edit.manifest.__dict__, "extra": extra}), edit.tensors)
     with pytest.raises(ValueError, match="score"):
         get_plugin("itd")({"score": "median"})
+
+
+def test_threshold_ignores_targets_the_feature_set_does_not_reach():
+    from conceptedit.plugins.itd import threshold
+
+    assert threshold(torch.tensor([5.0, 0.0, 2.0, 3.0]), 0.99) == (pytest.approx(1.98), 1)
+    assert threshold(torch.tensor([4.0, 2.0]), 0.5) == (pytest.approx(1.0), 0)
+    with pytest.raises(ConceptEditError, match="no target prompt activates"):
+        threshold(torch.zeros(3), 0.99)
