@@ -14,13 +14,17 @@ corpus, so a repeated fit reuses it). For each it reports
   training-frame prompts only, retain set filtered by the literal target words only) beside the
   current one (diverse target prompts + ``retain_exclude``), sharing one SAE per scenario;
 - the generation-time overhead of the applied edit (goal ≤ 2 %), measured side by side;
-- with ``--widths``: the erasure quality per SAE width (to find the smallest width that keeps it).
+- with ``--widths``: the erasure quality per SAE width (to find the smallest width that keeps it);
+- with ``--score-rules CONCEPT ...``: only the zero-shot classifier (no images), fitted on each concept
+  alone with each score rule (``max`` and ``mean`` over tokens, sharing one SAE): recall and
+  false-positive rate with n.
 
 Prints one JSON document, writes ``benchmarks/results/itd_shapes.json`` and a PNG grid.
 
     python benchmarks/itd_shapes.py                       # ~10 min on 2 CPU cores
     python benchmarks/itd_shapes.py --scenarios character trigger --compare --per-role 6
     python benchmarks/itd_shapes.py --widths 512 1024 2048 4096 --per-role 6
+    python benchmarks/itd_shapes.py --score-rules zorblax quimbo fennik drelva plimsy square dotted
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from PIL import Image, ImageDraw
 from conceptedit.datasets.shapes import WORLD
 from conceptedit.datasets.shapes.erasure import chance_level, score_images
 from conceptedit.datasets.shapes.probe_metric import ProbeAccuracy
-from conceptedit.datasets.shapes.prompt_sets import erasure_prompt_set
+from conceptedit.datasets.shapes.prompt_sets import concept_family, erasure_prompt_set
+from conceptedit.errors import RequestError
 from conceptedit.generation import generate
 from conceptedit.loading import load_pipeline
 from conceptedit.plugin import Request
@@ -74,13 +79,13 @@ def fit_prompts(targets: list[str], per_concept: int = 20) -> list[str]:
 
 def classifier_scores(edit: Any, pipe: Any, concepts: list[str], per_role: int) -> dict[str, Any]:
     positives, negatives = [], []
-    for concept in dict.fromkeys(EVAL_CONCEPT[c] for c in concepts):
+    for concept in dict.fromkeys(EVAL_CONCEPT.get(c, c) for c in concepts):
         for row in erasure_prompt_set([concept], per_role, seed=7):
             (positives if row.role in ("target", "target_paraphrase") else negatives).append(row.prompt)
     held_out_words = [w for w in WORLD.trigger.words if w not in FIT_TRIGGER_WORDS]
     held_out = [p for p in positives if any(w in p.split() for w in held_out_words)]
     unseen = []  # positives in frames the fit did not see: held-out frames, paraphrases, other trigger words
-    for concept in dict.fromkeys(EVAL_CONCEPT[c] for c in concepts):
+    for concept in dict.fromkeys(EVAL_CONCEPT.get(c, c) for c in concepts):
         unseen += [r.prompt for r in erasure_prompt_set([concept], per_role, seed=7) if r.role == "target_paraphrase"]
     with edit.apply(pipe) as handle:
         pos = handle.classify(positives)
@@ -176,6 +181,31 @@ def grid(sections: list[tuple[str, list, list, list]], path: Path, per: int = 4,
     canvas.save(path)
 
 
+def score_rules(pipe: Any, plugin_cls: Any, overrides: dict[str, Any], concepts: list[str], per_role: int) -> dict:
+    """The classifier alone, each concept fitted with each score rule; one row per (concept, rule)."""
+    rows: dict[str, Any] = {}
+    for concept in concepts:
+        for rule in ("max", "mean"):
+            plugin = plugin_cls.for_pipeline(pipe, {**overrides, "score": rule})
+            edit = plugin.fit(pipe, Request(targets=[concept], prompts=fit_prompts([concept])))
+            scores = classifier_scores(edit, pipe, [concept], per_role)
+            tp, fp = (
+                round(scores["recall"] * scores["n_positive"]),
+                round(scores["false_positive_rate"] * scores["n_negative"]),
+            )
+            rows[f"{concept}/{rule}"] = {
+                "recall": f"{tp}/{scores['n_positive']}",
+                "false_positives": f"{fp}/{scores['n_negative']}",
+                "false_alarms": scores["false_alarms"],
+            }
+            print(
+                f"{concept:10s} {rule:5s} recall {tp}/{scores['n_positive']}  false positives "
+                f"{fp}/{scores['n_negative']}",
+                flush=True,
+            )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-role", type=int, default=12)
@@ -183,6 +213,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="ItD config overrides key=value")
     parser.add_argument("--scenarios", nargs="*", default=list(SCENARIOS), choices=list(SCENARIOS))
     parser.add_argument("--compare", action="store_true", help="also fit the previous behaviour (see docstring)")
+    parser.add_argument("--score-rules", nargs="+", metavar="CONCEPT", help="classifier only, max vs mean rule")
     args = parser.parse_args()
     from conceptedit.toolkit import parse_overrides
 
@@ -195,6 +226,15 @@ def main() -> None:
         overrides["retain_exclude"] = world_retain_exclude()
     metric = ProbeAccuracy()
     out: dict[str, Any] = {"config": {**plugin_cls.for_pipeline(pipe, overrides).config.__dict__}, "scenarios": {}}
+    if args.score_rules:
+        for concept in args.score_rules:
+            try:
+                concept_family(concept)
+            except RequestError as err:
+                parser.error(f"--score-rules: {err}")
+        out["score_rules"] = score_rules(pipe, plugin_cls, overrides, args.score_rules, args.per_role)
+        (RESULTS / "itd_score_rules.json").write_text(json.dumps(out, indent=2))
+        return
     sections = []
     for name, targets in ((n, SCENARIOS[n]) for n in args.scenarios):
         if args.compare:
