@@ -122,8 +122,17 @@ def erasure(pipe: Any, edit: Any, concept: str, per_role: int, metric: ProbeAccu
         "chance": chance_level(concept),
         "before": score_images(metric, rows, seeds, before, "base"),
         "after": score_images(metric, rows, seeds, after, "edited"),
+        "halo_on_target_prompts": {"base": halo_count(metric, rows, before), "edited": halo_count(metric, rows, after)},
         "_images": (rows, before, after),
     }
+
+
+def halo_count(metric: ProbeAccuracy, rows: list, images: list) -> str:
+    """k/n of the prompts naming the concept on which the probe reads the halo: a side effect the retain
+    metrics do not see (they score other families on prompts without the concept)."""
+    chosen = [img for r, img in zip(rows, images, strict=True) if r.role in ("target", "target_paraphrase")]
+    labels = metric.predict_labels(chosen)
+    return f"{sum(lab['trigger'] == 'present' for lab in labels)}/{len(chosen)}"
 
 
 def overhead(pipe: Any, edit: Any, n: int = 32, repeats: int = 5) -> dict[str, float]:
