@@ -30,14 +30,11 @@ steps, lr 1e-3 (plugin default 200 at 5e-5; the effect tests' budget), few-shot 
 model's own 4 images (paper 1e-5), RealEra 20 LoRA steps (default 100); UCE, negative prompt and
 ItD (the model's presets) as shipped.
 
-Measured on v2 (n = 12 per cell, 2 shared cores): the full table and what it means are in
-``docs/attacks.md``. In short, zorblax (every edit): the soft prompt brings it back through UCE
-12/12, ItD 12/12 and RealEra 10/12, but not through ESD or few-shot unlearning (0/12).
-unlearndiffatk gets through ItD 10/12 and through no weight edit. Against the negative prompt,
-unlearndiffatk and the soft prompt reach ≥ 50 % on all three concepts, mostly because the negative
-prompt hardly erases on v2 (9-11/12 without attack). UCE also erases the halo, and there the soft
-prompt fails (0/12) even with 4× the steps: UCE's K/V update removes the halo's direction, not only
-its word.
+Measured on the shipped v2.1 (n = 12 per cell, 2 shared cores; v2's table beside it in ``docs/attacks.md``):
+zorblax stays erased under every attack through UCE, RealEra, ESD and few-shot unlearning (≤ 3/12), while
+UnlearnDiffAtk walks around ItD's prompt classifier (10/12; the paraphrases no longer do: 0/12, v2 6/12). The
+soft prompt no longer brings zorblax back through UCE (v2 12/12, now 0/12 with a sane prompt); it is the one
+attack that beats a weight edit on the halo (RealEra 8/12). The negative prompt hardly erases on any concept.
 """
 
 from __future__ import annotations
