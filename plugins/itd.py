@@ -70,6 +70,12 @@ Deviations, and why:
   ``text_encoder: text_encoder`` hooks the first instead. Two SAEs (both encoders) would be the complete
   version; not implemented. The default block is the same relative depth (block 23 of bigG's 32), before
   the penultimate block whose output SDXL reads.
+- **The scale is the paper's (−8), with a side effect seen on the shapes model.** Zeroing F (scale 0) erases
+  nothing there (zorblax 1.00 → 1.00): the concept is not only in F's latents, and it is the overshoot that
+  erases. At −8 erasing zorblax draws the halo on 21/24 of the prompts naming it (base 2/24), which the retain
+  metrics do not count; −2 erases zorblax (0.00) without it (2/24) but erases the halo only to 0.25 and
+  "outlined" to 0.50 (−8: 0.08 and 0.08); −4 brings the halo back (17/24). ``benchmarks/itd_shapes.py
+  --set scale=…`` reports all of it (``halo_on_target_prompts``).
 - The reference's defects (a None comparison in the nudity path, a hard-coded
   device, dense 2^19-wide pre-activations per batch) do not apply: encoding is chunked (sparse).
 """
