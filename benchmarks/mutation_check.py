@@ -372,13 +372,33 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "itd-threshold-from-max",
         "plugins/itd.py",
-        'edit.manifest.extra["tau"] = float(self.config.tau_factor * target_scores.min())',
-        'edit.manifest.extra["tau"] = float(self.config.tau_factor * target_scores.max())',
+        "return float(factor * reached.min()), int(target_scores.numel() - reached.numel())",
+        "return float(factor * reached.max()), int(target_scores.numel() - reached.numel())",
         (
             "tests/test_itd.py::test_classifier_gates_the_edit",
             "tests/test_itd.py::test_classify_reads_the_unedited_activations",
+            "tests/test_itd.py::test_threshold_ignores_targets_the_feature_set_does_not_reach",
         ),
         "tau calibrated on the highest target score: target prompts below it pass unedited",
+    ),
+    Mutation(
+        "itd-threshold-from-unreached-targets",
+        "plugins/itd.py",
+        "reached = target_scores[target_scores > 0]",
+        "reached = target_scores",
+        ("tests/test_itd.py::test_threshold_ignores_targets_the_feature_set_does_not_reach",),
+        "a target no concept latent reaches sets tau = 0: the classifier fires on every prompt",
+    ),
+    Mutation(
+        "itd-score-mean-by-default",
+        "plugins/itd.py",
+        'score: Literal["max", "mean"] = field(\n        default="max",',
+        'score: Literal["max", "mean"] = field(\n        default="mean",',
+        (
+            "tests/test_itd.py::test_score_rule_is_max_or_mean_over_tokens_after_bos",
+            "tests/test_itd_shapes.py::test_itd_classifier_separates_a_character_from_unrelated_prompts",
+        ),
+        "the mean over tokens as the default: long target captions set a low tau (5/24 false positives on v2.1)",
     ),
     Mutation(
         "itd-fires-below-threshold",
