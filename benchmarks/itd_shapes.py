@@ -8,6 +8,8 @@ corpus, so a repeated fit reuses it). For each it reports
   on held-out sentence frames and on trigger words that were NOT used to fit;
 - probe accuracy of every other family on prompts without the concept (goal: drop ≤ 2 points) and of
   the concept's own family on its other members (in-domain);
+- the halo on the prompts naming the concept, base vs edited (``halo_on_target_prompts``): a side effect the
+  retain metrics, scored on prompts without the concept, do not see;
 - the zero-shot classifier's precision and recall on prompts with and without the concept, and on
   sentence frames it was not fitted on (held-out frames, paraphrases, unfitted trigger words);
 - with ``--compare``: the same for the plugin's previous behaviour (fitted and calibrated on the
