@@ -106,6 +106,8 @@ def classifier_scores(edit: Any, pipe: Any, concepts: list[str], per_role: int) 
         "precision": round(tp / max(1, tp + fp), 4),
         "recall": round(tp / max(1, len(pos)), 4),
         "false_positive_rate": round(fp / max(1, len(neg)), 4),
+        "true_positives": tp,
+        "false_positives": fp,
         "recall_held_out_trigger_words": round(sum(d.fired for d in held) / len(held), 4) if held else None,
         "n_positive": len(pos),
         "n_negative": len(neg),
@@ -200,20 +202,14 @@ def score_rules(pipe: Any, plugin_cls: Any, overrides: dict[str, Any], concepts:
             plugin = plugin_cls.for_pipeline(pipe, {**overrides, "score": rule})
             edit = plugin.fit(pipe, Request(targets=[concept], prompts=fit_prompts([concept])))
             scores = classifier_scores(edit, pipe, [concept], per_role)
-            tp, fp = (
-                round(scores["recall"] * scores["n_positive"]),
-                round(scores["false_positive_rate"] * scores["n_negative"]),
-            )
+            recall = f"{scores['true_positives']}/{scores['n_positive']}"
+            false_positives = f"{scores['false_positives']}/{scores['n_negative']}"
             rows[f"{concept}/{rule}"] = {
-                "recall": f"{tp}/{scores['n_positive']}",
-                "false_positives": f"{fp}/{scores['n_negative']}",
+                "recall": recall,
+                "false_positives": false_positives,
                 "false_alarms": scores["false_alarms"],
             }
-            print(
-                f"{concept:10s} {rule:5s} recall {tp}/{scores['n_positive']}  false positives "
-                f"{fp}/{scores['n_negative']}",
-                flush=True,
-            )
+            print(f"{concept:10s} {rule:5s} recall {recall}  false positives {false_positives}", flush=True)
     return rows
 
 
