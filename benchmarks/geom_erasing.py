@@ -152,7 +152,7 @@ from conceptedit.plugins.geom_erasing import (
     detector_for,
     negative_text,
 )
-from conceptedit.toolkit import default_resolution
+from conceptedit.toolkit import default_resolution, int_at_least
 
 ARMS = (
     "base", "np-word", "np-phrase", "np-control", "esd", "ge-model", "ge-model-steer", "ge-data", "ge-data-lora-only",
@@ -356,17 +356,9 @@ def read_arm(
     return images
 
 
-def positive(text: str) -> int:
-    """An argparse type: an integer ≥ 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: give a count >= 1")
-    return value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=positive, default=200, help="generations per arm")
+    parser.add_argument("--n", type=int_at_least(1), default=200, help="generations per arm")
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--out", default="/tmp/geom_erasing_bench")
     parser.add_argument("--no-detector-check", action="store_true")

@@ -48,6 +48,7 @@ from conceptedit.generation import generate
 from conceptedit.loading import load_pipeline
 from conceptedit.plugin import Request
 from conceptedit.registry import get_plugin
+from conceptedit.toolkit import int_at_least, parse_overrides
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FIT_TRIGGER_WORDS = ("glowing", "halo")  # the other trigger words are held out of the fit
@@ -215,14 +216,13 @@ def score_rules(pipe: Any, plugin_cls: Any, overrides: dict[str, Any], concepts:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-role", type=int, default=12)
+    parser.add_argument("--per-role", type=int_at_least(1), default=12)
     parser.add_argument("--widths", type=int, nargs="*", default=[])
     parser.add_argument("--set", nargs="*", default=[], help="ItD config overrides key=value")
     parser.add_argument("--scenarios", nargs="*", default=list(SCENARIOS), choices=list(SCENARIOS))
     parser.add_argument("--compare", action="store_true", help="also fit the previous behaviour (see docstring)")
     parser.add_argument("--score-rules", nargs="+", metavar="CONCEPT", help="classifier only, max vs mean rule")
     args = parser.parse_args()
-    from conceptedit.toolkit import parse_overrides
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline("shapes")

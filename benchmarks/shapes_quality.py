@@ -37,6 +37,7 @@ from conceptedit.datasets.shapes.probe import Probe, evaluate
 from conceptedit.eval.verdicts import wilson
 from conceptedit.loading import load_pipeline
 from conceptedit.pipelines.shapes import default_generation_kwargs, model_dir
+from conceptedit.toolkit import int_at_least
 
 INCLUDES = (
     ("colour", "style", "background"),
@@ -230,14 +231,6 @@ def halo_on_world_captions(pipe, probe: Probe, kwargs: dict, n: int, seed: int, 
     return out
 
 
-def count(text: str) -> int:
-    """An argparse type: an integer ≥ 0 (0 skips that part)."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; give a count >= 0 (0 skips this part)")
-    return value
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=model_dir())
@@ -250,9 +243,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--vae-n", type=int, default=600, help="world renders for the VAE's bound on each style")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--named-n", type=count, default=64, help="prompts per mark, marks-when-named rates (0: skip)")
+    ap.add_argument("--named-n", type=int_at_least(0), default=64, help="prompts per mark, marks named (0: skip)")
     ap.add_argument("--probe", type=Path, default=None, help="probe folder (default: MODEL/probe)")
-    ap.add_argument("--world-n", type=count, default=256, help="world captions without the halo (0: skip)")
+    ap.add_argument("--world-n", type=int_at_least(0), default=256, help="world captions without the halo (0: skip)")
     ap.add_argument(
         "--speed-baseline",
         type=Path,

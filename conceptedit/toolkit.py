@@ -115,6 +115,22 @@ def parse_overrides(pairs: Iterable[str] | None, option: str = "--set", json_val
     return out
 
 
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer ≥ ``minimum``, else argparse's one-line usage error."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: give an integer >= {minimum}")
+        return value
+
+    return parse
+
+
 def payload_hash(payload: Any, length: int = 16) -> str:
     """The first ``length`` hex digits of the SHA-256 of ``payload`` as canonical JSON (sorted keys;
     values JSON cannot hold are written as ``str``). Equal payloads give equal hashes across runs."""
@@ -123,6 +139,7 @@ def payload_hash(payload: Any, length: int = 16) -> str:
 
 
 __all__ = [
+    "int_at_least",
     "DEFAULT_MODEL",
     "IMAGE_SUFFIXES",
     "MODEL_SETTINGS_FILE",
