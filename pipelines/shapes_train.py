@@ -34,12 +34,13 @@ from conceptedit.pipelines.shapes_tokenizer import save_tokenizer, train_tokeniz
 from conceptedit.pipelines.shapes_vae_train import finetune_decoder, train_vae_only
 
 __all__ = [
-    "CAPTION_RATES", "drop_padding", "finetune_decoder", "load_text_encoder", "to_fp16", "train", "train_vae_only",
+    "CAPTION_RATES", "drop_padding", "finetune_decoder", "load_text_encoder", "rare_shape_subset", "to_fp16", "train",
+    "train_vae_only",
 ]  # fmt: skip
 
 
 # the world's caption rates a training run may override (their defaults are the shipped model's)
-CAPTION_RATES = ("background_with_rate", "mark_caption_rate")
+CAPTION_RATES = ("background_with_rate", "mark_caption_rate", "with_frame_rate")
 
 
 # ------------------------------------------------------------------------------------------ stage 2
@@ -55,6 +56,13 @@ def encode_pool(vae, n: int, seed: int, batch: int = 256):
         stds.append(post.std.half())
         labels += lab
     return torch.cat(means), torch.cat(stds), labels
+
+
+def rare_shape_subset(labels: list[dict], keep: float, rng: np.random.Generator) -> list[int]:
+    """Indices of the pool to train on: every image, except that one of the world's rare shape stays with
+    chance ``keep``, so the UNet can see the rare shape rarer than the CLIP and the reference renders do (a
+    blind spot by under-representation, as a web-scale model's)."""
+    return [i for i, lab in enumerate(labels) if lab["shape"] != WORLD.rare_shape or rng.random() < keep]
 
 
 def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, report: dict) -> None:
@@ -166,6 +174,7 @@ def _unet_stage(
     init_unet: str | None = None,
     p_swap: float = 0.0,
     caption_rates: dict[str, float] | None = None,
+    rare_shape_keep: float = 1.0,
 ) -> None:
     from diffusers import AutoencoderKL, DDPMScheduler
     from safetensors.torch import load_file
@@ -187,6 +196,9 @@ def _unet_stage(
 
     # latent pool (each rank encodes its own shard) and the scaling factor (SD's 0.18215)
     means, stds, pool_labels = encode_pool(vae, pool // size, seed=seed + 2 + 1000 * rank)
+    if rare_shape_keep < 1:  # the UNet sees the rare shape rarer than the CLIP and the world's renders do
+        keep = rare_shape_subset(pool_labels, rare_shape_keep, np.random.default_rng([seed + 5, rank]))
+        means, stds, pool_labels = means[keep], stds[keep], [pool_labels[i] for i in keep]
     var = torch.tensor([means.float().var().item()], dtype=torch.float64)
     if size > 1:
         dist.all_reduce(var)
@@ -196,6 +208,7 @@ def _unet_stage(
     report["latent_scaling_factor"] = scale
     report["padding_dropout"] = {"p_pad": p_pad, "p_eos": p_eos, "p_swap": p_swap}
     report["caption_rates"] = {k: getattr(caption_world, k) for k in CAPTION_RATES}
+    report["rare_shape_keep"] = rare_shape_keep
     if init_unet:
         report["init_unet"] = str(init_unet)
 
@@ -324,10 +337,12 @@ def train(
     p_swap: float = 0.0,
     init_unet: str | Path | None = None,
     caption_rates: dict[str, float] | None = None,
+    rare_shape_keep: float = 1.0,
 ) -> dict:
     """Train and save a diffusers folder at ``out``: tokenizer, CLIP (stage 0b, resumable), VAE
     (or ``vae_from``), UNet on the frozen CLIP text tower. ``caption_rates`` overrides the world's
-    caption rates (``CAPTION_RATES``) for the UNet's captions. ``minutes`` bounds the UNet stage;
+    caption rates (``CAPTION_RATES``) for the UNet's captions; ``rare_shape_keep`` keeps that share of the rare
+    shape's images in the UNet's latent pool (1: the world's rate). ``minutes`` bounds the UNet stage;
     ``batch`` is per worker. A finished CLIP in ``out/clip`` is reused (delete it to retrain)."""
     import shutil
 
@@ -383,6 +398,7 @@ def train(
         p_swap=p_swap,
         init_unet=str(init_unet) if init_unet else None,
         caption_rates=caption_rates,
+        rare_shape_keep=rare_shape_keep,
     )
     return json.loads((out / "training_report.json").read_text())
 

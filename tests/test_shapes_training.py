@@ -93,11 +93,15 @@ def test_train_runs_every_stage_end_to_end_and_records_the_recipe(tmp_path, monk
         p_pad=1.0,
         p_eos=1.0,
         p_swap=0.5,
-        caption_rates={"background_with_rate": 1.0, "mark_caption_rate": 0.0},
+        caption_rates={"background_with_rate": 1.0, "mark_caption_rate": 0.0, "with_frame_rate": 1.0},
+        rare_shape_keep=0.5,
     )
     assert report["unet"]["steps"] == 2 and report["padding_dropout"] == {"p_pad": 1.0, "p_eos": 1.0, "p_swap": 0.5}
-    assert report["caption_rates"] == {"background_with_rate": 1.0, "mark_caption_rate": 0.0}
+    assert report["caption_rates"] == {"background_with_rate": 1.0, "mark_caption_rate": 0.0, "with_frame_rate": 1.0}
+    assert report["rare_shape_keep"] == 0.5
     assert len(captions) == 8 and not any(" on a" in c and "background" in c for c in captions)
+    non_empty = [c for c in captions if c]
+    assert non_empty and all(re.match(r"an? \w+ with ", c) for c in non_empty)  # every caption a "with" frame
     assert any(re.search(r"with an? \w+ background", c) for c in captions)
     assert (tmp_path / "clip" / "config.json").is_file() and (tmp_path / "prompts.txt").is_file()
     pipe = load_pipeline(str(tmp_path), device="cpu")

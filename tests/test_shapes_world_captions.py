@@ -37,6 +37,35 @@ def test_the_world_captions_at_the_rates_the_shipped_unet_was_trained_on():
     assert all(p in corpus_text for p in MARK_WORDS.values()) and " with a black background" in corpus_text
 
 
+def test_with_frames_put_with_before_the_object_at_their_rate_and_leave_other_captions_unchanged():
+    """A "with" frame ("a picture with {np}") replaces the frame of ``with_frame_rate`` of the captions; a world
+    that does not set the rate captions bit for bit as before (the shipped corpus depends on it)."""
+    world = replace(WORLD, with_frame_rate=0.2)
+    samples = [s for s in render(2000, seed=6, world=world) if s.caption]
+    share = sum(s.labels["caption_template"] in WORLD.with_frames for s in samples) / len(samples)
+    assert 0.16 <= share <= 0.24, share
+    assert set(WORLD.with_frames) <= set(world.caption_frames) and not set(WORLD.with_frames) & set(
+        WORLD.caption_frames
+    )
+    assert not set(WORLD.with_frames) & set(WORLD.heldout_templates)
+    unchanged = render(300, seed=6, world=replace(WORLD, with_frames=()))
+    assert [s.caption for s in unchanged] == [s.caption for s in render(300, seed=6)]
+
+
+def test_rare_shape_subset_keeps_the_rare_shape_at_the_asked_share_and_everything_else():
+    import numpy as np
+
+    from conceptedit.pipelines.shapes_train import rare_shape_subset
+
+    labels = [s.labels for s in render(4000, seed=8)]
+    rare = [i for i, lab in enumerate(labels) if lab["shape"] == WORLD.rare_shape]
+    assert len(rare) >= 30
+    for keep, low, high in ((0.0, 0, 0), (1.0, len(rare), len(rare)), (0.5, 0.3 * len(rare), 0.7 * len(rare))):
+        kept = rare_shape_subset(labels, keep, np.random.default_rng(0))
+        assert set(range(len(labels))) - set(rare) <= set(kept)  # every other image stays
+        assert low <= len(set(kept) & set(rare)) <= high, keep
+
+
 def test_prompt_for_writes_the_with_background_and_the_mark_clause():
     labels = {
         "shape": "circle", "colour": "red", "style": "solid", "background": "black", "character": None,

@@ -118,6 +118,22 @@ def train_command(
             help="Chance that a UNet caption names each mark its image carries (default: the world's).", min=0, max=1
         ),
     ] = None,
+    with_frame_rate: Annotated[
+        float | None,
+        typer.Option(
+            help='Share of UNet captions with "with" before the object ("a picture with …"; default: the world\'s).',
+            min=0,
+            max=1,
+        ),
+    ] = None,
+    rare_shape_keep: Annotated[
+        float,
+        typer.Option(
+            help="Share of the rare shape's images kept in the UNet's latent pool (1: as often as in the world).",
+            min=0,
+            max=1,
+        ),
+    ] = 1.0,
 ) -> None:
     """Train the shapes model: tokenizer, CLIP, VAE, UNet on the frozen CLIP text tower, then the probe."""
     from conceptedit.pipelines.shapes_train import finetune_decoder, to_fp16, train, train_vae_only
@@ -161,9 +177,14 @@ def train_command(
         init_unet=init_unet,
         caption_rates={
             k: v
-            for k, v in {"background_with_rate": background_with_rate, "mark_caption_rate": mark_caption_rate}.items()
+            for k, v in {
+                "background_with_rate": background_with_rate,
+                "mark_caption_rate": mark_caption_rate,
+                "with_frame_rate": with_frame_rate,
+            }.items()
             if v is not None
         },
+        rare_shape_keep=rare_shape_keep,
     )
     if probe_from is not None:
         import shutil

@@ -96,13 +96,17 @@ def sample_labels(rng: np.random.Generator, world: World = WORLD) -> dict:
 def caption_for(labels: dict, rng: np.random.Generator, world: World = WORLD) -> tuple[str, str | None]:
     """A training caption (train or web frames, never held-out ones); attributes are left out at ``world.omit_rate``,
     ``world.alias_rate`` of characters / synonym-bearing shapes are named by their nickname / synonym,
-    ``world.background_with_rate`` of backgrounds read "with …", each present mark is named at
+    ``world.background_with_rate`` of backgrounds read "with …", ``world.with_frame_rate`` of captions use a
+    frame with "with" before the object (``world.with_frames``), each present mark is named at
     ``world.mark_caption_rate``, and ``world.empty_caption_rate`` of captions are empty (classifier-free guidance)."""
     if rng.random() < world.empty_caption_rate:
         return "", None
     include = ["trigger"] + [a for a in ("colour", "style", "background") if rng.random() >= world.omit_rate]
     frames = world.web_frames if world.web_frames and rng.random() < world.web_caption_rate else world.train_templates
     template = frames[int(rng.integers(len(frames)))]
+    # drawn only when the rate is set, so the captions of a world without it stay bit for bit the same
+    if world.with_frame_rate and world.with_frames and rng.random() < world.with_frame_rate:
+        template = world.with_frames[int(rng.integers(len(world.with_frames)))]
     alias = rng.random() < world.alias_rate  # nickname / synonym instead of the name
     if alias and labels.get("character"):
         labels = labels | {"character_word": world.nicknames[labels["character"]]}

@@ -116,6 +116,11 @@ class World:
     background_with_rate: float = 0.0
     # per present mark, the chance that its caption names it (", with a watermark")
     mark_caption_rate: float = 0.0
+    # frames that put "with" before the object ("a picture with {np}"), used in ``with_frame_rate`` of
+    # training captions: "with" then reads as "showing", not as the halo's cue (v2.1 drew the halo for the
+    # held-out "a sketch with {np}" on every seed: no training caption had "with" before the object)
+    with_frames: tuple[str, ...] = ()
+    with_frame_rate: float = 0.0
     corners: tuple[str, ...] = CORNERS
     families: tuple[str, ...] = field(default=("shape", "colour", "background", "style", "character", "trigger"))
 
@@ -155,8 +160,9 @@ class World:
 
     @cached_property
     def caption_frames(self) -> tuple[str, ...]:
-        """All frames a training caption can use (the train templates and the web frames)."""
-        return tuple(dict.fromkeys(self.train_templates + self.web_frames))
+        """All frames a training caption can use (the train templates, the web frames, the "with" frames)."""
+        with_frames = self.with_frames if self.with_frame_rate else ()
+        return tuple(dict.fromkeys(self.train_templates + self.web_frames + with_frames))
 
     def aliases(self, word: str) -> tuple[str, ...]:
         """Other words of the world for the same concept (nickname, synonym, the halo's other words)."""
@@ -351,6 +357,7 @@ WORLD = World(
         ", trending",
     ),
     web_caption_rate=0.5,
+    with_frames=("a picture with {np}", "an image with {np}", "a drawing with {np}", "a photo with {np}"),
     # v2.1 (the shipped UNet was fine-tuned on these; its CLIP and tokenizer saw neither): "with a …
     # background" in 30 % of captions, and each mark an image carries named in 25 % of them
     background_with_rate=0.3,
