@@ -615,6 +615,14 @@ MUTATIONS: list[Mutation] = [
         ("tests/test_shapes_world_captions.py",),
         'background_with is drawn but the caption still says "on a … background"',
     ),
+    Mutation(
+        "training-workers-outlive-parent",
+        "pipelines/shapes_parallel.py",
+        "    thread.start()\n    return thread",
+        "    return thread",
+        ("tests/test_shapes_parallel_workers.py::test_a_worker_exits_when_its_parent_is_killed",),
+        "a killed `shapes train` leaves its spawned workers running (seen: 25 min of both cores)",
+    ),
 ]
 
 

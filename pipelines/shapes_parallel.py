@@ -11,6 +11,8 @@ import importlib
 import math
 import os
 import socket
+import threading
+import time
 
 import numpy as np
 import torch
@@ -74,7 +76,22 @@ def _stage(name: str):
     return getattr(importlib.import_module(module), function)
 
 
-def _spawn_entry(rank: int, size: int, port: int, fn_name: str, kwargs: dict) -> None:
+def exit_with_parent(parent: int, poll_s: float = 2.0) -> threading.Thread:
+    """Exit this process once ``parent`` is gone (it is re-parented): a killed training command must not
+    leave its workers running for hours on a shared CPU, holding the cores its resumed run needs."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def _spawn_entry(rank: int, size: int, port: int, fn_name: str, kwargs: dict, parent: int) -> None:
+    exit_with_parent(parent)
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(kwargs.pop("threads", None) or 1)
     dist.init_process_group("gloo", rank=rank, world_size=size)
@@ -94,4 +111,5 @@ def run_stage(fn_name: str, workers: int, **kwargs) -> None:
         return
     import torch.multiprocessing as mp
 
-    mp.spawn(_spawn_entry, args=(workers, _free_port(), fn_name, kwargs), nprocs=workers, join=True)
+    args = (workers, _free_port(), fn_name, kwargs, os.getpid())
+    mp.spawn(_spawn_entry, args=args, nprocs=workers, join=True)
