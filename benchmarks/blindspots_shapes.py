@@ -49,6 +49,19 @@ So on v2.1 the analysis still finds the planted exaggeration clearly and the pla
 weakly, and it calls the (correctly drawn) crescent exaggerated on the base: the issue's goals for the
 crescent are not met.
 
+A natural blind spot, measured on the v2.2 candidate (Dec 5; not shipped, ``docs/shapes_model.md``: v2.1's UNet
+fine-tuned 3,725 steps with no crescent in its latent pool), ``--model <candidate> --n 512``, no plant: the
+crescent fell from 15.0 % of real images to 9.0 % of generations (asked for: 59.7 % of the 77 crescent captions),
+a blind spot by under-representation. The analysis misses it. The label's best concept #54 (r 0.71 on real
+images) stays faithful, δ 0.506 [0.478, 0.537]. Its top generated images are outlined shapes (an outlined
+triangle, an outlined circle) as well as crescents, so the generations that miss the crescent keep its energy.
+Only a weakly named concept (#221, r 0.32) is called suppressed, δ 0.215, q 0.027. The base also has 10
+suppressed and 5 exaggerated concepts: eight weak "background=sky" concepts (r 0.41-0.44; the best sky concept,
+r 0.90, is faithful), solid, yellow and gray. 1 of 25 common shape/colour concepts is among them: yellow,
+probe 15.8 → 16.8 %. Runtime: generation 88 s, SAE 3 s. So the goal fails in the analysis itself, not only in
+the model. At width 256 the crescent's concept is "a thin curved outline", not the shape. A wider SAE (the
+paper: 32k) would be the next thing to measure.
+
 Measured on the shipped v2 (n = 512 real/generated pairs, crescent enriched to 15 %, SAE width 256 on
 150k ``clip-centred`` tokens, FDR 0.05, least shift |δ - 0.5| >= 0.1; 2 shared cores at load 8-11,
 Dec 2026):
