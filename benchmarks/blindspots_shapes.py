@@ -59,8 +59,16 @@ Only a weakly named concept (#221, r 0.32) is called suppressed, δ 0.215, q 0.0
 suppressed and 5 exaggerated concepts: eight weak "background=sky" concepts (r 0.41-0.44; the best sky concept,
 r 0.90, is faithful), solid, yellow and gray. 1 of 25 common shape/colour concepts is among them: yellow,
 probe 15.8 → 16.8 %. Runtime: generation 88 s, SAE 3 s. So the goal fails in the analysis itself, not only in
-the model. At width 256 the crescent's concept is "a thin curved outline", not the shape. A wider SAE (the
-paper: 32k) would be the next thing to measure.
+the model. At width 256 the crescent's concept is "a thin curved outline", not the shape. Wider SAEs do not help.
+These runs used the new ``--sae-width``, the same generations (cache hits) and otherwise the same settings:
+- 1,024: no crescent concept is discovered; the label's concept (r 0.62) has δ 0.544; 21 discoveries, 17 of
+  them sky concepts.
+- 4,096: 2,690 of the 4,096 concepts are inactive; the crescent's best concept has r 0.26 and δ 0.116 (not
+  significant); all 22 discoveries are sky concepts.
+
+The sky shift shows at every width. The probe reads every generated background right (1.00), so the
+candidate's sky is probably a shade off, which the CLIP features see. Striped is missed the same way: the probe
+reads 16.8 % → 8.4 %, and the label's concept (r 0.72-0.76) gives δ 0.47.
 
 Measured on the shipped v2 (n = 512 real/generated pairs, crescent enriched to 15 %, SAE width 256 on
 150k ``clip-centred`` tokens, FDR 0.05, least shift |δ - 0.5| >= 0.1; 2 shared cores at load 8-11,
@@ -131,6 +139,7 @@ from conceptedit.datasets.shapes import WORLD
 from conceptedit.datasets.shapes_images import real_images
 from conceptedit.loading import load_pipeline
 from conceptedit.plugins.blindspots import BlindspotsConfig, analyze_blindspots
+from conceptedit.toolkit import int_at_least
 
 COMMON_SHAPES = ("circle", "square", "triangle", "star", "cross", "heart", "diamond")
 
@@ -246,6 +255,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=160)
     ap.add_argument("--enrich", default="crescent=0.15")
     ap.add_argument("--train-tokens", type=int, default=150_000)
+    ap.add_argument("--sae-width", type=int_at_least(1), default=256, help="SAE concepts (the plugin's default 256)")
     ap.add_argument("--fdr", type=float, default=0.05)
     ap.add_argument("--min-shift", type=float, default=0.1, help="least |δ - 0.5| of a discovery (0: FDR alone)")
     ap.add_argument("--min-corr", type=float, default=0.3, help="a concept is named by a label above this r")
@@ -284,7 +294,7 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     features = f"{args.features}:{args.clip}" if args.clip else args.features
     cfg = BlindspotsConfig(
-        features=features, n_images=len(images), train_tokens=args.train_tokens, fdr=args.fdr,
+        features=features, n_images=len(images), train_tokens=args.train_tokens, sae_width=args.sae_width, fdr=args.fdr,
         min_shift=args.min_shift, seed=args.seed, out=args.out,
     )  # fmt: skip
     out_dir = Path(args.out)
