@@ -63,6 +63,9 @@ def report(label: str, modules: dict[str, torch.nn.Module], others: dict[str, to
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options; --help prints usage
     from diffusers import StableDiffusionPipeline
     from tiny import tiny_components
 
