@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from conceptedit.datasets.shapes.probe import Probe
+from conceptedit.errors import ConceptEditError
 from conceptedit.loading import load_pipeline
 from conceptedit.pipelines.shapes import default_generation_kwargs, model_dir
 from conceptedit.toolkit import int_at_least
@@ -50,10 +51,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int_at_least(1), default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    probe = Probe.load(args.probe)
+    try:
+        probe = Probe.load(args.probe)
+    except ConceptEditError as err:
+        ap.error(str(err))
     report = {}
     for folder in args.model:
-        counts = halo_counts(folder, probe, args.seeds, args.seed)
+        try:
+            counts = halo_counts(folder, probe, args.seeds, args.seed)
+        except ConceptEditError as err:  # a missing or non-pipeline folder: one line, not a traceback
+            ap.error(str(err))
         report[str(folder)] = {
             "per_prompt": counts,
             "held_out_frame": sum(counts[p] for p in HELD_OUT),

@@ -87,6 +87,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int_at_least(1), default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/bench/vae_texture"))
     args = ap.parse_args()
+    if not args.minutes > 0:  # also refuses NaN
+        ap.error(f"--minutes {args.minutes}: give a positive number of minutes")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     shipped = AutoencoderKL.from_pretrained(model_dir() / "vae").eval()

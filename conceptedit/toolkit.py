@@ -139,7 +139,6 @@ def payload_hash(payload: Any, length: int = 16) -> str:
 
 
 __all__ = [
-    "int_at_least",
     "DEFAULT_MODEL",
     "IMAGE_SUFFIXES",
     "MODEL_SETTINGS_FILE",
@@ -147,6 +146,7 @@ __all__ = [
     "default_resolution",
     "encode_prompts",
     "expand_images",
+    "int_at_least",
     "no_progress",
     "parse_overrides",
     "payload_hash",
