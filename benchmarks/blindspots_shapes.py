@@ -248,7 +248,7 @@ def main() -> None:
     ap.add_argument("--clip", default=None, help="CLIP folder (default: the model's clip/)")
     ap.add_argument(
         "--features", default="clip",
-        help="extractor: clip (the shapes default, = clip-corners), clip-all (all tokens, the earlier default), "
+        help="extractor: clip (the shapes default, = clip-centred), clip-all (all tokens, the earlier default), "
         "clip-corners, with @LAYERS if wanted (see plugins/_blindspots_features.py)",
     )  # fmt: skip
     ap.add_argument("--probe", type=Path, default=None, help="probe folder (default: <model>/probe or the shipped one)")

@@ -117,7 +117,7 @@ def text_embeddings(clip, tokenizer, prompts: list[str]) -> torch.Tensor:
     ids = tokenizer(
         prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     )
-    return F.normalize(_features(clip.get_text_features(input_ids=ids.input_ids)), dim=-1)
+    return F.normalize(_features(clip.get_text_features(input_ids=ids.input_ids.to(clip.device))), dim=-1).cpu()
 
 
 @torch.no_grad()
@@ -126,7 +126,8 @@ def zero_shot_accuracy(clip, tokenizer, n: int = 512, seed: int = 777) -> dict[s
     clip.eval()
     samples = render(n, seed=seed)
     images, labels = np.stack([s.image for s in samples]), [s.labels for s in samples]
-    feats = F.normalize(_features(clip.get_image_features(pixel_values=pixel_values(images))), dim=-1)
+    pixels = pixel_values(images).to(clip.device)
+    feats = F.normalize(_features(clip.get_image_features(pixel_values=pixels)), dim=-1).cpu()
     out = {}
     for family in ("shape", "colour", "background", "style", "character", "trigger"):
         prompts = _family_prompts(family)
@@ -157,19 +158,21 @@ def train_clip(
     seed: int = 0,
     target: float = 0.97,
     eval_every: int = 150,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """Train (or resume) the CLIP in ``out/clip``; stop when every family's zero-shot accuracy
-    reaches ``target`` or the budget ends. Returns the report (also ``out/clip_report.json``)."""
+    reaches ``target`` or the budget ends. Returns the report (also ``out/clip_report.json``). Batches are
+    drawn and tokenised on the CPU and moved to ``device``; the saved state resumes on any device."""
     from transformers import CLIPImageProcessor, CLIPModel
 
     out = Path(out)
     folder, state_path = out / "clip", out / "clip_state.pt"
     if (folder / "config.json").is_file() and state_path.is_file():
         clip = CLIPModel.from_pretrained(folder)
-        state = torch.load(state_path, weights_only=True)
+        state = torch.load(state_path, weights_only=True, map_location="cpu")
     else:
         clip, state = build_clip(tokenizer, seed), None
-    clip.train()
+    clip.to(device).train()
     opt = torch.optim.AdamW(clip.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.1)
     report = {"log": [], "seconds": 0.0, "step": 0, "start": 0}
     if state is not None:
@@ -202,7 +205,7 @@ def train_clip(
         ids = tokenizer(
             captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids
-        res = clip(input_ids=ids, pixel_values=pixel_values(images), return_loss=True)
+        res = clip(input_ids=ids.to(device), pixel_values=pixel_values(images).to(device), return_loss=True)
         opt.zero_grad(set_to_none=True)
         res.loss.backward()
         torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)

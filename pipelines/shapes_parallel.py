@@ -27,6 +27,18 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+def training_device(device: str | torch.device, workers: int) -> torch.device:
+    """The device a training stage runs on: one this machine has (else a one-line error), and with
+    ``workers`` > 1 only the CPU (the workers are gloo processes that average CPU gradients)."""
+    from conceptedit.devices import check_device
+    from conceptedit.errors import ConfigError
+
+    dev = check_device(device)
+    if dev.type != "cpu" and workers > 1:
+        raise ConfigError(f"--workers {workers} runs CPU processes; on {dev} train with --workers 1")
+    return dev
+
+
 def cosine_lr(base: float, progress: float, warmup: float = 0.03, floor: float = 0.05) -> float:
     if progress < warmup:
         return base * progress / warmup

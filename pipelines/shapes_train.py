@@ -29,7 +29,15 @@ from tqdm.auto import tqdm
 
 from conceptedit.datasets.shapes import WORLD, caption_for, render_batch
 from conceptedit.pipelines import shapes as S
-from conceptedit.pipelines.shapes_parallel import average_grads, cosine_lr, run_stage, synced_progress, to_tensor, world
+from conceptedit.pipelines.shapes_parallel import (
+    average_grads,
+    cosine_lr,
+    run_stage,
+    synced_progress,
+    to_tensor,
+    training_device,
+    world,
+)
 from conceptedit.pipelines.shapes_tokenizer import save_tokenizer, train_tokenizer
 from conceptedit.pipelines.shapes_vae_train import finetune_decoder, train_vae_only
 
@@ -46,14 +54,14 @@ CAPTION_RATES = ("background_with_rate", "mark_caption_rate", "with_frame_rate")
 # ------------------------------------------------------------------------------------------ stage 2
 @torch.no_grad()
 def encode_pool(vae, n: int, seed: int, batch: int = 256):
-    """Encode ``n`` generator images: latent means/stds (fp16) and their labels."""
+    """Encode ``n`` generator images on the VAE's device: latent means/stds (fp16, kept on the CPU) and labels."""
     means, stds, labels = [], [], []
     rank = world()[0]
     for start in tqdm(range(0, n, batch), desc="encoding latent pool", dynamic_ncols=True, disable=rank != 0):
         images, lab, _ = render_batch(min(batch, n - start), seed=seed, start=start)
-        post = vae.encode(to_tensor(images)).latent_dist
-        means.append(post.mean.half())
-        stds.append(post.std.half())
+        post = vae.encode(to_tensor(images).to(vae.device)).latent_dist
+        means.append(post.mean.half().cpu())
+        stds.append(post.std.half().cpu())
         labels += lab
     return torch.cat(means), torch.cat(stds), labels
 
@@ -115,18 +123,19 @@ def drop_padding(
     outputs at the same positions, or, with probability ``p_swap``, another sample's of the batch (real
     EOS/padding outputs of a different caption: in distribution, but uninformative about this image).
     The UNet then cannot rely on positions that SD 1.x's UNet ignores (Toker et al., "Padding Tone",
-    NAACL 2025) and has to read concepts from the word tokens."""
+    NAACL 2025) and has to read concepts from the word tokens. ``ids`` and ``gen`` are on the CPU (the same
+    draws on every device); ``hidden`` and ``empty`` may be on an accelerator."""
     n, length = ids.shape
     eos = (ids == eos_id).int().argmax(dim=1)  # first EOS (padding repeats the EOS id)
     u = torch.rand(n, generator=gen)
     start = torch.where(u < p_eos, eos, torch.where(u < p_pad, eos + 1, torch.full_like(eos, length)))
     positions = torch.arange(length).view(1, -1)
-    replace = (positions >= start.view(-1, 1)).unsqueeze(-1)
+    replace = (positions >= start.view(-1, 1)).unsqueeze(-1).to(hidden.device)
     source = empty.expand_as(hidden)
     if p_swap > 0 and n > 1:
         other = (torch.arange(n) + torch.randint(1, n, (n,), generator=gen)) % n  # never the sample itself
-        swap = (torch.rand(n, generator=gen) < p_swap).view(-1, 1, 1)
-        source = torch.where(swap, hidden[other], source)
+        swap = (torch.rand(n, generator=gen) < p_swap).view(-1, 1, 1).to(hidden.device)
+        source = torch.where(swap, hidden[other.to(hidden.device)], source)
     return torch.where(replace, source, hidden)
 
 
@@ -150,8 +159,9 @@ def _save_resume(folder: Path, unet, ema_unet, opt, state: dict) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint of our own
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp / "unet.safetensors")
-    save_file({k: v.contiguous() for k, v in ema_unet.state_dict().items()}, tmp / "ema_unet.safetensors")
+    for name, module in (("unet", unet), ("ema_unet", ema_unet)):
+        tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        save_file(tensors, tmp / f"{name}.safetensors")
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state))
     shutil.rmtree(folder, ignore_errors=True)
@@ -175,6 +185,7 @@ def _unet_stage(
     p_swap: float = 0.0,
     caption_rates: dict[str, float] | None = None,
     rare_shape_keep: float = 1.0,
+    device: str = "cpu",
 ) -> None:
     from diffusers import AutoencoderKL, DDPMScheduler
     from safetensors.torch import load_file
@@ -186,13 +197,15 @@ def _unet_stage(
     caption_world = replace(WORLD, **(caption_rates or {}))  # e.g. a new mark_caption_rate before it ships
     tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
     vae = AutoencoderKL.from_pretrained(out / "vae", torch_dtype=torch.float32).eval().requires_grad_(False)
-    text_encoder = load_text_encoder(out)  # frozen, as SD 1.x's CLIP: the diffusion loss never updates it
+    vae.to(device)
+    text_encoder = load_text_encoder(out).to(device)  # frozen, as SD 1.x's CLIP: the diffusion loss never updates it
     if init_unet:  # stage 2b: continue from a trained UNet (e.g. with stronger padding dropout)
         from diffusers import UNet2DConditionModel
 
         unet = UNet2DConditionModel.from_pretrained(Path(init_unet) / "unet", torch_dtype=torch.float32).train()
     else:
         unet = S.build_unet(seed=seed).train()
+    unet.to(device)
 
     # latent pool (each rank encodes its own shard) and the scaling factor (SD's 0.18215)
     means, stds, pool_labels = encode_pool(vae, pool // size, seed=seed + 2 + 1000 * rank)
@@ -217,7 +230,7 @@ def _unet_stage(
             captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids
         with torch.no_grad():
-            return ids, text_encoder(ids).last_hidden_state
+            return ids, text_encoder(ids.to(device)).last_hidden_state
 
     empty = encode([""])[1]
     ema_unet = copy.deepcopy(unet).eval()
@@ -232,13 +245,13 @@ def _unet_stage(
         state = json.loads((resume / "state.json").read_text())
         unet.load_state_dict(load_file(resume / "unet.safetensors"))
         ema_unet.load_state_dict(load_file(resume / "ema_unet.safetensors"))
-        opt.load_state_dict(torch.load(resume / "optimizer.pt", weights_only=True))
+        opt.load_state_dict(torch.load(resume / "optimizer.pt", weights_only=True, map_location="cpu"))
         first, budget, log = state["step"], state["budget_s"], state["log"]
         t0 = time.time() - state["elapsed_s"]
         if rank == 0:
             print(json.dumps({"resumed_at_step": first}), flush=True)
     noise_sched = DDPMScheduler(**{k: v for k, v in S.SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"})
-    alphas = noise_sched.alphas_cumprod
+    alphas = noise_sched.alphas_cumprod.to(device)
     gen = torch.Generator().manual_seed(seed + 3 + 101 * rank + 7919 * first)
     rng = np.random.default_rng([seed + 4, rank, first])
     bar = tqdm(
@@ -261,11 +274,13 @@ def _unet_stage(
         for g in opt.param_groups:
             g["lr"] = cosine_lr(lr, progress)
         idx = torch.randint(0, means.shape[0], (batch,), generator=gen)
+        # every draw comes from the CPU generator, so a seed gives the same run on every device
         z0 = (means[idx].float() + stds[idx].float() * torch.randn(batch, *means.shape[1:], generator=gen)) * scale
         ids, hidden = encode([caption_for(pool_labels[int(i)], rng, caption_world)[0] for i in idx])
         hidden = drop_padding(hidden, ids, empty, tokenizer.eos_token_id, gen, p_pad, p_eos, p_swap)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
+        noise = torch.randn(z0.shape, generator=gen).to(device)
+        z0, t = z0.to(device), t.to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         pred = unet(zt, t, hidden).sample
@@ -338,18 +353,21 @@ def train(
     init_unet: str | Path | None = None,
     caption_rates: dict[str, float] | None = None,
     rare_shape_keep: float = 1.0,
+    device: str = "cpu",
 ) -> dict:
     """Train and save a diffusers folder at ``out``: tokenizer, CLIP (stage 0b, resumable), VAE
     (or ``vae_from``), UNet on the frozen CLIP text tower. ``caption_rates`` overrides the world's
     caption rates (``CAPTION_RATES``) for the UNet's captions; ``rare_shape_keep`` keeps that share of the rare
     shape's images in the UNet's latent pool (1: the world's rate). ``minutes`` bounds the UNet stage;
-    ``batch`` is per worker. A finished CLIP in ``out/clip`` is reused (delete it to retrain)."""
+    ``batch`` is per worker. A finished CLIP in ``out/clip`` is reused (delete it to retrain). ``device``: the
+    CLIP, VAE and UNet stages run there (an accelerator takes one process: ``workers`` 1)."""
     import shutil
 
     from transformers import CLIPTokenizer
 
     from conceptedit.pipelines.shapes_clip import train_clip
 
+    device = str(training_device(device, workers))  # before any work: a bad device is one line
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "tokenizer" / "vocab.json").is_file():
@@ -359,13 +377,14 @@ def train(
     if "zero_shot" not in clip_report:
         if threads:
             torch.set_num_threads(threads)
-        clip_report = train_clip(out, tokenizer, minutes=clip_minutes, seed=seed)
+        clip_report = train_clip(out, tokenizer, minutes=clip_minutes, seed=seed, device=device)
     t_start = time.time()
     report: dict = {
         "seed": seed,
         "tokenizer_size": len(tokenizer),
         "workers": workers,
         "batch_per_worker": batch,
+        "device": device,
         "_t_start": t_start,
         "clip": {k: v for k, v in clip_report.items() if k != "log"},
     }
@@ -377,7 +396,9 @@ def train(
         if vae_report.is_file():
             report["vae"]["report"] = json.loads(vae_report.read_text())
     else:
-        report["vae"] = train_vae_only(out, vae_minutes, seed, vae_steps, threads=threads, workers=workers)
+        report["vae"] = train_vae_only(
+            out, vae_minutes, seed, vae_steps, threads=threads, workers=workers, device=device
+        )
     (out / "training_report.json").write_text(json.dumps(report, indent=2))
     run_stage(
         f"{__name__}:_unet_stage",
@@ -399,6 +420,7 @@ def train(
         init_unet=str(init_unet) if init_unet else None,
         caption_rates=caption_rates,
         rare_shape_keep=rare_shape_keep,
+        device=device,
     )
     return json.loads((out / "training_report.json").read_text())
 

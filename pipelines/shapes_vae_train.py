@@ -13,10 +13,23 @@ from tqdm.auto import tqdm
 
 from conceptedit.datasets.shapes import render_batch
 from conceptedit.pipelines import shapes as S
-from conceptedit.pipelines.shapes_parallel import average_grads, cosine_lr, run_stage, synced_progress, to_tensor, world
+from conceptedit.pipelines.shapes_parallel import (
+    average_grads,
+    cosine_lr,
+    run_stage,
+    synced_progress,
+    to_tensor,
+    training_device,
+    world,
+)
 
 
-def train_vae(vae, steps: int, minutes: float, seed: int, batch: int = 16, lr: float = 1e-3, kl: float = 1e-6):
+def train_vae(
+    vae, steps: int, minutes: float, seed: int, batch: int = 16, lr: float = 1e-3, kl: float = 1e-6,
+    device: str | torch.device = "cpu",
+):  # fmt: skip
+    """Train ``vae`` (already on ``device``); images are rendered on the CPU and noise drawn from a CPU
+    generator, so a seed gives the same batches on every device."""
     rank, size = world()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     params = list(vae.parameters())
@@ -33,9 +46,9 @@ def train_vae(vae, steps: int, minutes: float, seed: int, batch: int = 16, lr: f
         for g in opt.param_groups:
             g["lr"] = cosine_lr(lr, progress)
         images, _, _ = render_batch(batch, seed=seed + 1, start=(step * size + rank) * batch)
-        x = to_tensor(images)
+        x = to_tensor(images).to(device)
         post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)
         rec = vae.decode(z).sample
         loss_rec = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
         loss_kl = post.kl().mean() / x[0].numel()
@@ -52,12 +65,12 @@ def train_vae(vae, steps: int, minutes: float, seed: int, batch: int = 16, lr: f
     return {"steps": done, "images": done * batch * size, "seconds": round(time.time() - t0, 1), "log": log[-5:]}
 
 
-def _vae_stage(out: str, minutes: float, seed: int, steps: int, batch: int) -> None:
+def _vae_stage(out: str, minutes: float, seed: int, steps: int, batch: int, device: str = "cpu") -> None:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**S.VAE_CONFIG)  # same init on every rank
-    report = train_vae(vae, steps, minutes, seed, batch=batch)
+    vae = AutoencoderKL(**S.VAE_CONFIG).to(device)  # same init on every rank
+    report = train_vae(vae, steps, minutes, seed, batch=batch, device=device)
     if world()[0] == 0:
         vae.eval().save_pretrained(Path(out) / "vae")
         (Path(out) / "vae_report.json").write_text(json.dumps(report, indent=2))
@@ -71,8 +84,10 @@ def train_vae_only(
     batch: int = 32,
     threads: int | None = None,
     workers: int = 1,
+    device: str = "cpu",
 ) -> dict:
     """Stage 1 alone: save ``out/vae`` (reuse with ``train(..., vae_from=out)``)."""
+    device = str(training_device(device, workers))
     Path(out).mkdir(parents=True, exist_ok=True)
     run_stage(
         f"{__name__}:_vae_stage",
@@ -83,6 +98,7 @@ def train_vae_only(
         steps=steps,
         batch=batch,
         threads=threads,
+        device=device,
     )
     return json.loads((Path(out) / "vae_report.json").read_text())
 
@@ -96,11 +112,12 @@ def _decoder_stage(
     batch: int,
     lr: float = 5e-4,
     latent_noise: float = 0.1,
+    device: str = "cpu",
 ) -> None:
     from diffusers import AutoencoderKL
 
     rank, size = world()
-    vae = AutoencoderKL.from_pretrained(Path(vae_from) / "vae")
+    vae = AutoencoderKL.from_pretrained(Path(vae_from) / "vae").to(device)
     vae.encoder.requires_grad_(False)
     vae.quant_conv.requires_grad_(False)
     params = [p for p in vae.parameters() if p.requires_grad]
@@ -117,11 +134,12 @@ def _decoder_stage(
         for g in opt.param_groups:
             g["lr"] = cosine_lr(lr, progress, warmup=0.01)
         images, _, _ = render_batch(batch, seed=seed + 5, start=(step * size + rank) * batch)
-        x = to_tensor(images)
+        x = to_tensor(images).to(device)
         with torch.no_grad():
             post = vae.encode(x).latent_dist
-            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
-            z = z + latent_noise * z.std() * torch.randn(z.shape, generator=gen)  # generated latents are imperfect
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)
+            noise = torch.randn(z.shape, generator=gen).to(device)
+            z = z + latent_noise * z.std() * noise  # generated latents are imperfect
         rec = vae.decode(z).sample
         loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
         opt.zero_grad(set_to_none=True)
@@ -153,9 +171,11 @@ def finetune_decoder(
     batch: int = 32,
     threads: int | None = None,
     workers: int = 1,
+    device: str = "cpu",
 ) -> dict:
     """Stage 1b: fine-tune only the VAE decoder (encoder frozen, so latents and a UNet trained on
     them stay valid), on slightly noised latents; save ``out/vae``. SD's ft-MSE decoder did the same."""
+    device = str(training_device(device, workers))
     Path(out).mkdir(parents=True, exist_ok=True)
     run_stage(
         f"{__name__}:_decoder_stage",
@@ -167,5 +187,6 @@ def finetune_decoder(
         steps=steps,
         batch=batch,
         threads=threads,
+        device=device,
     )
     return json.loads((Path(out) / "vae_report.json").read_text())

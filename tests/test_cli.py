@@ -134,3 +134,12 @@ def test_model_presets_apply_and_explicit_values_win(tiny_model_dir, tmp_path):
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["config"]["mode"] == "replace"
     assert run(*base, "--set", "mode=append", "--out", str(tmp_path / "b")).exit_code == 0
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["config"]["mode"] == "append"
+
+
+def test_shapes_train_refuses_a_device_this_machine_lacks_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    result = run_main("shapes", "train", "--out", str(out), "--device", "cuda:9")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: device 'cuda:9' is not available on this machine; available: cpu")
+    assert not out.exists()

@@ -48,6 +48,33 @@ def test_drop_padding_swaps_in_another_samples_outputs():
     assert 0.35 < swapped < 0.65, swapped
 
 
+def test_drop_padding_keeps_the_outputs_on_their_device():
+    """The CPU generator draws the masks (the same run on every device); they must follow ``hidden``. The meta
+    device stands in for an accelerator: a CPU mask against meta outputs raises."""
+    ids = torch.tensor([[1, 5, 7, 2, 2, 2], [1, 2, 2, 2, 2, 2], [1, 5, 2, 2, 2, 2]])
+    hidden, empty = torch.empty(3, 6, 4, device="meta"), torch.empty(1, 6, 4, device="meta")
+    out = drop_padding(hidden, ids, empty, 2, torch.Generator().manual_seed(0), 1.0, 0.5, p_swap=0.5)
+    assert out.device.type == "meta" and out.shape == hidden.shape
+
+
+def test_training_device_is_checked_before_any_work(monkeypatch, tmp_path):
+    from conceptedit import devices
+    from conceptedit.errors import ConfigError
+    from conceptedit.pipelines.shapes_parallel import training_device
+    from conceptedit.pipelines.shapes_train import train
+
+    assert training_device("cpu", 2) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="not available on this machine"):
+        training_device("cuda:7", 1)
+    with pytest.raises(ConfigError, match="unknown device"):
+        train(tmp_path / "run", device="tpu")
+    assert not (tmp_path / "run").exists()  # refused before the folder or the tokenizer was made
+    monkeypatch.setattr(devices, "_available", lambda: ["cpu", "cuda", "cuda:0"])
+    assert training_device("cuda", 1) == torch.device("cuda")
+    with pytest.raises(ConfigError, match="--workers 2 runs CPU processes"):
+        training_device("cuda", 2)
+
+
 def test_clip_stage_trains_checkpoints_and_resumes(tmp_path):
     from transformers import CLIPModel, CLIPTokenizer
 
@@ -95,7 +122,9 @@ def test_train_runs_every_stage_end_to_end_and_records_the_recipe(tmp_path, monk
         p_swap=0.5,
         caption_rates={"background_with_rate": 1.0, "mark_caption_rate": 0.0, "with_frame_rate": 1.0},
         rare_shape_keep=0.5,
+        device="cpu",
     )
+    assert report["device"] == "cpu"
     assert report["unet"]["steps"] == 2 and report["padding_dropout"] == {"p_pad": 1.0, "p_eos": 1.0, "p_swap": 0.5}
     assert report["caption_rates"] == {"background_with_rate": 1.0, "mark_caption_rate": 0.0, "with_frame_rate": 1.0}
     assert report["rare_shape_keep"] == 0.5

@@ -98,6 +98,13 @@ def train_command(
     lr: Annotated[float, typer.Option(help="Peak learning rate (warm-up, cosine decay).")] = 1e-3,
     threads: Annotated[int | None, typer.Option(help="torch threads per worker (1 is best on a shared CPU).")] = None,
     workers: Annotated[int, typer.Option(help="Data-parallel worker processes (gloo).", min=1)] = 1,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Where the CLIP, VAE and UNet stages train: cpu, cuda, cuda:N or mps (an accelerator takes "
+            "--workers 1; images are rendered and the probe trained on the CPU)."
+        ),
+    ] = "cpu",
     vae_from: Annotated[Path | None, typer.Option(help="Reuse the VAE of a trained folder (skip stage 1).")] = None,
     probe_minutes: Annotated[float, typer.Option(help="Train the probe into OUT/probe (0: skip).")] = 6.0,
     fp16: Annotated[bool, typer.Option(help="Store the weights in fp16 (half the size).")] = True,
@@ -136,20 +143,25 @@ def train_command(
     ] = 1.0,
 ) -> None:
     """Train the shapes model: tokenizer, CLIP, VAE, UNet on the frozen CLIP text tower, then the probe."""
+    from conceptedit.pipelines.shapes_parallel import training_device
     from conceptedit.pipelines.shapes_train import finetune_decoder, to_fp16, train, train_vae_only
 
     if decoder_only:
         if vae_from is None or not (vae_from / "vae").is_dir():
             raise ConceptEditError("--decoder-only needs --vae-from FOLDER with a vae/ inside")
         report = finetune_decoder(
-            out, vae_from, minutes=vae_minutes, seed=seed, steps=vae_steps, threads=threads, workers=workers
-        )
+            out, vae_from, minutes=vae_minutes, seed=seed, steps=vae_steps, threads=threads, workers=workers,
+            device=device,
+        )  # fmt: skip
         typer.echo(json.dumps(report["decoder_finetune"] | {"log": None}))
         return
     if vae_only:
-        report = train_vae_only(out, minutes=vae_minutes, seed=seed, steps=vae_steps, threads=threads, workers=workers)
+        report = train_vae_only(
+            out, minutes=vae_minutes, seed=seed, steps=vae_steps, threads=threads, workers=workers, device=device
+        )
         typer.echo(json.dumps({k: v for k, v in report.items() if k != "log"}))
         return
+    training_device(device, workers)  # a device this machine lacks is one line, before any training
     if probe_from is not None and not (probe_from / "probe").is_dir():  # checked before any training
         raise ConceptEditError(f"--probe-from {probe_from} has no probe/ folder")
     if vae_from is not None and not (vae_from / "vae").is_dir():
@@ -185,6 +197,7 @@ def train_command(
             if v is not None
         },
         rare_shape_keep=rare_shape_keep,
+        device=device,
     )
     if probe_from is not None:
         import shutil
