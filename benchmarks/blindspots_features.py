@@ -53,13 +53,13 @@ def probe_auc(x: np.ndarray, y: np.ndarray, n_train: int) -> float:
     return float(roc_auc_score(y[n_train:], clf.decision_function(x[n_train:])))
 
 
-def encoding(pipe, n_train: int, n_test: int, seed: int) -> dict[str, dict[str, float]]:
+def encoding(pipe, n_train: int, n_test: int, seed: int, extractors=EXTRACTORS) -> dict[str, dict[str, float]]:
     from conceptedit.datasets.shapes_images import real_images
     from conceptedit.plugins._blindspots_features import make_extractor
 
     images, _, labels = real_images(n_train + n_test, seed)
     out: dict[str, dict[str, float]] = {}
-    for spec in EXTRACTORS:
+    for spec in extractors:
         if spec == "clip-centred":
             continue  # clip-all less a constant: the same probe (the probe standardises its features)
         tok = make_extractor(spec, pipe).tokens(images).numpy()
@@ -72,25 +72,40 @@ def encoding(pipe, n_train: int, n_test: int, seed: int) -> dict[str, dict[str, 
     return out
 
 
-def sae_alignment(pipe, n: int, seeds: list[int], out: Path) -> dict[str, dict[str, list[float]]]:
+def sae_alignment(
+    pipe,
+    n: int,
+    seeds: list[int],
+    out: Path,
+    train_renders: int = 0,
+    train_tokens: int = 150_000,
+    extractors=EXTRACTORS,
+) -> dict[str, dict[str, list[float]]]:
+    """Best r per label of SAEs trained on the ``n`` scored renders, or (``train_renders`` > 0) on that many
+    other renders of the world's own mix (not enriched), as the paper trains its SAE on a separate corpus."""
     from blindspots_shapes import enriched
 
+    from conceptedit.datasets.shapes_images import real_images
     from conceptedit.plugins._blindspots_features import make_extractor
     from conceptedit.plugins._blindspots_stats import label_concepts
     from conceptedit.plugins.blindspots import BlindspotsConfig, _energies, _features_store, _trained_sae
 
     images, _, labels = enriched(n, 0, "crescent", 0.15)
+    fit_images = real_images(train_renders, 1234)[0] if train_renders else images
     res: dict[str, dict[str, list[float]]] = {}
-    for spec in EXTRACTORS:
+    for spec in extractors:
         ex = make_extractor(spec, pipe)
-        ex.fit(images)  # as the analysis does (clip-centred: the real images' mean token per position)
+        ex.fit(fit_images)  # as the analysis does (clip-centred: the real images' mean token per position)
         tokens = ex.tokens(images)
         res[spec] = {k: [] for k in LABELS}
         for seed in seeds:
             t = time.perf_counter()
-            folder = out / f"{spec.replace('@', '_').replace(',', '-')}_s{seed}"
-            cfg = BlindspotsConfig(features=spec, n_images=n, train_tokens=150_000, seed=seed, out=str(folder))
-            store, _ = _features_store(ex, images, folder / "real_features")
+            tag = f"_train{train_renders}" if train_renders else ""
+            folder = out / f"{spec.replace('@', '_').replace(',', '-')}{tag}_s{seed}"
+            cfg = BlindspotsConfig(
+                features=spec, n_images=len(fit_images), train_tokens=train_tokens, seed=seed, out=str(folder)
+            )
+            store, _ = _features_store(ex, fit_images, folder / "real_features")
             sae = _trained_sae(store, cfg, folder / "sae")
             best = label_concepts(_energies(sae, tokens).numpy(), labels)
             for k in LABELS:
@@ -111,16 +126,32 @@ def main() -> None:
     ap.add_argument("--sae", action="store_true", help="also train the benchmark's SAE per extractor")
     ap.add_argument("--n-sae", type=int, default=512)
     ap.add_argument("--seeds", default="0,1", help="SAE seeds")
+    ap.add_argument(
+        "--sae-train-renders", type=int, default=0,
+        help="train each SAE on this many other renders (the world's mix) instead of the --n-sae scored ones",
+    )  # fmt: skip
+    ap.add_argument("--sae-train-tokens", type=int, default=150_000, help="SAE training token budget")
+    ap.add_argument("--extractors", default=",".join(EXTRACTORS), help="comma-separated subset of the extractors")
+    ap.add_argument("--no-probe", action="store_true", help="skip the linear-probe AUCs (the SAE part only)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/bs_features"))
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
     report: dict = {"n_train": args.n_train, "n_test": args.n_test}
-    report["probe_auc"] = encoding(pipe, args.n_train, args.n_test, args.seed)
+    extractors = tuple(x for x in args.extractors.split(",") if x)
+    unknown = [x for x in extractors if x not in EXTRACTORS]
+    if unknown or not extractors:
+        ap.error(f"--extractors: choose from {', '.join(EXTRACTORS)} (got {args.extractors!r})")
+    if args.sae_train_renders < 0 or args.sae_train_tokens < 1:
+        ap.error("--sae-train-renders must be >= 0 and --sae-train-tokens >= 1")
+    if not args.no_probe:
+        report["probe_auc"] = encoding(pipe, args.n_train, args.n_test, args.seed, extractors)
     if args.sae:
         seeds = [int(s) for s in args.seeds.split(",")]
-        report["sae_best_r"] = sae_alignment(pipe, args.n_sae, seeds, args.out)
+        report["sae_best_r"] = sae_alignment(
+            pipe, args.n_sae, seeds, args.out, args.sae_train_renders, args.sae_train_tokens, extractors
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "features.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))

@@ -49,6 +49,14 @@ So on v2.1 the analysis still finds the planted exaggeration clearly and the pla
 weakly, and it calls the (correctly drawn) crescent exaggerated on the base: the issue's goals for the
 crescent are not met.
 
+The same with ``--features clip-all`` (Dec 5, ``--n 512 --plant-crescent --out`` apart), whose crescent concept is
+the best isolated (#54, r 0.71 against clip-centred's 0.52): base 0 suppressed, 2 exaggerated (two yellow concepts,
+δ 0.614; 2 of 25 common concepts, the probe's yellow 15.8 → 17.6 %), crescent #54 faithful δ 0.557; with the UCE
+plant (all crescents 15.0 → 2.0 %, asked 13 %) #54 stays faithful, δ 0.445 [0.405, 0.487], and only #221 (r 0.32)
+is called suppressed (δ 0.216, q 0.049), beside 8 background concepts. So the centring is not what hides the
+planted suppression: a concept of the thin curved outline that crescents share with hearts and blobs is what the
+shapes CLIP's tokens give.
+
 A natural blind spot, measured on the v2.2 candidate (Dec 5; not shipped, ``docs/shapes_model.md``: v2.1's UNet
 fine-tuned 3,725 steps with no crescent in its latent pool), ``--model <candidate> --n 512``, no plant: the
 crescent fell from 15.0 % of real images to 9.0 % of generations (asked for: 59.7 % of the 77 crescent captions),
