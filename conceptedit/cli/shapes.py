@@ -143,7 +143,6 @@ def train_command(
     ] = 1.0,
 ) -> None:
     """Train the shapes model: tokenizer, CLIP, VAE, UNet on the frozen CLIP text tower, then the probe."""
-    from conceptedit.pipelines.shapes_parallel import training_device
     from conceptedit.pipelines.shapes_train import finetune_decoder, to_fp16, train, train_vae_only
 
     if decoder_only:
@@ -161,7 +160,6 @@ def train_command(
         )
         typer.echo(json.dumps({k: v for k, v in report.items() if k != "log"}))
         return
-    training_device(device, workers)  # a device this machine lacks is one line, before any training
     if probe_from is not None and not (probe_from / "probe").is_dir():  # checked before any training
         raise ConceptEditError(f"--probe-from {probe_from} has no probe/ folder")
     if vae_from is not None and not (vae_from / "vae").is_dir():
