@@ -9,9 +9,10 @@ of the weights, and padding dropout (:func:`drop_padding`) so concepts are read 
 Latents come from a pool of encoded generator images; each use draws a fresh latent sample and a
 fresh caption.
 
-Everything is seeded. The learning rate follows the larger of step and time progress, so a run cut
-by ``minutes`` still anneals. ``workers`` > 1 runs data-parallel single-thread processes
-(:mod:`.shapes_parallel`).
+Everything is seeded, so two runs draw the same batches; they are not bit-identical (CPU kernels' reduction
+order varies: the UNet's weights differ by ~5e-6 after 3 steps, Dec 5). The learning rate follows the larger of
+step and time progress, so a run cut by ``minutes`` still anneals. ``workers`` > 1 runs data-parallel
+single-thread processes (:mod:`.shapes_parallel`).
 """
 
 from __future__ import annotations
