@@ -53,7 +53,9 @@ def probe_auc(x: np.ndarray, y: np.ndarray, n_train: int) -> float:
     return float(roc_auc_score(y[n_train:], clf.decision_function(x[n_train:])))
 
 
-def encoding(pipe, n_train: int, n_test: int, seed: int, extractors=EXTRACTORS) -> dict[str, dict[str, float]]:
+def encoding(
+    pipe, n_train: int, n_test: int, seed: int, extractors: tuple[str, ...] = EXTRACTORS
+) -> dict[str, dict[str, float]]:
     from conceptedit.datasets.shapes_images import real_images
     from conceptedit.plugins._blindspots_features import make_extractor
 
@@ -79,7 +81,7 @@ def sae_alignment(
     out: Path,
     train_renders: int = 0,
     train_tokens: int = 150_000,
-    extractors=EXTRACTORS,
+    extractors: tuple[str, ...] = EXTRACTORS,
 ) -> dict[str, dict[str, list[float]]]:
     """Best r per label of SAEs trained on the ``n`` scored renders, or (``train_renders`` > 0) on that many
     other renders of the world's own mix (not enriched), as the paper trains its SAE on a separate corpus."""
@@ -131,20 +133,23 @@ def main() -> None:
         help="train each SAE on this many other renders (the world's mix) instead of the --n-sae scored ones",
     )  # fmt: skip
     ap.add_argument("--sae-train-tokens", type=int, default=150_000, help="SAE training token budget")
-    ap.add_argument("--extractors", default=",".join(EXTRACTORS), help="comma-separated subset of the extractors")
+    ap.add_argument(
+        "--extractors", nargs="+", default=list(EXTRACTORS), metavar="SPEC",
+        help="a subset of the extractors, space-separated (a spec may hold a comma: clip-all@2,3)",
+    )  # fmt: skip
     ap.add_argument("--no-probe", action="store_true", help="skip the linear-probe AUCs (the SAE part only)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/bs_features"))
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    pipe = load_pipeline(args.model)
-    report: dict = {"n_train": args.n_train, "n_test": args.n_test}
-    extractors = tuple(x for x in args.extractors.split(",") if x)
+    extractors = tuple(args.extractors)
     unknown = [x for x in extractors if x not in EXTRACTORS]
-    if unknown or not extractors:
-        ap.error(f"--extractors: choose from {', '.join(EXTRACTORS)} (got {args.extractors!r})")
+    if unknown:
+        ap.error(f"--extractors: choose from {' '.join(EXTRACTORS)} (got {' '.join(unknown)})")
     if args.sae_train_renders < 0 or args.sae_train_tokens < 1:
         ap.error("--sae-train-renders must be >= 0 and --sae-train-tokens >= 1")
+    torch.set_num_threads(args.threads)
+    pipe = load_pipeline(args.model)  # after the argument checks: a bad option costs no model load
+    report: dict = {"n_train": args.n_train, "n_test": args.n_test}
     if not args.no_probe:
         report["probe_auc"] = encoding(pipe, args.n_train, args.n_test, args.seed, extractors)
     if args.sae:

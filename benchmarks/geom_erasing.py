@@ -50,7 +50,7 @@ ge-data-lora-only,oracle``, then ``--arms esd`` with the same ``--out``):
 | ge-data-steer | 33.0, 19/66 in the cell | 26.5 | 16.5 | 99.5/98.5/100/68.5 | 78.68 | – |
 | ge-data-lora-only (watermark edit's LoRA) | 12.0 [8.2, 17.2] | 6.5 | 5.5 | 100/98.5/100/69.0 | 79.38 | – |
 | oracle | 1.0 [0.3, 3.6] | 0.0 [0.0, 1.9] | 1.0 [0.3, 3.6] | 100/98.5/100/69.0 | 79.34 | 124 |
-| ge-data-full (Dec 5: every UNet weight, the paper's data setting) | 0.0 [0.0, 1.9] | 0.5 [0.1, 2.8] | 2.5 [1.1, 5.7] | 100/98.0/100/68.7 | 79.44 | 405 |
+| ge-data-full (Dec 5) | 0.0 [0.0, 1.9] | 0.5 [0.1, 2.8] | 2.5 [1.1, 5.7] | 100/98.0/100/68.7 | 79.44 | 405 |
 
 The ge-data-full row is from a second run (Dec 5, ``--arms base,ge-data,ge-data-full,oracle``, a fresh machine),
 which gave the base, ge-data and oracle rows above again image for image (oracle fit 93 s there). Training every

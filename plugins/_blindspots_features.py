@@ -36,7 +36,7 @@ cost is a weaker crescent concept (r 0.35-0.52 against 0.71-0.78). qr, glyphs an
 0.2-0.4 whatever the tokens, although the tokens carry them (probe AUC above): the limit there is the
 SAE's concepts (256, 5 active per token; width 1024 did not lift them, seed 0), not the extractor.
 Nor does more training data (Dec 5, ``benchmarks/blindspots_features.py --sae --no-probe --seeds 0
---extractors clip-all,clip-centred --sae-train-renders 4096 --sae-train-tokens 1600000``: the SAE trained on
+--extractors clip-all clip-centred --sae-train-renders 4096 --sae-train-tokens 1600000``: the SAE trained on
 4,096 other renders of the world's mix, as the paper trains on a corpus apart from the analysed images, scored on
 the same 512): watermark / qr / glyphs / striped / crescent ``clip-all`` 0.52 / 0.21 / 0.20 / 0.35 / 0.41,
 ``clip-centred`` 0.59 / 0.33 / 0.30 / 0.34 / 0.46 (the crescent, 1.5 % of that mix, loses its concept).

@@ -26,3 +26,15 @@ def test_the_script_starts_and_prints_its_usage(script: Path, monkeypatch: pytes
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as stop:
         runpy.run_path(str(script), run_name="__main__")
     assert stop.value.code in (0, None) and "usage" in out.getvalue().lower(), out.getvalue()[-500:]
+
+
+def test_blindspots_features_accepts_its_default_extractors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default extractor list holds a spec with a comma (clip-all@2,3); splitting the option on commas
+    once turned the script's own default into an error. No --sae, no probe: it checks the options and loads
+    the model only."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "blindspots_features.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--no-probe", "--out", str(tmp_path)])
+    monkeypatch.setattr(sys, "path", [str(script.parent), *sys.path])
+    with contextlib.redirect_stdout(io.StringIO()):
+        runpy.run_path(str(script), run_name="__main__")
+    assert (tmp_path / "features.json").is_file()
